@@ -1,0 +1,151 @@
+"""Names used in YAML and on the command line for the samplers, and the ``sample`` entry point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from mmflow.sampling.solvers import Callback, sample_euler, sample_heun, sample_midpoint, sample_rk4
+from mmflow.timesteps import custom_grid, make_grid
+
+SolverFn = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A registered solver: its function, model evaluations per step and order of accuracy."""
+
+    name: str
+    fn: SolverFn
+    evals_per_step: int
+    order: int
+
+
+SAMPLERS: dict[str, SamplerSpec] = {}
+
+
+def register_sampler(name: str, evals_per_step: int, order: int) -> Callable[[SolverFn], SolverFn]:
+    """Decorator that makes a solver available to :func:`sample` under ``name``."""
+
+    def add(fn: SolverFn) -> SolverFn:
+        if name in SAMPLERS:
+            raise ValueError(f"sampler `{name}` is already registered")
+        SAMPLERS[name] = SamplerSpec(name, fn, evals_per_step, order)
+        return fn
+
+    return add
+
+
+for _name, _fn, _evals, _order in (
+    ("euler", sample_euler, 1, 1),
+    ("heun", sample_heun, 2, 2),
+    ("midpoint", sample_midpoint, 2, 2),
+    ("rk4", sample_rk4, 4, 4),
+):
+    register_sampler(_name, _evals, _order)(_fn)
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    """Look a sampler up by name, with the list of known names in the error."""
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler `{name}`; known: {', '.join(sorted(SAMPLERS))}") from None
+
+
+class NFECounter:
+    """Wraps a velocity model and counts how often it is evaluated."""
+
+    def __init__(self, model: Callable[..., Tensor]) -> None:
+        self.model = model
+        self.count = 0
+
+    def __call__(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
+        self.count += 1
+        return self.model(x, t, **kwargs)
+
+
+@dataclass
+class SampleResult:
+    """Samples at the end of the grid, the counted model evaluations and the grid used."""
+
+    samples: Tensor
+    nfe: int
+    grid: Tensor
+
+
+def _steps_for(spec: SamplerSpec, nfe: int) -> int:
+    if nfe < spec.evals_per_step or nfe % spec.evals_per_step:
+        raise ValueError(
+            f"sampler `{spec.name}` uses {spec.evals_per_step} evaluations per step; "
+            f"`nfe` must be a positive multiple of it, got {nfe}"
+        )
+    return nfe // spec.evals_per_step
+
+
+def _explicit_grid(grid: Sequence[float] | Tensor) -> Tensor:
+    """Validate user times; a decreasing grid (data -> noise, inversion) is checked reversed."""
+    ts = torch.as_tensor(grid)
+    if ts.ndim == 1 and ts.numel() >= 2 and bool(ts[0] > ts[-1]):
+        return custom_grid(ts.flip(0)).flip(0)
+    return custom_grid(ts)
+
+
+def _resolve_grid(
+    spec: SamplerSpec,
+    nfe: int | None,
+    grid: str | Sequence[float] | Tensor | None,
+    grid_kwargs: dict[str, Any],
+    like: Tensor,
+) -> Tensor:
+    if grid is None or isinstance(grid, str):
+        if nfe is None:
+            raise ValueError("give `nfe` (or an explicit `grid` of times)")
+        ts = make_grid(grid or "uniform", _steps_for(spec, nfe), dtype=torch.float64, **grid_kwargs)
+    else:
+        ts = _explicit_grid(grid)
+        if nfe is not None and nfe != (len(ts) - 1) * spec.evals_per_step:
+            raise ValueError(
+                f"`nfe`={nfe} disagrees with a {len(ts) - 1}-step grid for `{spec.name}` "
+                f"({spec.evals_per_step} evaluations per step); pass nfe=None with a grid"
+            )
+    # The grid is kept in at least float32 even for half-precision samples.
+    return ts.to(device=like.device, dtype=torch.promote_types(like.dtype, torch.float32))
+
+
+def sample(
+    model: Callable[..., Tensor],
+    x0: Tensor,
+    method: str = "heun",
+    nfe: int | None = 16,
+    grid: str | Sequence[float] | Tensor | None = None,
+    grid_kwargs: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    enable_grad: bool = False,
+    **model_kwargs: Any,
+) -> SampleResult:
+    """Integrate ``dx/dt = model(x, t, **model_kwargs)`` from ``x0`` over a time grid.
+
+    Args:
+        model: velocity model called as ``model(x, t, **model_kwargs)`` with ``t`` of shape ``[B]``.
+        x0: the starting point, usually noise at t = 0.
+        method: a registered sampler name (see ``SAMPLERS``).
+        nfe: the number of model evaluations to spend; the step count is derived from it.
+        grid: ``None`` or a grid name for :func:`mmflow.timesteps.make_grid`
+            ("uniform", "shifted", ...), or explicit times (then ``nfe`` may be ``None``).
+        grid_kwargs: extra arguments of the grid, e.g. ``{"shift": 3.0}``.
+        callback: called after every step (see :mod:`mmflow.sampling.solvers`).
+        enable_grad: keep the autograd graph (for methods that differentiate through sampling).
+
+    Returns:
+        A :class:`SampleResult` whose ``nfe`` is the number of model calls actually made.
+    """
+    spec = get_sampler(method)
+    ts = _resolve_grid(spec, nfe, grid, dict(grid_kwargs or {}), x0)
+    counted = NFECounter(model)
+    with torch.set_grad_enabled(enable_grad):
+        samples = spec.fn(counted, x0, ts, callback=callback, **model_kwargs)
+    return SampleResult(samples=samples, nfe=counted.count, grid=ts)
