@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import mmflow
 
@@ -19,7 +19,9 @@ def _info() -> str:
     from mmflow.sampling import SAMPLERS
     from mmflow.timesteps import GRID_NAMES, TIME_DISTRIBUTIONS
 
-    samplers = ", ".join(f"{s.name} (order {s.order}, {s.evals_per_step} NFE/step)" for s in SAMPLERS.values())
+    samplers = ", ".join(
+        f"{s.name} (order {s.order}, {s.evals_per_step} NFE/step)" for s in SAMPLERS.values()
+    )
     lines = [
         f"mmflow {mmflow.__version__}",
         "convention: t=0 noise, t=1 data; networks predict the velocity",

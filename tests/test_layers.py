@@ -41,5 +41,9 @@ def test_no_modality_imports_another():
 
 def test_recipes_are_yaml_only():
     recipes = ROOT / "recipes"
-    stray = [p for p in recipes.rglob("*") if p.is_file() and p.suffix not in {".yaml", ".yml"}] if recipes.exists() else []
+    stray = (
+        [p for p in recipes.rglob("*") if p.is_file() and p.suffix not in {".yaml", ".yml"}]
+        if recipes.exists()
+        else []
+    )
     assert not stray, stray

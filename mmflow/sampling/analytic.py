@@ -22,7 +22,9 @@ class GaussianLinearFlow(nn.Module):
     def __init__(self, mean: Tensor, std: Tensor) -> None:
         super().__init__()
         if mean.shape != std.shape:
-            raise ValueError(f"`mean` {tuple(mean.shape)} and `std` {tuple(std.shape)} differ in shape")
+            raise ValueError(
+                f"`mean` {tuple(mean.shape)} and `std` {tuple(std.shape)} differ in shape"
+            )
         if bool((std <= 0).any()):
             raise ValueError("`std` must be positive")
         self.register_buffer("mean", mean)

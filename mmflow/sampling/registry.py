@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -53,7 +54,9 @@ def get_sampler(name: str) -> SamplerSpec:
     try:
         return SAMPLERS[name]
     except KeyError:
-        raise ValueError(f"unknown sampler `{name}`; known: {', '.join(sorted(SAMPLERS))}") from None
+        raise ValueError(
+            f"unknown sampler `{name}`; known: {', '.join(sorted(SAMPLERS))}"
+        ) from None
 
 
 class NFECounter:

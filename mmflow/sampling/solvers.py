@@ -20,9 +20,9 @@ the first velocity evaluated in that step.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
-import torch
 from torch import Tensor
 
 Callback = Callable[[dict[str, Any]], None]
@@ -41,7 +41,9 @@ def _batched_time(t: Tensor, x: Tensor) -> Tensor:
 
 def _check_grid(ts: Tensor) -> None:
     if ts.ndim != 1 or ts.numel() < 2:
-        raise ValueError(f"time grid `ts` must be 1-D with at least 2 points, got shape {tuple(ts.shape)}")
+        raise ValueError(
+            f"time grid `ts` must be 1-D with at least 2 points, got shape {tuple(ts.shape)}"
+        )
 
 
 def _report(callback: Callback | None, i: int, ts: Tensor, x: Tensor, u: Tensor) -> None:
@@ -54,7 +56,11 @@ def _velocity(model: VelocityModel, x: Tensor, t: Tensor, model_kwargs: dict[str
 
 
 def sample_euler(
-    model: VelocityModel, x: Tensor, ts: Tensor, callback: Callback | None = None, **model_kwargs: Any
+    model: VelocityModel,
+    x: Tensor,
+    ts: Tensor,
+    callback: Callback | None = None,
+    **model_kwargs: Any,
 ) -> Tensor:
     """Explicit Euler, first order, 1 evaluation per step.
 
@@ -70,7 +76,11 @@ def sample_euler(
 
 
 def sample_heun(
-    model: VelocityModel, x: Tensor, ts: Tensor, callback: Callback | None = None, **model_kwargs: Any
+    model: VelocityModel,
+    x: Tensor,
+    ts: Tensor,
+    callback: Callback | None = None,
+    **model_kwargs: Any,
 ) -> Tensor:
     """Heun's method (explicit trapezoid), second order, 2 evaluations per step.
 
@@ -89,7 +99,11 @@ def sample_heun(
 
 
 def sample_midpoint(
-    model: VelocityModel, x: Tensor, ts: Tensor, callback: Callback | None = None, **model_kwargs: Any
+    model: VelocityModel,
+    x: Tensor,
+    ts: Tensor,
+    callback: Callback | None = None,
+    **model_kwargs: Any,
 ) -> Tensor:
     """Explicit midpoint rule, second order, 2 evaluations per step.
 
@@ -107,7 +121,11 @@ def sample_midpoint(
 
 
 def sample_rk4(
-    model: VelocityModel, x: Tensor, ts: Tensor, callback: Callback | None = None, **model_kwargs: Any
+    model: VelocityModel,
+    x: Tensor,
+    ts: Tensor,
+    callback: Callback | None = None,
+    **model_kwargs: Any,
 ) -> Tensor:
     """Classical Runge-Kutta, fourth order, 4 evaluations per step.
 

@@ -33,7 +33,9 @@ def test_guided_velocity_is_the_closed_form():
 def test_scale_one_is_conditional_and_zero_is_unconditional(scale, which):
     field = ShiftField()
     x, t, cond = torch.randn(2, 3), torch.rand(2), torch.randn(2, 3)
-    guided = ClassifierFreeGuidance(field, scale=scale, null_condition=lambda kw: {**kw, "target": 0 * kw["target"]})
+    guided = ClassifierFreeGuidance(
+        field, scale=scale, null_condition=lambda kw: {**kw, "target": 0 * kw["target"]}
+    )
     expected = cond - x if which == "cond" else -x
     torch.testing.assert_close(guided(x, t, target=cond), expected)
 
@@ -41,7 +43,9 @@ def test_scale_one_is_conditional_and_zero_is_unconditional(scale, which):
 def test_guidance_interval_uses_conditional_velocity_outside():
     field = ShiftField()
     x, cond = torch.randn(2, 3), torch.randn(2, 3)
-    guided = ClassifierFreeGuidance(field, 4.0, null_kwargs={"target": torch.zeros(2, 3)}, interval=(0.2, 0.6))
+    guided = ClassifierFreeGuidance(
+        field, 4.0, null_kwargs={"target": torch.zeros(2, 3)}, interval=(0.2, 0.6)
+    )
     out = guided(x, torch.tensor([0.1, 0.5]), target=cond)
     torch.testing.assert_close(out[0], cond[0] - x[0])
     torch.testing.assert_close(out[1], -x[1] + 4.0 * cond[1])

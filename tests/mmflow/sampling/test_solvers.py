@@ -33,7 +33,9 @@ def test_exact_flow_solves_the_ode(field, noise):
     t = torch.full((noise.shape[0],), 0.37, dtype=torch.float64)
     eps = 1e-6
     finite_difference = (field.flow(noise, 0.37 + eps) - field.flow(noise, 0.37 - eps)) / (2 * eps)
-    torch.testing.assert_close(finite_difference, field(field.flow(noise, 0.37), t), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        finite_difference, field(field.flow(noise, 0.37), t), rtol=1e-6, atol=1e-6
+    )
 
 
 def measured_order(field, noise, method: str, steps: list[int]) -> float:
@@ -52,7 +54,9 @@ def measured_order(field, noise, method: str, steps: list[int]) -> float:
 )
 def test_convergence_order_on_nonlinear_field(method, order, steps):
     """Fit of log-error against log-step on dx/dt = c(t)(1 + x^2), whose flow is tan(...)."""
-    noise = 2 * torch.rand(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 1
+    noise = (
+        2 * torch.rand(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 1
+    )
     slope = measured_order(RiccatiFlow(), noise, method, steps)
     assert abs(slope - order) <= 0.3, f"{method}: measured order {slope:.2f}, expected {order}"
     assert SAMPLERS[method].order == order
@@ -70,7 +74,10 @@ def test_convergence_order_on_nonlinear_field(method, order, steps):
     ],
 )
 def test_convergence_order_on_gaussian_target(noise, method, order, steps):
-    field = GaussianLinearFlow(torch.tensor([1.0, -1.0], dtype=torch.float64), torch.tensor([1.5, 2.0], dtype=torch.float64))
+    field = GaussianLinearFlow(
+        torch.tensor([1.0, -1.0], dtype=torch.float64),
+        torch.tensor([1.5, 2.0], dtype=torch.float64),
+    )
     slope = measured_order(field, noise[:, :2], method, steps)
     assert abs(slope - order) <= 0.3, f"{method}: measured order {slope:.2f}, expected {order}"
 
@@ -89,7 +96,9 @@ def test_nfe_not_a_multiple_is_rejected(field, noise):
 def test_backward_grid_inverts(field, noise):
     """Integrating the same field on the reversed grid maps data back to its noise."""
     data = field.flow(noise, 1.0)
-    back = sample(field, data, method="rk4", grid=torch.linspace(1, 0, 33, dtype=torch.float64), nfe=None)
+    back = sample(
+        field, data, method="rk4", grid=torch.linspace(1, 0, 33, dtype=torch.float64), nfe=None
+    )
     torch.testing.assert_close(back.samples, noise, rtol=1e-6, atol=1e-6)
 
 

@@ -1,0 +1,32 @@
+import math
+
+import torch
+
+from mmflow.nn import ClassEmbedder, TimestepEmbedder, sinusoidal_embedding
+
+
+def test_sinusoid_matches_diffusers_timesteps():
+    from diffusers.models.embeddings import Timesteps
+
+    s = torch.tensor([0.0, 3.5, 999.0])
+    ref = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)(s)
+    torch.testing.assert_close(sinusoidal_embedding(s, 256), ref)
+    assert sinusoidal_embedding(s, 7).shape == (3, 7)
+
+
+def test_time_affine_map():
+    t = torch.tensor([0.0, 0.1, 0.37, 1.0])
+    sd3 = TimestepEmbedder(16, time_scale=-1000.0, time_offset=1000.0)
+    assert torch.equal(sd3.affine(t), 1000 * (1 - t))
+    ours = TimestepEmbedder(16)
+    torch.testing.assert_close(ours.affine(t), 1000 * t)
+    assert ours(t).shape == (4, 16)
+    assert math.isclose(
+        TimestepEmbedder(4, time_scale=0.0, time_offset=2.0).affine(t)[1].item(), 2.0
+    )
+
+
+def test_class_embedder_null_class():
+    emb = ClassEmbedder(num_classes=10, hidden_size=8)
+    assert emb.null_label == 10
+    assert emb(torch.tensor([0, 10])).shape == (2, 8)
