@@ -36,10 +36,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from mmflow.numerics import invert_increasing
+
 PredictionKind = Literal["velocity", "data", "noise", "score"]
 PREDICTION_KINDS: tuple[str, ...] = ("velocity", "data", "noise", "score")
-
-_BISECTION_STEPS = 64
 
 
 def expand_time_like(t: Tensor | float, x: Tensor) -> Tensor:
@@ -117,15 +117,7 @@ class AffinePath:
         Values below ``snr(0)`` or above ``snr(1)`` map to 0 or 1. Subclasses override this with
         closed forms where they exist.
         """
-        snr = torch.as_tensor(snr)
-        low = torch.zeros_like(snr)
-        high = torch.ones_like(snr)
-        for _ in range(_BISECTION_STEPS):
-            middle = 0.5 * (low + high)
-            below = self.snr(middle) < snr
-            low = torch.where(below, middle, low)
-            high = torch.where(below, high, middle)
-        return 0.5 * (low + high)
+        return invert_increasing(self.snr, torch.as_tensor(snr))
 
     def sample(self, x0: Tensor, x1: Tensor, t: Tensor) -> PathSample:
         """``x_t = alpha x1 + sigma x0`` and target ``alpha' x1 + sigma' x0``."""

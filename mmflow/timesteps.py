@@ -17,9 +17,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from mmflow.numerics import invert_increasing
+
 Device = torch.device | str | None
 
-_BISECTION_STEPS = 60
 _MODE_SCALE_MAX = 2 / (math.pi - 2)
 
 
@@ -28,11 +29,8 @@ def _check_count(n: int) -> None:
         raise ValueError(f"`n` must be a non-negative integer, got {n!r}")
 
 
-def _uniform(
-    n: int, generator: torch.Generator | None, device: Device, dtype: torch.dtype
-) -> Tensor:
-    _check_count(n)
-    return torch.rand(n, generator=generator, device=device, dtype=torch.float64).to(dtype)
+def _uniform(n: int, generator: torch.Generator | None, device: Device) -> Tensor:
+    return torch.rand(n, generator=generator, device=device, dtype=torch.float64)
 
 
 def _inside(t: Tensor) -> Tensor:
@@ -54,7 +52,12 @@ class TimeDistribution:
         device: Device = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
-        """``n`` independent times, shape ``[n]``."""
+        """``n`` independent times, shape ``[n]``, drawn in float64 and cast to ``dtype``."""
+        _check_count(n)
+        return self._sample(n, generator, device).clamp(0, 1).to(dtype)
+
+    def _sample(self, n: int, generator: torch.Generator | None, device: Device) -> Tensor:
+        """``n`` float64 draws; the one method a distribution implements for sampling."""
         raise NotImplementedError
 
     def pdf(self, t: Tensor) -> Tensor:
@@ -73,14 +76,8 @@ class TimeDistribution:
 class Uniform(TimeDistribution):
     """``t ~ U(0, 1)``: ``pdf = 1``, ``cdf = t``."""
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        device: Device = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
-        return _uniform(n, generator, device, dtype)
+    def _sample(self, n: int, generator: torch.Generator | None, device: Device) -> Tensor:
+        return _uniform(n, generator, device)
 
     def pdf(self, t: Tensor) -> Tensor:
         t = _as_float_tensor(t)
@@ -112,16 +109,9 @@ class LogitNormal(TimeDistribution):
         """The distribution SD3 writes as ``sigma = sigmoid(m + s n)``, in our time."""
         return cls(loc=-m, scale=s)
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        device: Device = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
-        _check_count(n)
+    def _sample(self, n: int, generator: torch.Generator | None, device: Device) -> Tensor:
         normal = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
-        return torch.sigmoid(self.loc + self.scale * normal).to(dtype)
+        return torch.sigmoid(self.loc + self.scale * normal)
 
     def pdf(self, t: Tensor) -> Tensor:
         t = _as_float_tensor(t)
@@ -169,23 +159,10 @@ class ModeSampling(TimeDistribution):
 
     def inverse_transform(self, t: Tensor) -> Tensor:
         """``g^-1(t)`` by bisection on [0, 1]."""
-        t = _as_float_tensor(t).clamp(0, 1)
-        low, high = torch.zeros_like(t), torch.ones_like(t)
-        for _ in range(_BISECTION_STEPS):
-            middle = 0.5 * (low + high)
-            below = self.transform(middle) < t
-            low = torch.where(below, middle, low)
-            high = torch.where(below, high, middle)
-        return 0.5 * (low + high)
+        return invert_increasing(self.transform, _as_float_tensor(t).clamp(0, 1))
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        device: Device = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
-        return self.transform(_uniform(n, generator, device, torch.float64)).clamp(0, 1).to(dtype)
+    def _sample(self, n: int, generator: torch.Generator | None, device: Device) -> Tensor:
+        return self.transform(_uniform(n, generator, device))
 
     def pdf(self, t: Tensor) -> Tensor:
         t = _as_float_tensor(t)
@@ -207,15 +184,9 @@ class CosMap(TimeDistribution):
         pdf(t) = 2 / (pi (1 - 2 t + 2 t^2)),      cdf(t) = 2/pi atan(t / (1 - t)).
     """
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        device: Device = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
-        angle = 0.5 * math.pi * _uniform(n, generator, device, torch.float64)
-        return (torch.cos(angle) / (torch.cos(angle) + torch.sin(angle))).to(dtype)
+    def _sample(self, n: int, generator: torch.Generator | None, device: Device) -> Tensor:
+        angle = 0.5 * math.pi * _uniform(n, generator, device)
+        return torch.cos(angle) / (torch.cos(angle) + torch.sin(angle))
 
     def pdf(self, t: Tensor) -> Tensor:
         t = _as_float_tensor(t)
@@ -247,16 +218,10 @@ class UShaped(TimeDistribution):
             raise ValueError(f"`a` must be > 0, got {a}")
         self.a = float(a)
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        device: Device = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
-        u = _uniform(n, generator, device, torch.float64)
+    def _sample(self, n: int, generator: torch.Generator | None, device: Device) -> Tensor:
+        u = _uniform(n, generator, device)
         half = math.sinh(0.5 * self.a)
-        return (0.5 + torch.asinh((2 * u - 1) * half) / self.a).clamp(0, 1).to(dtype)
+        return 0.5 + torch.asinh((2 * u - 1) * half) / self.a
 
     def pdf(self, t: Tensor) -> Tensor:
         t = _as_float_tensor(t)
@@ -317,17 +282,10 @@ class BetaTime(TimeDistribution):
         self.a = float(a)
         self.b = float(b)
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        device: Device = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
-        _check_count(n)
+    def _sample(self, n: int, generator: torch.Generator | None, device: Device) -> Tensor:
         first = _sample_gamma(self.a, n, generator, device)
         second = _sample_gamma(self.b, n, generator, device)
-        return (first / (first + second)).to(dtype)
+        return first / (first + second)
 
     def pdf(self, t: Tensor) -> Tensor:
         t = _as_float_tensor(t)
