@@ -1,0 +1,108 @@
+"""The modality contract: what a modality package gives the shared core.
+
+A modality provides a ``LightningDataModule`` that yields dict batches of tensors, and a
+:class:`ModalityAdapter` that turns a batch into what the flow transports and back. The
+training module (:class:`mmflow.training.FlowMatching`) only ever calls the adapter, so images,
+audio, gestures and shapes train with one module.
+
+The condition dict returned by :meth:`ModalityAdapter.encode` holds exactly the keyword
+arguments of the network (``model(x_t, t, **cond)``), e.g. ``class_labels``, ``context``,
+``context_mask``, ``pooled`` or ``x_mask`` for :class:`mmflow.nn.MMDiT`. A key ``x_mask``
+(bool, ``True`` = real element) also masks the loss over padded elements.
+
+How each planned modality fits the same shape:
+
+- **Images** (pixels or a VAE latent): ``encode`` scales pixels to [-1, 1] (or encodes them
+  with a frozen VAE) and returns ``{"class_labels": y}`` or text tokens as a context stream;
+  ``null_condition`` swaps in the null class / the empty caption; ``decode`` maps back to
+  images in [0, 1]; evaluators are FID-style metrics and classifier accuracy.
+- **Language-queried audio separation** (FlowSep): ``x1`` is the mel-VAE latent of the target
+  source; the condition is the *mixture* latent (a context stream with its own positions, or
+  channels concatenated by the adapter before patchify) plus the text query as a second
+  context stream with a padding mask. ``null_condition`` replaces only the text query (the
+  mixture is never dropped: separation without it is meaningless). ``decode`` runs the frozen
+  VAE decoder and the vocoder to a waveform; evaluators are SI-SDR and friends.
+- **Co-speech gestures** (GestureLSM): ``x1`` is a sequence of body-part motion latents
+  ``[B, T, C]`` from a frozen motion VAE, with ``x_mask`` for variable length; speech
+  features per frame form a context stream (1-D RoPE aligned in time with the motion), seed
+  frames may be a pooled vector; shortcut training adds ``step_size``. ``decode`` gives joint
+  rotations; evaluators are FGD and beat consistency.
+- **3D shapes** (TripoSG-style latents, Mosaic-SDF): ``x1`` is a *set* of latent tokens
+  ``[B, N, C]`` (no positions: the MMDiT set tokenizer keeps permutation equivariance) from a
+  frozen SDF VAE, or a set of local SDF grids; the condition is a class or an image/text
+  embedding. ``decode`` runs the VAE decoder and marching cubes to meshes; evaluators are
+  Chamfer distance and F-score.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+Batch = dict[str, Any]
+Condition = dict[str, Any]
+
+
+class ModalityAdapter(nn.Module):
+    """Base class of a modality's adapter between dict batches, the flow and media.
+
+    Subclasses implement :meth:`encode`, :meth:`decode` and :meth:`null_condition`; they may
+    override :meth:`evaluators` and :meth:`save_media`. Frozen sub-models (VAE, text encoder,
+    vocoder) are attributes of the adapter, loaded in ``__init__`` from local files, with
+    ``requires_grad_(False)``; they are not trained by the flow's optimizer.
+    """
+
+    def encode(self, batch: Batch) -> tuple[Tensor, Condition]:
+        """``(x1, cond)``: the data the flow transports and the network's keyword arguments."""
+        raise NotImplementedError
+
+    def decode(self, x1: Tensor, cond: Condition) -> Any:
+        """Generated ``x1`` back to media (images, waveforms, meshes, joint rotations)."""
+        raise NotImplementedError
+
+    def null_condition(self, cond: Condition) -> Condition:
+        """The unconditional version of ``cond`` (for CFG dropout in training and guidance)."""
+        raise NotImplementedError
+
+    def conditioned(self) -> bool:
+        """Whether ``null_condition`` differs from the condition (``False`` for unconditional)."""
+        return True
+
+    def noise_like(self, x1: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The source sample ``x0`` for ``x1``: standard Gaussian noise by default."""
+        return torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+
+    def evaluators(self) -> nn.ModuleDict:
+        """Metrics updated as ``metric.update(generated_media, batch)`` during validation."""
+        return nn.ModuleDict()
+
+    def save_media(self, media: Any, directory: Path, name: str) -> list[Path]:
+        """Write media a person can look at or listen to; returns the written files."""
+        return []
+
+
+def drop_conditions(cond: Condition, null: Condition, drop: Tensor) -> Condition:
+    """Per-sample mix of ``cond`` and ``null``: sample ``b`` takes ``null`` where ``drop[b]``.
+
+    Tensors with a leading batch dimension are mixed with ``torch.where``; dicts recursively;
+    other values (``None``, numbers) must be equal in both and pass through.
+    """
+    mixed: Condition = {}
+    for key, value in cond.items():
+        other = null.get(key, value)
+        if isinstance(value, Tensor):
+            if other.shape != value.shape:
+                raise ValueError(
+                    f"null_condition changed the shape of `{key}`: "
+                    f"{tuple(value.shape)} -> {tuple(other.shape)}"
+                )
+            mask = drop.view(-1, *([1] * (value.ndim - 1)))
+            mixed[key] = torch.where(mask, other, value)
+        elif isinstance(value, dict):
+            mixed[key] = drop_conditions(value, other, drop)
+        else:
+            mixed[key] = value
+    return mixed

@@ -1,0 +1,5 @@
+"""Training: the one LightningModule every modality trains with."""
+
+from mmflow.training.module import FlowMatching
+
+__all__ = ["FlowMatching"]

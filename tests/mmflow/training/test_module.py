@@ -1,0 +1,105 @@
+"""FlowMatching trained on class-conditional Gaussians, whose answer is known."""
+
+import pytorch_lightning as pl
+import pytest
+import torch
+
+from mmflow.training import FlowMatching
+
+from .toy import CLASS_MEANS, ToyAdapter, ToyData, ToyVelocity
+
+
+def make_module(**kwargs) -> FlowMatching:
+    defaults = dict(
+        optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
+        ema_decay=0.99,
+        sampler="heun",
+        nfe=16,
+        val_sample_batches=16,
+    )
+    return FlowMatching(ToyAdapter(), ToyVelocity(), **{**defaults, **kwargs})
+
+
+def make_trainer(tmp_path, **kwargs) -> pl.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    pl.seed_everything(0)
+    module = make_module()
+    trainer = make_trainer(tmp_path_factory.mktemp("run"), max_epochs=25)
+    trainer.fit(module, ToyData())
+    return module, trainer
+
+
+def test_class_conditional_samples_land_on_their_class_means(trained):
+    module, trainer = trained
+    labels = torch.arange(3).repeat_interleave(200)
+    x0 = torch.randn(600, 2, generator=torch.Generator().manual_seed(1))
+    samples, nfe = module.generate({"class_labels": labels}, x0)
+    assert nfe == 16
+    for label, mean in enumerate(CLASS_MEANS):
+        generated = samples[labels == label]
+        assert (generated.mean(0) - mean).norm() < 0.25, (label, generated.mean(0))
+        assert generated.std(0).max() < 0.6
+
+
+def test_validation_updates_evaluators_and_writes_media(trained):
+    module, trainer = trained
+    metrics = trainer.validate(module, ToyData(), verbose=False)[0]
+    assert metrics["val/mean_error"] < 0.25
+    assert module.adapter.saved and module.adapter.saved[-1].endswith(".pt")
+
+
+def test_ema_tracks_the_weights_with_its_decay(tmp_path):
+    pl.seed_everything(0)
+    module = make_module(ema_decay=0.9)
+    snapshots = []
+
+    class Snapshot(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            snapshots.append([p.detach().clone() for p in pl_module.network.parameters()])
+
+    make_trainer(tmp_path, max_steps=5, callbacks=[Snapshot()], limit_val_batches=0).fit(
+        module, ToyData()
+    )
+    expected = snapshots[0]
+    for weights in snapshots[1:]:
+        expected = [0.9 * e + 0.1 * w for e, w in zip(expected, weights)]
+    for got, want in zip(module.ema.module.parameters(), expected):
+        torch.testing.assert_close(got, want)
+    assert module.sampling_network is module.ema.module
+
+
+def test_without_ema_samples_with_the_weights():
+    module = make_module(ema_decay=None)
+    assert module.ema is None and module.sampling_network is module.network
+
+
+def test_condition_dropout_trains_the_null_class(tmp_path):
+    seen = []
+
+    class Recorder(ToyVelocity):
+        def forward(self, x, t, class_labels):
+            seen.append(class_labels.clone())
+            return super().forward(x, t, class_labels)
+
+    module = FlowMatching(ToyAdapter(), Recorder(), cond_dropout=0.5, ema_decay=None)
+    make_trainer(tmp_path, max_steps=4, limit_val_batches=0).fit(module, ToyData(batch_size=256))
+    labels = torch.cat(seen)
+    assert 0.4 < (labels == 3).float().mean() < 0.6
+
+
+@pytest.mark.parametrize("bad", [dict(cond_dropout=1.0), dict(ema_decay=1.5)])
+def test_bad_settings_raise(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        make_module(**bad)
