@@ -1,7 +1,7 @@
 """FlowMatching trained on class-conditional Gaussians, whose answer is known."""
 
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from mmflow.training import FlowMatching
@@ -10,25 +10,25 @@ from .toy import CLASS_MEANS, ToyAdapter, ToyData, ToyVelocity
 
 
 def make_module(**kwargs) -> FlowMatching:
-    defaults = dict(
-        optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
-        ema_decay=0.99,
-        sampler="heun",
-        nfe=16,
-        val_sample_batches=16,
-    )
+    defaults = {
+        "optimizer": lambda p: torch.optim.Adam(p, lr=3e-3),
+        "ema_decay": 0.99,
+        "sampler": "heun",
+        "nfe": 16,
+        "val_sample_batches": 16,
+    }
     return FlowMatching(ToyAdapter(), ToyVelocity(), **{**defaults, **kwargs})
 
 
 def make_trainer(tmp_path, **kwargs) -> pl.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    defaults = {
+        "accelerator": "cpu",
+        "default_root_dir": tmp_path,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
     return pl.Trainer(**{**defaults, **kwargs})
 
 
@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
 
 
 def test_class_conditional_samples_land_on_their_class_means(trained):
-    module, trainer = trained
+    module, _trainer = trained
     labels = torch.arange(3).repeat_interleave(200)
     x0 = torch.randn(600, 2, generator=torch.Generator().manual_seed(1))
     samples, nfe = module.generate({"class_labels": labels}, x0)
@@ -99,7 +99,7 @@ def test_condition_dropout_trains_the_null_class(tmp_path):
     assert 0.4 < (labels == 3).float().mean() < 0.6
 
 
-@pytest.mark.parametrize("bad", [dict(cond_dropout=1.0), dict(ema_decay=1.5)])
+@pytest.mark.parametrize("bad", [{"cond_dropout": 1.0}, {"ema_decay": 1.5}])
 def test_bad_settings_raise(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         make_module(**bad)
