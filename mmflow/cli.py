@@ -1,20 +1,37 @@
 """The ``mmflow`` command.
 
-``mmflow info`` lists what the installed core offers under the names recipes use:
-samplers, training time distributions and interpolants. Training subcommands
-(``fit``, ``validate``, ``sample``, ``evaluate``) come with the Lightning training module.
+``mmflow fit | validate | test | predict --config recipe.yaml`` is a ``LightningCLI`` over
+:class:`mmflow.training.FlowMatching` and any ``LightningDataModule`` (``data.class_path``);
+``--print_config`` shows every setting. Four more subcommands:
+
+- ``mmflow sample``: a checkpoint or a pretrained folder -> media files;
+- ``mmflow evaluate``: validate a checkpoint on a recipe's data and write the metrics as JSON;
+- ``mmflow export``: a checkpoint -> a pretrained folder (safetensors + JSON config);
+- ``mmflow info``: the samplers, time distributions and interpolants, by the names recipes use.
+
+Lightning is imported only by the subcommands that train or validate, so the others start fast.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import ArgumentParser
 
 import mmflow
+from mmflow.hub import PretrainedFlow, from_pretrained, pretrained_from_checkpoint, save_pretrained
+
+# Lightning's CLI still calls jsonargparse APIs deprecated in 4.49; users cannot act on that.
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 
-def _info() -> str:
+def _info(_: Sequence[str]) -> int:
     from mmflow.interpolants import PATHS
     from mmflow.sampling import SAMPLERS
     from mmflow.timesteps import GRID_NAMES, TIME_DISTRIBUTIONS
@@ -22,30 +39,138 @@ def _info() -> str:
     samplers = ", ".join(
         f"{s.name} (order {s.order}, {s.evals_per_step} NFE/step)" for s in SAMPLERS.values()
     )
-    lines = [
-        f"mmflow {mmflow.__version__}",
-        "convention: t=0 noise, t=1 data; networks predict the velocity",
-        f"samplers: {samplers}",
-        f"time grids: {', '.join(GRID_NAMES)}",
-        f"time distributions: {', '.join(TIME_DISTRIBUTIONS)}",
-        f"interpolants: {', '.join(PATHS)}",
-    ]
-    return "\n".join(lines)
+    print(f"mmflow {mmflow.__version__}")
+    print("convention: t=0 noise, t=1 data; networks predict the velocity")
+    print(f"samplers: {samplers}")
+    print(f"time grids: {', '.join(GRID_NAMES)}")
+    print(f"time distributions: {', '.join(TIME_DISTRIBUTIONS)}")
+    print(f"interpolants: {', '.join(PATHS)}")
+    return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmflow", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"mmflow {mmflow.__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("info", help="list samplers, time distributions and interpolants")
+def _load_flow(checkpoint: str | None, pretrained: str | None, device: str) -> PretrainedFlow:
+    if (checkpoint is None) == (pretrained is None):
+        raise ValueError("give exactly one of --checkpoint and --pretrained")
+    if checkpoint is not None:
+        return pretrained_from_checkpoint(checkpoint, map_location=device)
+    return from_pretrained(pretrained, map_location=device)
+
+
+def _sample_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="mmflow sample", description="Generate media from a trained flow.")
+    parser.add_argument("--checkpoint", type=str | None, default=None, help="Lightning checkpoint")
+    parser.add_argument(
+        "--pretrained", type=str | None, default=None, help="folder from `mmflow export`"
+    )
+    parser.add_argument("--out", type=str, required=True, help="output folder")
+    parser.add_argument("--num_samples", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--sampler", type=str | None, default=None, help="default: the model's")
+    parser.add_argument("--nfe", type=int | None, default=None, help="default: the model's")
+    parser.add_argument("--cfg_scale", type=float | None, default=None, help="default: the model's")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", type=str, default="cpu")
     return parser
+
+
+def sample_media(
+    flow: PretrainedFlow,
+    num_samples: int,
+    batch_size: int,
+    seed: int,
+    sampler: str | None = None,
+    nfe: int | None = None,
+    cfg_scale: float | None = None,
+) -> tuple[Any, int]:
+    """Generate ``num_samples`` with the adapter's own conditions; returns (media, total NFE)."""
+    shape, cond = flow.adapter.sample_conditions(num_samples)
+    device = next(flow.network.parameters()).device
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    samples, total_nfe = [], 0
+    for start in range(0, num_samples, batch_size):
+        chunk = slice(start, start + batch_size)
+        part = {k: v[chunk].to(device) if torch.is_tensor(v) else v for k, v in cond.items()}
+        result = flow.generate(part, noise[chunk], sampler=sampler, nfe=nfe, cfg_scale=cfg_scale)
+        samples.append(result.samples)
+        total_nfe += result.nfe
+    x1 = torch.cat(samples)
+    return flow.adapter.decode(
+        x1, {k: v.to(device) if torch.is_tensor(v) else v for k, v in cond.items()}
+    ), total_nfe
+
+
+def _sample(argv: Sequence[str]) -> int:
+    args = _sample_parser().parse_args(list(argv))
+    flow = _load_flow(args.checkpoint, args.pretrained, args.device)
+    media, nfe = sample_media(
+        flow, args.num_samples, args.batch_size, args.seed, args.sampler, args.nfe, args.cfg_scale
+    )
+    written = flow.adapter.save_media(media, Path(args.out), "samples")
+    for path in written:
+        print(path)
+    print(f"{args.num_samples} samples, {nfe} network evaluations per batch in total")
+    return 0
+
+
+def _export(argv: Sequence[str]) -> int:
+    parser = ArgumentParser(prog="mmflow export", description="Checkpoint -> pretrained folder.")
+    parser.add_argument("--checkpoint", type=str, required=True)
+    parser.add_argument("--out", type=str, required=True)
+    args = parser.parse_args(list(argv))
+    print(save_pretrained(pretrained_from_checkpoint(args.checkpoint), args.out))
+    return 0
+
+
+def _evaluate(argv: Sequence[str]) -> int:
+    """``mmflow evaluate --out metrics.json --config recipe.yaml --ckpt_path X [overrides]``."""
+    from mmflow.training.cli import MMFlowCLI
+
+    argv = list(argv)
+    out = _pop_option(argv, "--out") or "metrics.json"
+    cli = MMFlowCLI(args=["validate", *argv])
+    metrics = {k: float(v) for k, v in sorted(cli.trainer.callback_metrics.items())}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(metrics, indent=2))
+    print(json.dumps(metrics, indent=2))
+    print(f"metrics written to {out}")
+    return 0
+
+
+def _pop_option(argv: list[str], name: str) -> str | None:
+    for i, item in enumerate(argv):
+        if item == name and i + 1 < len(argv):
+            value = argv[i + 1]
+            del argv[i : i + 2]
+            return value
+        if item.startswith(f"{name}="):
+            del argv[i]
+            return item.split("=", 1)[1]
+    return None
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "sample": _sample,
+    "evaluate": _evaluate,
+    "export": _export,
+    "info": _info,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if args.command == "info":
-        print(_info())
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--version":
+        print(f"mmflow {mmflow.__version__}")
+        return 0
+    if argv and argv[0] in COMMANDS:
+        try:
+            return COMMANDS[argv[0]](argv[1:])
+        except (ValueError, FileNotFoundError, NotImplementedError) as error:
+            print(f"mmflow {argv[0]}: error: {error}", file=sys.stderr)
+            return 2
+    from mmflow.training.cli import MMFlowCLI
+
+    MMFlowCLI(args=argv)
     return 0
 
 

@@ -67,6 +67,17 @@ class ModalityAdapter(nn.Module):
         """The unconditional version of ``cond`` (for CFG dropout in training and guidance)."""
         raise NotImplementedError
 
+    def sample_conditions(self, num_samples: int) -> tuple[tuple[int, ...], Condition]:
+        """The shape of ``x1`` and a condition for ``num_samples`` generations without data.
+
+        Used by ``mmflow sample`` (e.g. class labels cycling through the classes). Modalities
+        whose conditions only come from data (a mixture to separate, speech to gesture to)
+        keep this default, and are sampled from a datamodule instead.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} draws its conditions from data: sample with a datamodule"
+        )
+
     def conditioned(self) -> bool:
         """Whether ``null_condition`` differs from the condition (``False`` for unconditional)."""
         return True

@@ -25,10 +25,10 @@ from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from mmflow.generation import generate
 from mmflow.interpolants import AffinePath, LinearPath
 from mmflow.losses import VelocityLoss
 from mmflow.modality import Batch, Condition, ModalityAdapter, drop_conditions
-from mmflow.sampling import ClassifierFreeGuidance, sample
 from mmflow.timesteps import LogitNormal, TimeDistribution
 
 _OBJECT_ARGUMENTS = (
@@ -143,7 +143,6 @@ class FlowMatching(pl.LightningModule):
         if self.ema is not None:
             self.ema.update_parameters(self.network)
 
-    @torch.no_grad()
     def generate(
         self,
         cond: Condition,
@@ -152,17 +151,18 @@ class FlowMatching(pl.LightningModule):
         nfe: int | None = None,
         cfg_scale: float | None = None,
     ) -> tuple[Tensor, int]:
-        """Integrate the (guided) EMA velocity from ``x0``; returns ``(x1, counted NFE)``."""
-        scale = self.hparams.cfg_scale if cfg_scale is None else cfg_scale
-        model: Any = self.sampling_network
-        if scale != 1.0 and self.adapter.conditioned():
-            model = ClassifierFreeGuidance(model, scale, null_condition=self.adapter.null_condition)
-        result = sample(
-            model,
+        """Integrate the (guided) EMA velocity from ``x0``; returns ``(x1, counted NFE)``.
+
+        ``sampler``, ``nfe`` and ``cfg_scale`` default to the module's validation settings.
+        """
+        result = generate(
+            self.sampling_network,
+            self.adapter,
+            cond,
             x0,
-            method=sampler or self.hparams.sampler,
+            sampler=sampler or self.hparams.sampler,
             nfe=nfe or self.hparams.nfe,
-            **cond,
+            cfg_scale=self.hparams.cfg_scale if cfg_scale is None else cfg_scale,
         )
         return result.samples, result.nfe
 

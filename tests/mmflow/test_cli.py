@@ -1,9 +1,51 @@
-"""The installed ``mmflow`` console script, called as a user would."""
+"""The installed ``mmflow`` console script, called as a user would, on the toy modality."""
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+RECIPE = """
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  max_steps: {max_steps}
+  limit_val_batches: 2
+  val_check_interval: 10
+  check_val_every_n_epoch: null
+  logger: false
+  enable_progress_bar: false
+  enable_model_summary: false
+  default_root_dir: {root}
+  callbacks:
+    - class_path: pytorch_lightning.callbacks.ModelCheckpoint
+      init_args:
+        dirpath: {root}/checkpoints
+        save_last: true
+        every_n_train_steps: 5
+model:
+  adapter:
+    class_path: tests.mmflow.training.toy.ToyAdapter
+  network:
+    class_path: tests.mmflow.training.toy.ToyVelocity
+    init_args:
+      width: 32
+  ema_decay: 0.9
+  nfe: 4
+  val_sample_batches: 1
+data:
+  class_path: tests.mmflow.training.toy.ToyData
+  init_args:
+    size: 256
+    batch_size: 32
+"""
 
 
 def mmflow_command() -> list[str]:
@@ -13,19 +55,144 @@ def mmflow_command() -> list[str]:
     return [found]
 
 
+def run(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        mmflow_command() + list(args),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+        **kwargs,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def write_recipe(tmp_path: Path, max_steps: int = 20) -> Path:
+    path = tmp_path / "toy.yaml"
+    path.write_text(RECIPE.format(root=tmp_path, max_steps=max_steps))
+    return path
+
+
 def test_info_lists_registered_components():
-    out = subprocess.run(
-        mmflow_command() + ["info"], capture_output=True, text=True, check=True
-    ).stdout
+    out = run("info").stdout
     assert "t=0 noise, t=1 data" in out
     for name in ("heun", "rk4", "logit_normal", "linear", "stochastic"):
         assert name in out
 
 
-def test_unknown_subcommand_fails_with_one_clear_line():
-    result = subprocess.run(
-        mmflow_command() + ["bogus"], capture_output=True, text=True, check=False
+def test_unknown_subcommand_fails_with_a_clear_message():
+    result = run("bogus", check=False)
+    assert result.returncode != 0
+    assert "bogus" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_print_config_shows_every_setting(tmp_path):
+    out = run("fit", "--config", str(write_recipe(tmp_path)), "--print_config").stdout
+    for key in (
+        "cond_dropout:",
+        "ema_decay: 0.9",
+        "time_distribution:",
+        "sampler: heun",
+        "max_steps: 20",
+    ):
+        assert key in out
+
+
+def test_unknown_key_is_one_clear_error(tmp_path):
+    result = run(
+        "fit", "--config", str(write_recipe(tmp_path)), "--model.ema_decy=0.5", check=False
     )
     assert result.returncode != 0
-    assert "invalid choice: 'bogus'" in result.stderr
+    assert "ema_decy" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_wrong_type_is_one_clear_error(tmp_path):
+    result = run("fit", "--config", str(write_recipe(tmp_path)), "--model.nfe=many", check=False)
+    assert result.returncode != 0
+    assert "nfe" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fit_sample_export_evaluate(tmp_path):
+    recipe = write_recipe(tmp_path)
+    run("fit", "--config", str(recipe))
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    assert checkpoint.exists()
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 20
+
+    out = run(
+        "sample",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(tmp_path / "samples"),
+        "--num_samples",
+        "6",
+    ).stdout
+    samples = torch.load(tmp_path / "samples" / "samples.pt")
+    assert samples.shape == (6, 2) and "samples.pt" in out
+
+    run("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "pretrained"))
+    run(
+        "sample",
+        "--pretrained",
+        str(tmp_path / "pretrained"),
+        "--out",
+        str(tmp_path / "again"),
+        "--num_samples",
+        "6",
+    )
+    assert torch.equal(torch.load(tmp_path / "again" / "samples.pt"), samples)
+
+    metrics = tmp_path / "metrics.json"
+    run("evaluate", "--config", str(recipe), "--ckpt_path", str(checkpoint), "--out", str(metrics))
+    assert "val/mean_error" in metrics.read_text()
+
+
+def test_sample_with_a_missing_checkpoint_names_it(tmp_path):
+    result = run(
+        "sample", "--checkpoint", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path), check=False
+    )
+    assert result.returncode == 2
+    assert "nope.ckpt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_killed_fit_resumes_from_last_checkpoint(tmp_path):
+    recipe = write_recipe(tmp_path, max_steps=100000)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        mmflow_command() + ["fit", "--config", str(recipe)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (last.exists() and _step(last) >= 10):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = _step(last)
+    assert killed_at >= 10, "fit never wrote a checkpoint"
+
+    target = killed_at + 10
+    result = run(
+        "fit", "--config", str(recipe), "--ckpt_path", "last", f"--trainer.max_steps={target}"
+    )
+    assert "Restored all states from the checkpoint" in result.stderr + result.stdout
+    assert _step(last) == target
+
+
+def _step(path: Path) -> int:
+    for _ in range(20):
+        try:
+            return int(torch.load(path, weights_only=True)["global_step"])
+        except (EOFError, RuntimeError, FileNotFoundError):
+            time.sleep(0.1)
+    return -1

@@ -75,6 +75,9 @@ class ToyAdapter(ModalityAdapter):
     def decode(self, x1, cond):
         return x1
 
+    def sample_conditions(self, num_samples):
+        return (num_samples, 2), {"class_labels": torch.arange(num_samples) % self.num_classes}
+
     def null_condition(self, cond):
         return {**cond, "class_labels": torch.full_like(cond["class_labels"], self.num_classes)}
 

@@ -1,0 +1,236 @@
+"""Save and load trained flows as safetensors weights plus a JSON config.
+
+A pretrained folder holds
+
+- ``config.json``: ``{"network": {"class_path", "init_args"}, "adapter": {...}, "generation":
+  {"sampler", "nfe", "cfg_scale"}, "mmflow_version"}`` — enough to rebuild the network and
+  the adapter with jsonargparse, without the training code;
+- ``model.safetensors``: the network's weights (the EMA copy when training kept one) under
+  ``network.`` and the adapter's (frozen sub-models) under ``adapter.``.
+
+Both files are written to a temporary name and renamed, so a folder never holds half a file.
+Lightning checkpoints stay the format for resuming training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import ArgumentError, ArgumentParser
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+import mmflow
+from mmflow.generation import generate
+from mmflow.modality import Condition, ModalityAdapter
+from mmflow.sampling import SampleResult
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class GenerationDefaults:
+    """Sampler settings stored with a pretrained model."""
+
+    sampler: str = "heun"
+    nfe: int = 16
+    cfg_scale: float = 1.0
+
+
+class PretrainedFlow(nn.Module):
+    """A velocity network with its modality adapter, ready to generate."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        adapter: ModalityAdapter,
+        defaults: GenerationDefaults | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.adapter = adapter
+        self.defaults = defaults or GenerationDefaults()
+        self.config = config or {}
+
+    def generate(
+        self,
+        cond: Condition,
+        x0: Tensor,
+        sampler: str | None = None,
+        nfe: int | None = None,
+        cfg_scale: float | None = None,
+    ) -> SampleResult:
+        """Samples from noise ``x0`` (see :func:`mmflow.generation.generate`)."""
+        return generate(
+            self.network,
+            self.adapter,
+            cond,
+            x0,
+            sampler=sampler or self.defaults.sampler,
+            nfe=nfe or self.defaults.nfe,
+            cfg_scale=self.defaults.cfg_scale if cfg_scale is None else cfg_scale,
+        )
+
+
+@dataclass
+class _Parts:
+    network: nn.Module
+    adapter: nn.Module
+    network_config: dict[str, Any]
+    adapter_config: dict[str, Any]
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
+
+
+def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
+    """Write ``model`` (a trained ``FlowMatching`` or a :class:`PretrainedFlow`) to ``directory``.
+
+    A ``FlowMatching`` module must have been built from a config (``mmflow fit``, a recipe, or
+    :func:`mmflow.cli.build_module`), whose ``network`` and ``adapter`` entries are stored.
+    """
+    parts = _parts_of(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "mmflow_version": mmflow.__version__,
+        "network": parts.network_config,
+        "adapter": parts.adapter_config,
+        "generation": vars(parts.defaults),
+    }
+    tensors = {f"network.{k}": v for k, v in parts.network.state_dict().items()}
+    tensors.update({f"adapter.{k}": v for k, v in parts.adapter.state_dict().items()})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp)))
+    _atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
+    return directory
+
+
+def from_pretrained(
+    directory: str | Path, map_location: str | torch.device = "cpu"
+) -> PretrainedFlow:
+    """Rebuild a :class:`PretrainedFlow` from a folder written by :func:`save_pretrained`."""
+    directory = Path(directory)
+    config = _read_config(directory / CONFIG_NAME)
+    network = _instantiate(config["network"], "network", directory / CONFIG_NAME)
+    adapter = _instantiate(config["adapter"], "adapter", directory / CONFIG_NAME)
+    weights = _read_weights(directory / WEIGHTS_NAME, map_location)
+    _load_part(network, weights, "network", directory / WEIGHTS_NAME)
+    _load_part(adapter, weights, "adapter", directory / WEIGHTS_NAME)
+    defaults = GenerationDefaults(**config.get("generation", {}))
+    flow = PretrainedFlow(network.eval(), adapter.eval(), defaults, config)
+    return flow.to(map_location)
+
+
+def pretrained_from_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> PretrainedFlow:
+    """A :class:`PretrainedFlow` from a Lightning checkpoint of a config-built ``FlowMatching``.
+
+    The sampling weights are the EMA copy when the checkpoint has one. The checkpoint is read
+    with ``weights_only=True``: it is never unpickled as code.
+    """
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: checkpoint not found") from None
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as error:
+        raise ValueError(f"{path}: not a readable checkpoint ({error})") from None
+    hparams = checkpoint.get("hyper_parameters", {})
+    config = {name: hparams.get(name) for name in ("network", "adapter")}
+    missing = [n for n, c in config.items() if not (isinstance(c, dict) and "class_path" in c)]
+    if missing:
+        raise ValueError(
+            f"{path}: the checkpoint has no config for {missing} (not trained from a recipe)"
+        )
+    network = _instantiate(config["network"], "network", path)
+    adapter = _instantiate(config["adapter"], "adapter", path)
+    state = checkpoint["state_dict"]
+    prefix = "ema.module" if any(k.startswith("ema.module.") for k in state) else "network"
+    _load_part(network, state, prefix, path)
+    _load_part(adapter, state, "adapter", path)
+    defaults = GenerationDefaults(
+        hparams.get("sampler", "heun"), hparams.get("nfe", 16), hparams.get("cfg_scale", 1.0)
+    )
+    return PretrainedFlow(network.eval(), adapter.eval(), defaults, config).to(map_location)
+
+
+def _parts_of(model: nn.Module) -> _Parts:
+    if isinstance(model, PretrainedFlow):
+        return _Parts(
+            model.network,
+            model.adapter,
+            model.config["network"],
+            model.config["adapter"],
+            model.defaults,
+        )
+    hparams = dict(getattr(model, "hparams", {}))
+    configs = {name: hparams.get(name) for name in ("network", "adapter")}
+    missing = [n for n, c in configs.items() if not (isinstance(c, dict) and "class_path" in c)]
+    if missing:
+        raise ValueError(
+            f"save_pretrained: the model has no config for {missing}; build it from a recipe "
+            "(`mmflow fit --config ...`) or with mmflow.cli.build_module so it can be rebuilt"
+        )
+    defaults = GenerationDefaults(hparams["sampler"], hparams["nfe"], hparams["cfg_scale"])
+    return _Parts(
+        model.sampling_network, model.adapter, configs["network"], configs["adapter"], defaults
+    )
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path}: no pretrained config here (written by save_pretrained)"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    for key in ("network", "adapter"):
+        if key not in config:
+            raise ValueError(f"{path}: missing key `{key}`")
+    return config
+
+
+def _instantiate(config: dict[str, Any], key: str, source: Path) -> nn.Module:
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(nn.Module, key, fail_untyped=False)
+    try:
+        return parser.instantiate(parser.parse_object({key: config}))[key]
+    except (ArgumentError, ImportError, TypeError, ValueError) as error:
+        raise ValueError(f"{source}: cannot build `{key}`: {error}") from None
+
+
+def _read_weights(path: Path, map_location: str | torch.device) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path), device=str(map_location))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: weights file missing") from None
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+
+
+def _load_part(module: nn.Module, weights: dict[str, Tensor], prefix: str, source: Path) -> None:
+    part = {k[len(prefix) + 1 :]: v for k, v in weights.items() if k.startswith(f"{prefix}.")}
+    try:
+        module.load_state_dict(part, strict=True)
+    except RuntimeError as error:
+        details = " ".join(line.strip() for line in str(error).splitlines()[1:])
+        raise ValueError(
+            f"{source}: weights do not fit the configured `{prefix}`: {details}"
+        ) from None

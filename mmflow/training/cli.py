@@ -1,0 +1,42 @@
+"""``MMFlowCLI``: the LightningCLI behind ``mmflow fit | validate | test | predict``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from pytorch_lightning.cli import LightningCLI
+
+from mmflow.training.module import FlowMatching
+
+EXTRA_COMMANDS = "sample, evaluate, export, info"
+
+
+class MMFlowCLI(LightningCLI):
+    """LightningCLI over ``FlowMatching``; the datamodule is chosen by ``data.class_path``."""
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            FlowMatching,
+            subclass_mode_data=True,
+            args=list(args) if args is not None else None,
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={
+                "description": f"Flow matching for every modality. Also: mmflow {{{EXTRA_COMMANDS}}} --help",
+            },
+        )
+
+
+def build_module(config: dict[str, Any]) -> FlowMatching:
+    """A ``FlowMatching`` from a ``model:`` config dict, with its config kept as hyperparameters.
+
+    The same path the CLI takes, for code and tests: such a module can be exported with
+    :func:`mmflow.hub.save_pretrained`.
+    """
+    args = ["--model", json.dumps(config), "--data", json.dumps(_NO_DATA), "--trainer.logger=false"]
+    return MMFlowCLI(args=args, run=False).model
+
+
+_NO_DATA = {"class_path": "pytorch_lightning.LightningDataModule"}

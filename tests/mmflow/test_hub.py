@@ -1,0 +1,111 @@
+"""save_pretrained / from_pretrained and checkpoint conversion, on the toy modality."""
+
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from mmflow.hub import from_pretrained, pretrained_from_checkpoint, save_pretrained
+from mmflow.training.cli import build_module
+
+from .training.test_module import make_module
+from .training.toy import ToyData
+
+CONFIG = {
+    "adapter": {"class_path": "tests.mmflow.training.toy.ToyAdapter"},
+    "network": {"class_path": "tests.mmflow.training.toy.ToyVelocity", "init_args": {"width": 32}},
+    "ema_decay": 0.9,
+    "cfg_scale": 2.0,
+    "nfe": 8,
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    pl.seed_everything(0)
+    root = tmp_path_factory.mktemp("hub")
+    module = build_module(CONFIG)
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_last=True)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=20,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[checkpoint],
+        default_root_dir=root,
+    )
+    trainer.fit(module, ToyData(size=512))
+    return module, root
+
+
+def _inputs():
+    labels = torch.tensor([0, 1, 2, 3] * 4)
+    return {"class_labels": labels}, torch.randn(16, 2, generator=torch.Generator().manual_seed(3))
+
+
+def test_from_pretrained_reproduces_the_module_bit_for_bit(trained, tmp_path):
+    module, _ = trained
+    save_pretrained(module, tmp_path / "pretrained")
+    flow = from_pretrained(tmp_path / "pretrained")
+    cond, x0 = _inputs()
+    expected, nfe = module.generate(cond, x0)
+    result = flow.generate(cond, x0)
+    assert torch.equal(result.samples, expected)
+    assert result.nfe == nfe == 8
+    assert flow.defaults.cfg_scale == 2.0
+
+
+def test_checkpoint_conversion_uses_the_ema_weights(trained):
+    module, root = trained
+    flow = pretrained_from_checkpoint(root / "ckpt" / "last.ckpt")
+    cond, x0 = _inputs()
+    assert torch.equal(flow.generate(cond, x0).samples, module.generate(cond, x0)[0])
+    for ours, ema in zip(flow.network.parameters(), module.ema.module.parameters(), strict=True):
+        assert torch.equal(ours, ema)
+
+
+def test_files_are_safetensors_and_json(trained, tmp_path):
+    module, _ = trained
+    folder = save_pretrained(module, tmp_path / "p")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["network"]["init_args"]["width"] == 32
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_corrupt_weights_name_the_file(trained, tmp_path):
+    module, _ = trained
+    folder = save_pretrained(module, tmp_path / "p")
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        from_pretrained(folder)
+
+
+def test_shape_mismatch_between_config_and_weights_names_the_part(trained, tmp_path):
+    module, _ = trained
+    folder = save_pretrained(module, tmp_path / "p")
+    config = json.loads((folder / "config.json").read_text())
+    config["network"]["init_args"]["width"] = 16
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="network.*size mismatch"):
+        from_pretrained(folder)
+
+
+def test_missing_config_key_names_the_key(tmp_path):
+    tmp_path.joinpath("config.json").write_text(json.dumps({"network": {}}))
+    with pytest.raises(ValueError, match="adapter"):
+        from_pretrained(tmp_path)
+
+
+def test_module_built_in_python_cannot_be_exported_silently(tmp_path):
+    with pytest.raises(ValueError, match="recipe"):
+        save_pretrained(make_module(), tmp_path)
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="broken.ckpt"):
+        pretrained_from_checkpoint(broken)

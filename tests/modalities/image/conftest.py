@@ -1,0 +1,33 @@
+"""Shared fixtures: one cache folder per test session and a briefly trained classifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modalities.image import MNIST5k, SmallCNN, train_classifier
+
+FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("mmflow-cache"))
+
+
+@pytest.fixture(scope="session")
+def mnist(cache_dir: str) -> MNIST5k:
+    datamodule = MNIST5k(batch_size=64, cache_dir=cache_dir)
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(cache_dir: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[SmallCNN, float, Path]:
+    """A classifier trained for two epochs on 640 MNIST-5k images (a few seconds)."""
+    path = tmp_path_factory.mktemp("classifier") / "mnist5k-small.safetensors"
+    datamodule = MNIST5k(batch_size=64, cache_dir=cache_dir, limit=640)
+    model, val_accuracy = train_classifier(datamodule, path, epochs=2, width=16, feature_dim=64)
+    return model, val_accuracy, path

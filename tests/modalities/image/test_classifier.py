@@ -1,0 +1,93 @@
+"""The small CNN classifier, FD-ours and class accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from modalities.image import ClassAccuracy, ClassifierFD, MNIST5k, load_classifier
+from modalities.image.classifier import main
+
+
+def test_brief_training_is_well_above_chance(trained_classifier):
+    model, val_accuracy, path = trained_classifier
+    assert val_accuracy > 0.6  # chance is 0.1
+    config = json.loads(path.with_suffix(".json").read_text())
+    assert config["architecture"] == {"in_channels": 1, "num_classes": 10, "width": 16, "feature_dim": 64}
+    assert config["dataset"] == "mnist5k" and config["val_accuracy"] == val_accuracy
+    images = torch.rand(3, 1, 28, 28)
+    loaded = load_classifier(path)
+    torch.testing.assert_close(loaded(images), model(images))
+    assert not any(parameter.requires_grad for parameter in loaded.parameters())
+
+
+def test_missing_or_mismatched_classifier_is_a_clear_error(tmp_path: Path, trained_classifier):
+    missing = tmp_path / "nowhere.safetensors"
+    with pytest.raises(FileNotFoundError, match=rf"{missing}.*--dataset mnist5k --out {missing}"):
+        load_classifier(missing)
+    _, _, path = trained_classifier
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(path.read_bytes())
+    config = json.loads(path.with_suffix(".json").read_text())
+    config["architecture"]["width"] = 8
+    copy.with_suffix(".json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"copy.safetensors does not match its config"):
+        load_classifier(copy)
+
+
+def test_fd_ours_is_zero_for_identical_sets_and_large_for_noise(mnist: MNIST5k, trained_classifier):
+    model, _, _ = trained_classifier
+    real = mnist.datasets["val"][list(range(300))]
+    metric = ClassifierFD(model)
+    metric.update(real["image"], real)
+    same = metric.compute().item()
+    scale = metric.statistics("real")[1].trace().item()
+    assert abs(same) < 1e-6 * scale
+    metric.reset()
+    metric.update(torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(0)), real)
+    assert metric.compute().item() > 10 * scale
+    assert ClassifierFD.display_name == "FD-ours"
+
+
+def test_fd_ours_respects_max_samples(mnist: MNIST5k, trained_classifier):
+    model, _, _ = trained_classifier
+    batch = mnist.datasets["val"][list(range(100))]
+    metric = ClassifierFD(model, max_samples=150)
+    metric.update(batch["image"], batch)
+    metric.update(batch["image"], batch)
+    assert metric.real_count.item() == 150 and metric.fake_count.item() == 150
+
+
+class BrightnessClassifier(nn.Module):
+    """Toy judge: the class of an image is ``round(9 * mean pixel)``."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        predicted = (images.mean((1, 2, 3)) * 9).round().long()
+        return nn.functional.one_hot(predicted, 10).float()
+
+
+def test_class_accuracy_closed_form():
+    metric = ClassAccuracy(BrightnessClassifier())
+    levels = torch.tensor([0, 3, 5, 9, 2, 7])
+    images = (levels.float() / 9).view(-1, 1, 1, 1).expand(-1, 1, 4, 4)
+    labels = torch.tensor([0, 3, 1, 9, 2, 0])  # 4 of 6 match
+    metric.update(images[:4], {"label": labels[:4]})
+    metric.update(images[4:], {"label": labels[4:]})
+    assert metric.compute().item() == pytest.approx(4 / 6)
+    metric.reset()
+    metric.update(images, {"label": levels})
+    assert metric.compute().item() == 1.0
+
+
+def test_command_line_trains_and_reports(tmp_path: Path, cache_dir: str, capsys: pytest.CaptureFixture):
+    out = tmp_path / "cli.safetensors"
+    status = main(["--dataset", "digits", "--out", str(out), "--epochs", "1", "--limit", "200", "--cache-dir", cache_dir])
+    assert status == 0 and out.is_file() and out.with_suffix(".json").is_file()
+    assert "validation accuracy" in capsys.readouterr().out
+    assert load_classifier(out).config.num_classes == 10
+    missing = main(["--dataset", "folder", "--root", str(tmp_path / "none"), "--out", str(out)])
+    assert missing == 1 and "image folder" in capsys.readouterr().err
