@@ -25,9 +25,13 @@ def mnist(cache_dir: str) -> MNIST5k:
 
 
 @pytest.fixture(scope="session")
-def trained_classifier(cache_dir: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[SmallCNN, float, Path]:
-    """A classifier trained for two epochs on 640 MNIST-5k images (a few seconds)."""
+def trained_classifier(
+    cache_dir: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[SmallCNN, float, Path]:
+    """A classifier trained for four epochs on 640 MNIST-5k images (about a second)."""
     path = tmp_path_factory.mktemp("classifier") / "mnist5k-small.safetensors"
-    datamodule = MNIST5k(batch_size=64, cache_dir=cache_dir, limit=640)
-    model, val_accuracy = train_classifier(datamodule, path, epochs=2, width=16, feature_dim=64)
+    datamodule = MNIST5k(batch_size=32, cache_dir=cache_dir, limit=640)
+    model, val_accuracy = train_classifier(
+        datamodule, path, epochs=4, lr=2e-3, width=16, feature_dim=64
+    )
     return model, val_accuracy, path

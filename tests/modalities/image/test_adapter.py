@@ -16,7 +16,10 @@ from modalities.image import PixelAdapter, save_image_grid
 
 def _batch(size: int = 4) -> dict:
     generator = torch.Generator().manual_seed(0)
-    return {"image": torch.rand(size, 1, 8, 8, generator=generator), "label": torch.arange(size) % 3}
+    return {
+        "image": torch.rand(size, 1, 8, 8, generator=generator),
+        "label": torch.arange(size) % 3,
+    }
 
 
 def test_encode_decode_round_trip():
@@ -76,7 +79,9 @@ def test_rgb_grid(tmp_path: Path):
     images[:, 1] = 1.0
     path = save_image_grid(images, tmp_path / "rgb.png", nrow=2, min_image_size=4, padding=0)
     pixels = np.asarray(Image.open(path))
-    assert pixels.shape == (4, 8, 3) and (pixels[..., 1] == 255).all() and (pixels[..., 0] == 0).all()
+    assert (
+        pixels.shape == (4, 8, 3) and (pixels[..., 1] == 255).all() and (pixels[..., 0] == 0).all()
+    )
     with pytest.raises(ValueError, match=r"\[B, 1 or 3, H, W\]"):
         save_image_grid(torch.zeros(2, 2, 4, 4), tmp_path / "bad.png")
 
@@ -93,3 +98,12 @@ def test_evaluators_follow_the_configuration(trained_classifier):
 def test_missing_classifier_fails_at_construction(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match=r"python -m modalities.image.classifier"):
         PixelAdapter(num_classes=10, classifier_path=str(tmp_path / "none.safetensors"))
+
+
+def test_sample_conditions_cycle_through_the_classes():
+    shape, cond = PixelAdapter(num_classes=10, image_shape=(1, 28, 28)).sample_conditions(12)
+    assert shape == (12, 1, 28, 28)
+    assert cond["class_labels"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert PixelAdapter(image_shape=(3, 8, 8)).sample_conditions(2) == ((2, 3, 8, 8), {})
+    with pytest.raises(ValueError, match="image_shape"):
+        PixelAdapter(num_classes=10).sample_conditions(2)

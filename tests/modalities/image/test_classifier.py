@@ -15,9 +15,14 @@ from modalities.image.classifier import main
 
 def test_brief_training_is_well_above_chance(trained_classifier):
     model, val_accuracy, path = trained_classifier
-    assert val_accuracy > 0.6  # chance is 0.1
+    assert val_accuracy > 0.5  # chance is 0.1; the full recipe reaches 0.98
     config = json.loads(path.with_suffix(".json").read_text())
-    assert config["architecture"] == {"in_channels": 1, "num_classes": 10, "width": 16, "feature_dim": 64}
+    assert config["architecture"] == {
+        "in_channels": 1,
+        "num_classes": 10,
+        "width": 16,
+        "feature_dim": 64,
+    }
     assert config["dataset"] == "mnist5k" and config["val_accuracy"] == val_accuracy
     images = torch.rand(3, 1, 28, 28)
     loaded = load_classifier(path)
@@ -42,14 +47,22 @@ def test_missing_or_mismatched_classifier_is_a_clear_error(tmp_path: Path, train
 def test_fd_ours_is_zero_for_identical_sets_and_large_for_noise(mnist: MNIST5k, trained_classifier):
     model, _, _ = trained_classifier
     real = mnist.datasets["val"][list(range(300))]
-    metric = ClassifierFD(model)
-    metric.update(real["image"], real)
-    same = metric.compute().item()
-    scale = metric.statistics("real")[1].trace().item()
-    assert abs(same) < 1e-6 * scale
-    metric.reset()
-    metric.update(torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(0)), real)
-    assert metric.compute().item() > 10 * scale
+    other_real = mnist.datasets["test"][list(range(300))]
+    noise = torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    metric = ClassifierFD(model, reset_real_features=False)
+
+    def distance_to(generated: torch.Tensor) -> float:
+        metric.reset()
+        metric.update(generated, real)
+        return metric.compute().item()
+
+    same, between_real, to_noise = (
+        distance_to(real["image"]),
+        distance_to(other_real["image"]),
+        distance_to(noise),
+    )
+    assert abs(same) < 1e-6 * metric.statistics("real")[1].trace().item()
+    assert 0 < between_real and to_noise > 5 * between_real
     assert ClassifierFD.display_name == "FD-ours"
 
 
@@ -83,9 +96,24 @@ def test_class_accuracy_closed_form():
     assert metric.compute().item() == 1.0
 
 
-def test_command_line_trains_and_reports(tmp_path: Path, cache_dir: str, capsys: pytest.CaptureFixture):
+def test_command_line_trains_and_reports(
+    tmp_path: Path, cache_dir: str, capsys: pytest.CaptureFixture
+):
     out = tmp_path / "cli.safetensors"
-    status = main(["--dataset", "digits", "--out", str(out), "--epochs", "1", "--limit", "200", "--cache-dir", cache_dir])
+    status = main(
+        [
+            "--dataset",
+            "digits",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--limit",
+            "200",
+            "--cache-dir",
+            cache_dir,
+        ]
+    )
     assert status == 0 and out.is_file() and out.with_suffix(".json").is_file()
     assert "validation accuracy" in capsys.readouterr().out
     assert load_classifier(out).config.num_classes == 10

@@ -75,7 +75,9 @@ def test_sklearn_digits_scaled_and_padded(cache_dir: str):
     padded = SklearnDigits(cache_dir=cache_dir, pad_to=16)
     padded.setup()
     assert padded.image_shape == (1, 16, 16)
-    assert torch.equal(padded.datasets["val"].images[:, :, 4:12, 4:12], digits.datasets["val"].images)
+    assert torch.equal(
+        padded.datasets["val"].images[:, :, 4:12, 4:12], digits.datasets["val"].images
+    )
     assert padded.datasets["val"].images[:, :, :4].sum() == 0
 
 
@@ -101,7 +103,9 @@ def _tiny_idx_folder(root: Path, gz: bool) -> Path:
     suffix = ".gz" if gz else ""
     root.mkdir()
     for part, count in (("train", 30), ("t10k", 10)):
-        _write_idx(root / f"{part}-images-idx3-ubyte{suffix}", rng.integers(0, 256, (count, 28, 28)))
+        _write_idx(
+            root / f"{part}-images-idx3-ubyte{suffix}", rng.integers(0, 256, (count, 28, 28))
+        )
         _write_idx(root / f"{part}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, count))
     return root
 
@@ -122,7 +126,9 @@ def test_corrupt_idx_file_names_the_file(tmp_path: Path):
     broken = root / "train-images-idx3-ubyte.gz"
     broken.write_bytes(gzip.compress(gzip.decompress(broken.read_bytes())[:-100]))
     datamodule = FashionMNIST(root=str(root), cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz.*truncated or corrupt.*apt-get install"):
+    with pytest.raises(
+        ValueError, match=r"train-images-idx3-ubyte\.gz.*truncated or corrupt.*apt-get install"
+    ):
         datamodule.prepare_data()
 
     broken.write_bytes(b"not gzip at all")
@@ -132,14 +138,18 @@ def test_corrupt_idx_file_names_the_file(tmp_path: Path):
     labels = root / "t10k-labels-idx1-ubyte.gz"
     _write_idx(root / "train-images-idx3-ubyte.gz", np.zeros((30, 28, 28)))
     labels.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + bytes(8)))
-    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte\.gz: not an unsigned-byte IDX file"):
+    with pytest.raises(
+        ValueError, match=r"t10k-labels-idx1-ubyte\.gz: not an unsigned-byte IDX file"
+    ):
         datamodule.prepare_data()
 
 
 def test_missing_idx_file_says_how_to_get_it(tmp_path: Path):
     root = _tiny_idx_folder(tmp_path / "idx", gz=True)
     (root / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(FileNotFoundError, match=r"t10k-labels-idx1-ubyte.*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(
+        FileNotFoundError, match=r"t10k-labels-idx1-ubyte.*apt-get install dataset-fashion-mnist"
+    ):
         FashionMNIST(root=str(root), cache_dir=str(tmp_path / "cache")).prepare_data()
 
 
@@ -157,7 +167,13 @@ def _tiny_image_folder(root: Path) -> Path:
 
 def test_image_folder_rgb_and_grayscale(tmp_path: Path):
     root = _tiny_image_folder(tmp_path / "folder")
-    rgb = ImageFolder(str(root), image_size=16, cache_dir=str(tmp_path / "cache"), val_fraction=0.25, test_fraction=0.25)
+    rgb = ImageFolder(
+        str(root),
+        image_size=16,
+        cache_dir=str(tmp_path / "cache"),
+        val_fraction=0.25,
+        test_fraction=0.25,
+    )
     rgb.setup()
     assert rgb.manifest()["counts"] == {"train": 6, "val": 3, "test": 3}
     assert rgb.manifest()["class_names"] == ["cats", "dogs"]
@@ -170,7 +186,9 @@ def test_image_folder_rgb_and_grayscale(tmp_path: Path):
     _check_batch(next(iter(gray.val_dataloader())), 1, 12)
 
 
-def test_changed_source_rebuilds_the_cache_with_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+def test_changed_source_rebuilds_the_cache_with_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     root = _tiny_image_folder(tmp_path / "folder")
     datamodule = ImageFolder(str(root), image_size=8, cache_dir=str(tmp_path / "cache"))
     datamodule.prepare_data()
