@@ -7,6 +7,7 @@
 - ``mmflow sample``: a checkpoint or a pretrained folder -> media files;
 - ``mmflow evaluate``: validate a checkpoint on a recipe's data and write the metrics as JSON;
 - ``mmflow export``: a checkpoint -> a pretrained folder (safetensors + JSON config);
+- ``mmflow benchmark samplers``: quality against counted NFE for several samplers;
 - ``mmflow info``: the samplers, time distributions and interpolants, by the names recipes use.
 
 Lightning is imported only by the subcommands that train or validate, so the others start fast.
@@ -26,6 +27,7 @@ from jsonargparse import ArgumentParser
 
 import mmflow
 from mmflow.hub import PretrainedFlow, from_pretrained, pretrained_from_checkpoint, save_pretrained
+from mmflow.modality import to_device
 
 # Lightning's CLI still calls jsonargparse APIs deprecated in 4.49; users cannot act on that.
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
@@ -85,18 +87,16 @@ def sample_media(
     """Generate ``num_samples`` with the adapter's own conditions; returns (media, total NFE)."""
     shape, cond = flow.adapter.sample_conditions(num_samples)
     device = next(flow.network.parameters()).device
+    cond = to_device(cond, device)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
     samples, total_nfe = [], 0
     for start in range(0, num_samples, batch_size):
         chunk = slice(start, start + batch_size)
-        part = {k: v[chunk].to(device) if torch.is_tensor(v) else v for k, v in cond.items()}
+        part = {k: v[chunk] if torch.is_tensor(v) else v for k, v in cond.items()}
         result = flow.generate(part, noise[chunk], sampler=sampler, nfe=nfe, cfg_scale=cfg_scale)
         samples.append(result.samples)
         total_nfe += result.nfe
-    x1 = torch.cat(samples)
-    return flow.adapter.decode(
-        x1, {k: v.to(device) if torch.is_tensor(v) else v for k, v in cond.items()}
-    ), total_nfe
+    return flow.adapter.decode(torch.cat(samples), cond), total_nfe
 
 
 def _sample(argv: Sequence[str]) -> int:
@@ -108,7 +108,58 @@ def _sample(argv: Sequence[str]) -> int:
     written = flow.adapter.save_media(media, Path(args.out), "samples")
     for path in written:
         print(path)
-    print(f"{args.num_samples} samples, {nfe} network evaluations per batch in total")
+    batches = -(-args.num_samples // args.batch_size)
+    print(f"{args.num_samples} samples in {batches} batches, {nfe // batches} counted NFE each")
+    return 0
+
+
+def _benchmark_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="mmflow benchmark samplers",
+        description="Quality against counted NFE for several samplers on one trained flow.",
+    )
+    parser.add_argument("--checkpoint", type=str | None, default=None, help="Lightning checkpoint")
+    parser.add_argument(
+        "--pretrained", type=str | None, default=None, help="folder from `mmflow export`"
+    )
+    parser.add_argument(
+        "--config", type=str, required=True, help="recipe whose `data` gives the real batches"
+    )
+    parser.add_argument("--split", type=str, default="test", help="test or val")
+    parser.add_argument("--samplers", type=list[str], default=["euler", "heun"])
+    parser.add_argument("--nfe", type=list[int], default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--num_samples", type=int, default=500)
+    parser.add_argument("--cfg_scale", type=float | None, default=None, help="default: the model's")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", type=str, default="cpu")
+    parser.add_argument("--out", type=str, required=True)
+    return parser
+
+
+def _benchmark(argv: Sequence[str]) -> int:
+    from mmflow.benchmark import sampler_sweep, write_report
+    from mmflow.data import load_datamodule, take_batches
+
+    argv = list(argv)
+    if not argv or argv[0] != "samplers":
+        raise ValueError(
+            "usage: mmflow benchmark samplers --checkpoint CKPT --config RECIPE --out DIR"
+        )
+    args = _benchmark_parser().parse_args(argv[1:])
+    flow = _load_flow(args.checkpoint, args.pretrained, args.device)
+    datamodule = load_datamodule(args.config)
+    batches = take_batches(datamodule, args.split, args.num_samples)
+    out = Path(args.out)
+    rows = sampler_sweep(
+        flow, batches, args.samplers, args.nfe, args.cfg_scale, args.seed, out / "samples"
+    )
+    context = {
+        "source": args.checkpoint or args.pretrained,
+        "data": f"{type(datamodule).__name__} {args.split} split, {args.num_samples} samples",
+        "metric_names": flow.adapter.metric_names(),
+    }
+    for path in write_report(rows, out, context):
+        print(path)
     return 0
 
 
@@ -152,6 +203,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "sample": _sample,
     "evaluate": _evaluate,
     "export": _export,
+    "benchmark": _benchmark,
     "info": _info,
 }
 

@@ -90,6 +90,12 @@ class ModalityAdapter(nn.Module):
         """Metrics updated as ``metric.update(generated_media, batch)`` during validation."""
         return nn.ModuleDict()
 
+    def metric_names(self) -> dict[str, str]:
+        """Evaluator key -> the name to report it under (a metric's ``display_name`` if set)."""
+        return {
+            key: getattr(metric, "display_name", key) for key, metric in self.evaluators().items()
+        }
+
     def save_media(self, media: Any, directory: Path, name: str) -> list[Path]:
         """Write media a person can look at or listen to; returns the written files."""
         return []
@@ -117,3 +123,15 @@ def drop_conditions(cond: Condition, null: Condition, drop: Tensor) -> Condition
         else:
             mixed[key] = value
     return mixed
+
+
+def to_device(values: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """Move the tensors of a batch or condition dict (nested dicts included) to ``device``."""
+    return {
+        k: v.to(device)
+        if isinstance(v, Tensor)
+        else to_device(v, device)
+        if isinstance(v, dict)
+        else v
+        for k, v in values.items()
+    }
