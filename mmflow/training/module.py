@@ -184,6 +184,15 @@ class FlowMatching(pl.LightningModule):
         if batch_idx == 0 and self.trainer.is_global_zero:
             self.adapter.save_media(media, self._media_dir(), f"epoch{self.current_epoch:04d}")
 
+    def predict_step(self, batch: Batch, batch_idx: int) -> Any:
+        """Media generated under each example's condition (``mmflow predict``), on seeded noise."""
+        x1, cond = self.adapter.encode(batch)
+        generator = torch.Generator(device=x1.device).manual_seed(
+            self.hparams.sample_seed + batch_idx
+        )
+        samples, _ = self.generate(cond, self.adapter.noise_like(x1, generator=generator))
+        return self.adapter.decode(samples, cond)
+
     def on_validation_epoch_end(self) -> None:
         for name, metric in self._evaluators.items():
             if metric.update_count:

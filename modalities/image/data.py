@@ -304,6 +304,10 @@ class ImageDataModule(pl.LightningDataModule, ABC):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test split: ``mmflow predict`` generates under its labels."""
+        return self._loader("test", shuffle=False)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
         return DataLoader(

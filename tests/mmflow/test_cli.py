@@ -149,6 +149,8 @@ def test_fit_sample_export_evaluate(tmp_path):
     )
     assert torch.equal(torch.load(tmp_path / "again" / "samples.pt"), samples)
 
+    run("predict", "--config", str(recipe), "--ckpt_path", str(checkpoint))
+
     metrics = tmp_path / "metrics.json"
     run("evaluate", "--config", str(recipe), "--ckpt_path", str(checkpoint), "--out", str(metrics))
     assert "val/mean_error" in metrics.read_text()

@@ -60,6 +60,15 @@ def test_validation_updates_evaluators_and_writes_media(trained):
     assert module.adapter.saved and module.adapter.saved[-1].endswith(".pt")
 
 
+def test_predict_generates_under_each_examples_condition(trained):
+    module, trainer = trained
+    data = ToyData(size=300)
+    predictions = torch.cat(trainer.predict(module, data))
+    assert predictions.shape == (300, 2)
+    for label, mean in enumerate(CLASS_MEANS):
+        assert (predictions[data.labels == label].mean(0) - mean).norm() < 0.3
+
+
 def test_ema_tracks_the_weights_with_its_decay(tmp_path):
     pl.seed_everything(0)
     module = make_module(ema_decay=0.9)

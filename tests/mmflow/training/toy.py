@@ -39,6 +39,9 @@ class ToyData(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(shuffle=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(shuffle=False)
+
 
 def _as_dict(rows: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
     points, labels = zip(*rows)
