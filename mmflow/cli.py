@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,9 @@ def _evaluate(argv: Sequence[str]) -> int:
 
     argv = list(argv)
     out = _pop_option(argv, "--out") or "metrics.json"
-    cli = MMFlowCLI(args=["validate", *argv])
+    with warnings.catch_warnings():  # the arguments are the command line, rewritten on purpose
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = MMFlowCLI(args=["validate", *argv])
     metrics = {k: float(v) for k, v in sorted(cli.trainer.callback_metrics.items())}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(metrics, indent=2))
@@ -208,22 +211,33 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
+USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status."""
+    """Entry point of the console script; returns the exit status.
+
+    Errors a user causes (a missing or corrupt file, a bad value) end in one line naming the
+    file or key and exit status 2; set ``MMFLOW_DEBUG=1`` to see the traceback instead.
+    """
+    from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--version":
         print(f"mmflow {mmflow.__version__}")
         return 0
-    if argv and argv[0] in COMMANDS:
-        try:
-            return COMMANDS[argv[0]](argv[1:])
-        except (ValueError, FileNotFoundError, NotImplementedError) as error:
-            print(f"mmflow {argv[0]}: error: {error}", file=sys.stderr)
-            return 2
-    from mmflow.training.cli import MMFlowCLI
+    command = argv[0] if argv else "mmflow"
+    try:
+        if command in COMMANDS:
+            return COMMANDS[command](argv[1:])
+        from mmflow.training.cli import MMFlowCLI
 
-    MMFlowCLI(args=argv)
-    return 0
+        MMFlowCLI(args=None if from_console else argv)
+        return 0
+    except USER_ERRORS as error:
+        if os.environ.get("MMFLOW_DEBUG"):
+            raise
+        print(f"mmflow {command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

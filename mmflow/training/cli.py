@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from mmflow.training.module import FlowMatching
 
 EXTRA_COMMANDS = "sample, evaluate, export, info"
+
+
+class ShortUsageParser(LightningArgumentParser):
+    """A parser whose errors end in one line naming the bad key or value.
+
+    jsonargparse prints the usage of every option before an error; for a recipe with hundreds
+    of options that buries the message, so the usage shrinks to one line (``--help`` is intact).
+    """
+
+    def print_usage(self, file: Any = None) -> None:
+        (file or sys.stdout).write(
+            f"usage: {self.prog.replace(' [options]', '')} [--config RECIPE] [options]\n"
+        )
 
 
 class MMFlowCLI(LightningCLI):
@@ -22,6 +36,7 @@ class MMFlowCLI(LightningCLI):
             subclass_mode_data=True,
             args=list(args) if args is not None else None,
             run=run,
+            parser_class=ShortUsageParser,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={
                 "description": f"Flow matching for every modality. Also: mmflow {{{EXTRA_COMMANDS}}} --help",

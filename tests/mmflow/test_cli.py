@@ -198,3 +198,19 @@ def _step(path: Path) -> int:
         except (EOFError, RuntimeError, FileNotFoundError):
             time.sleep(0.1)
     return -1
+
+
+def test_missing_file_in_a_recipe_is_one_line_naming_it(tmp_path):
+    recipe = ROOT / "recipes" / "image" / "mnist.yaml"
+    missing = tmp_path / "no-classifier.safetensors"
+    result = run(
+        "fit",
+        "--config",
+        str(recipe),
+        f"--model.adapter.init_args.classifier_path={missing}",
+        check=False,
+    )
+    assert result.returncode == 2
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("mmflow fit: error:") and str(missing) in last_line
+    assert "Traceback" not in result.stderr
