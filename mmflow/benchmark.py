@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from mmflow.hub import PretrainedFlow
+from mmflow.metrics import metric_entries
 from mmflow.modality import Batch, to_device
 from mmflow.sampling import get_sampler
 
@@ -54,7 +55,11 @@ def _run_cell(
         for metric in metrics.values():
             metric.update(media, batch)
         first_media = media if first_media is None else first_media
-    values = {name: float(metric.compute()) for name, metric in metrics.items()}
+    values = {
+        key: float(entry)
+        for name, metric in metrics.items()
+        for key, entry in metric_entries(name, metric.compute()).items()
+    }
     for metric in metrics.values():
         metric.reset()
     row = SweepRow(sampler, nfe, cfg_scale, values, counted, time.perf_counter() - start)

@@ -153,3 +153,12 @@ class FrechetDistance(Metric):
     @staticmethod
     def _real_state_names() -> tuple[str, ...]:
         return ("real_sum", "real_outer_sum", "real_count")
+
+
+def metric_entries(name: str, value: Tensor | dict[str, Tensor]) -> dict[str, Tensor]:
+    """A metric's result by reporting key: ``{name: value}``, or each entry of a dict result.
+
+    Metrics that report several numbers (per-class SI-SDRi, say) return a dict from
+    ``compute()``; training logs and benchmark tables flatten them with this.
+    """
+    return dict(value) if isinstance(value, dict) else {name: value}

@@ -28,6 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from mmflow.generation import generate
 from mmflow.interpolants import AffinePath, LinearPath
 from mmflow.losses import VelocityLoss
+from mmflow.metrics import metric_entries
 from mmflow.modality import Batch, Condition, ModalityAdapter, drop_conditions
 from mmflow.timesteps import LogitNormal, TimeDistribution
 
@@ -194,9 +195,11 @@ class FlowMatching(pl.LightningModule):
         return self.adapter.decode(samples, cond)
 
     def on_validation_epoch_end(self) -> None:
+        """Log every evaluator as ``val/<name>``; a metric returning a dict logs each entry."""
         for name, metric in self._evaluators.items():
             if metric.update_count:
-                self.log(f"val/{name}", metric.compute(), sync_dist=False)
+                entries = metric_entries(name, metric.compute())
+                self.log_dict({f"val/{key}": entry for key, entry in entries.items()})
             metric.reset()
 
     def _media_dir(self) -> Path:

@@ -99,3 +99,11 @@ def test_reset_clears_or_keeps_real_statistics():
 def test_wrong_feature_shape_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\[N, 4\]"):
         FrechetDistance(4).update(real_features=torch.zeros(3, 5))
+
+
+def test_metric_entries_flattens_dict_results():
+    from mmflow.metrics import metric_entries
+
+    assert metric_entries("fd", torch.tensor(1.0)) == {"fd": torch.tensor(1.0)}
+    per_class = {"si_sdri": torch.tensor(3.0), "si_sdri/speech": torch.tensor(4.0)}
+    assert metric_entries("si_sdri", per_class) == per_class

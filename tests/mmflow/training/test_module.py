@@ -57,6 +57,9 @@ def test_validation_updates_evaluators_and_writes_media(trained):
     module, trainer = trained
     metrics = trainer.validate(module, ToyData(), verbose=False)[0]
     assert metrics["val/mean_error"] < 0.25
+    assert (
+        sum(metrics[f"val/count/{k}"] for k in range(3)) == 16 * 128
+    )  # dict metrics log per entry
     assert module.adapter.saved and module.adapter.saved[-1].endswith(".pt")
 
 

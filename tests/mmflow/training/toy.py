@@ -67,6 +67,22 @@ class MeanError(Metric):
         return (means - CLASS_MEANS.to(means)).norm(dim=1).max()
 
 
+class PerClassCount(Metric):
+    """Returns a dict (one entry per class), as per-class audio metrics do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("counts", torch.zeros(len(CLASS_MEANS)), dist_reduce_fx="sum")
+
+    def update(self, generated: Tensor, batch: dict[str, Tensor]) -> None:
+        self.counts.index_add_(
+            0, batch["label"], torch.ones_like(batch["label"], dtype=torch.float)
+        )
+
+    def compute(self) -> dict[str, Tensor]:
+        return {f"count/{k}": c for k, c in enumerate(self.counts)}
+
+
 class ToyAdapter(ModalityAdapter):
     """Points are the data; the label (null class = number of classes) is the condition."""
 
@@ -88,7 +104,7 @@ class ToyAdapter(ModalityAdapter):
         return {**cond, "class_labels": torch.full_like(cond["class_labels"], self.num_classes)}
 
     def evaluators(self):
-        return nn.ModuleDict({"mean_error": MeanError()})
+        return nn.ModuleDict({"mean_error": MeanError(), "per_class": PerClassCount()})
 
     def save_media(self, media, directory, name):
         directory.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,422 @@
+"""A KL-regularised mel auto-encoder (AudioLDM's ``AutoencoderKL``, scaled down for CPU).
+
+The encoder maps a log-mel ``[B, 1, n_mels, frames]`` to a diagonal Gaussian posterior
+``q(z | x) = N(mu, diag(sigma^2))`` over latents ``[B, z_channels, n_mels / f, frames / f]``,
+with ``f = 2^(len(channel_multipliers) - 1)`` (one stride-2 convolution per extra level). The
+decoder maps ``z`` back to a log-mel. Training minimises
+
+    loss = mean |x - x_hat|   (or mean (x - x_hat)^2)          reconstruction of the log-mel
+         + beta * mean 0.5 (mu^2 + sigma^2 - 1 - log sigma^2)   KL(q(z | x) || N(0, I))
+
+with ``z = mu + sigma * eps`` (reparameterisation) during training; both terms are means over
+elements (mel bins, latent elements), so ``beta`` does not depend on the clip length. A small
+``beta`` keeps the latent close to a Gaussian's scale without blurring the reconstruction.
+AudioLDM's LPIPS and discriminator terms are left out: they need pretrained or adversarial
+networks that a CPU recipe cannot afford.
+
+Clips whose ``n_mels`` or frame count is not a multiple of ``f`` are padded on the high side
+with the log floor (``log 1e-5``, silence) up to the next multiple before encoding, and the
+decoder's output is cropped back, so any length round-trips.
+
+:class:`MelVAE` trains it (its own LightningModule and recipe, not ``FlowMatching``) from the
+dict batches of the audio datamodule, measures ``latent_scale = 1 / std(z)`` at the end of fit
+(FlowSep scales latents the same way), and saves to a folder that the flow recipe loads with
+:meth:`MelVAE.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .mel import LOG_FLOOR, LogMel
+
+__all__ = ["MelAutoencoder", "MelVAE", "kl_to_standard_normal"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PAD_VALUE = math.log(LOG_FLOOR)
+
+
+def kl_to_standard_normal(mean: Tensor, logvar: Tensor) -> Tensor:
+    """Elementwise ``KL(N(mu, sigma^2) || N(0, 1)) = 0.5 (mu^2 + sigma^2 - 1 - log sigma^2)``."""
+    return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
+
+
+class ResidualBlock(nn.Module):
+    """``x + conv(SiLU(norm(conv(SiLU(norm(x))))))`` with a 1x1 skip when channels change."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            _group_norm(in_channels),
+            nn.SiLU(),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            _group_norm(out_channels),
+            nn.SiLU(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        self.skip = (
+            nn.Conv2d(in_channels, out_channels, 1)
+            if in_channels != out_channels
+            else nn.Identity()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.skip(x) + self.body(x)
+
+
+def _stage(in_channels: int, out_channels: int, num_blocks: int) -> list[nn.Module]:
+    blocks = [ResidualBlock(in_channels, out_channels)]
+    blocks += [ResidualBlock(out_channels, out_channels) for _ in range(num_blocks - 1)]
+    return blocks
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 upsampling followed by a 3x3 convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class MelAutoencoder(nn.Module):
+    """Convolutional encoder/decoder between ``[B, 1, H, W]`` mels and ``[B, z, H/f, W/f]`` latents.
+
+    Level ``i`` has ``channels * channel_multipliers[i]`` channels and ``num_res_blocks``
+    residual blocks; every level but the last ends with a stride-2 convolution (encoder) or
+    starts with an upsampling (decoder, mirrored). ``H`` and ``W`` must be multiples of ``f``
+    (:class:`MelVAE` pads to that).
+    """
+
+    def __init__(
+        self,
+        channels: int = 32,
+        channel_multipliers: tuple[int, ...] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        z_channels: int = 4,
+    ) -> None:
+        super().__init__()
+        widths = [channels * m for m in channel_multipliers]
+        self.downsample_factor = 2 ** (len(widths) - 1)
+        self.encoder = nn.Sequential(*self._encoder_layers(widths, num_res_blocks, z_channels))
+        self.decoder = nn.Sequential(*self._decoder_layers(widths, num_res_blocks, z_channels))
+
+    @staticmethod
+    def _encoder_layers(widths: list[int], num_blocks: int, z_channels: int) -> list[nn.Module]:
+        layers: list[nn.Module] = [nn.Conv2d(1, widths[0], 3, padding=1)]
+        for level, width in enumerate(widths):
+            layers += _stage(widths[max(level - 1, 0)], width, num_blocks)
+            if level < len(widths) - 1:
+                layers.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+        layers += [
+            _group_norm(widths[-1]),
+            nn.SiLU(),
+            nn.Conv2d(widths[-1], 2 * z_channels, 3, padding=1),
+        ]
+        return layers
+
+    @staticmethod
+    def _decoder_layers(widths: list[int], num_blocks: int, z_channels: int) -> list[nn.Module]:
+        reverse = widths[::-1]
+        layers: list[nn.Module] = [nn.Conv2d(z_channels, reverse[0], 3, padding=1)]
+        for level, width in enumerate(reverse):
+            if level > 0:
+                layers.append(Upsample(reverse[level - 1]))
+            layers += _stage(reverse[max(level - 1, 0)], width, num_blocks)
+        layers += [_group_norm(reverse[-1]), nn.SiLU(), nn.Conv2d(reverse[-1], 1, 3, padding=1)]
+        return layers
+
+    def encode(self, mel: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior ``(mean, logvar)``, each ``[B, z, H/f, W/f]``; logvar clamped to [-30, 20]."""
+        mean, logvar = self.encoder(mel).chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return self.decoder(latents)
+
+
+class MelVAE(pl.LightningModule):
+    """Trains and serves the mel auto-encoder on waveform batches.
+
+    Batches are the audio datamodule's dicts; ``batch[batch_key]`` (``[B, T]`` waveforms, e.g.
+    ``"target"`` or ``"mixture"``) is turned into a log-mel by the module's :class:`LogMel`.
+    Inputs are standardised, ``(log_mel - mel_mean) / mel_std``, before the encoder and the
+    decoder's output is mapped back, so the reconstruction is in log-mel units.
+
+    For the flow: ``encode(log_mel)`` returns ``latent_scale * mu`` (or a posterior sample), and
+    ``decode(latents, num_frames)`` divides by ``latent_scale`` and returns the log-mel.
+
+    Args:
+        sample_rate, n_fft, hop_length, win_length, n_mels, f_min, f_max: the :class:`LogMel`.
+        channels, channel_multipliers, num_res_blocks, z_channels: the :class:`MelAutoencoder`
+            (downsampling factor ``f = 2^(len(channel_multipliers) - 1)``).
+        beta: weight of the KL term.
+        reconstruction: ``"l1"`` or ``"l2"`` reconstruction loss on the log-mel.
+        batch_key: the waveform entry of a batch to train on.
+        mel_mean, mel_std: standardisation of the log-mel before the encoder.
+        lr: AdamW learning rate.
+        latent_scale_batches: training batches that :meth:`on_fit_end` uses to measure
+            ``latent_scale`` (0 keeps the current value).
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_fft: int = 1024,
+        hop_length: int = 160,
+        win_length: int = 1024,
+        n_mels: int = 64,
+        f_min: float = 0.0,
+        f_max: float = 8000.0,
+        channels: int = 32,
+        channel_multipliers: tuple[int, ...] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        z_channels: int = 4,
+        beta: float = 1e-5,
+        reconstruction: str = "l1",
+        batch_key: str = "target",
+        mel_mean: float = -5.0,
+        mel_std: float = 4.0,
+        lr: float = 2e-4,
+        latent_scale_batches: int = 8,
+    ) -> None:
+        super().__init__()
+        if reconstruction not in ("l1", "l2"):
+            raise ValueError(f"`reconstruction` must be 'l1' or 'l2', got {reconstruction!r}")
+        if beta < 0:
+            raise ValueError(f"`beta` must be >= 0, got {beta}")
+        if mel_std <= 0:
+            raise ValueError(f"`mel_std` must be positive, got {mel_std}")
+        if not channel_multipliers:
+            raise ValueError("`channel_multipliers` must name at least one level")
+        self.save_hyperparameters()
+        self.mel = LogMel(sample_rate, n_fft, hop_length, win_length, n_mels, f_min, f_max)
+        self.autoencoder = MelAutoencoder(
+            channels, tuple(channel_multipliers), num_res_blocks, z_channels
+        )
+        self.register_buffer("latent_scale", torch.ones(()))
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.autoencoder.downsample_factor
+
+    def latent_shape(self, num_frames: int) -> tuple[int, int, int]:
+        """``(z_channels, ceil(n_mels / f), ceil(frames / f))`` of a clip of ``num_frames``."""
+        f = self.downsample_factor
+        return (
+            self.hparams.z_channels,
+            -(-self.hparams.n_mels // f),
+            -(-num_frames // f),
+        )
+
+    def posterior(self, log_mel: Tensor) -> tuple[Tensor, Tensor]:
+        """Unscaled ``(mean, logvar)`` of ``q(z | log_mel)`` for ``[B, n_mels, frames]`` input."""
+        self.mel._check_mels(log_mel)
+        normalised = (log_mel - self.hparams.mel_mean) / self.hparams.mel_std
+        return self.autoencoder.encode(self._pad(normalised.unsqueeze(1)))
+
+    def decode_unscaled(self, latents: Tensor, num_frames: int | None = None) -> Tensor:
+        """Log-mel ``[B, n_mels, num_frames]`` from unscaled latents (crop of the padded output)."""
+        num_frames = (
+            latents.shape[-1] * self.downsample_factor if num_frames is None else num_frames
+        )
+        mel = self.autoencoder.decode(latents)[:, 0, : self.hparams.n_mels, :num_frames]
+        return mel * self.hparams.mel_std + self.hparams.mel_mean
+
+    def encode(
+        self, log_mel: Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Flow latents ``latent_scale * z``, ``z = mu`` (or ``mu + sigma eps`` if ``sample``)."""
+        mean, logvar = self.posterior(log_mel)
+        latents = mean
+        if sample:
+            noise = torch.randn(
+                mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
+            )
+            latents = mean + (0.5 * logvar).exp() * noise
+        return latents * self.latent_scale
+
+    def decode(self, latents: Tensor, num_frames: int | None = None) -> Tensor:
+        """Log-mel ``[B, n_mels, num_frames]`` from flow latents (divided by ``latent_scale``)."""
+        return self.decode_unscaled(latents / self.latent_scale, num_frames)
+
+    def forward(
+        self, log_mel: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(reconstruction, mean, logvar)`` with a reparameterised posterior sample."""
+        mean, logvar = self.posterior(log_mel)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        latents = mean + (0.5 * logvar).exp() * noise
+        return self.decode_unscaled(latents, log_mel.shape[-1]), mean, logvar
+
+    def losses(self, log_mel: Tensor) -> dict[str, Tensor]:
+        """``{"loss", "mel_l1", "kl"}`` of a log-mel batch (see the module docstring)."""
+        reconstruction, mean, logvar = self(log_mel)
+        mel_l1 = (reconstruction - log_mel).abs().mean()
+        if self.hparams.reconstruction == "l1":
+            reconstruction_loss = mel_l1
+        else:
+            reconstruction_loss = (reconstruction - log_mel).square().mean()
+        kl = kl_to_standard_normal(mean, logvar).mean()
+        return {
+            "loss": reconstruction_loss + self.hparams.beta * kl,
+            "mel_l1": mel_l1,
+            "kl": kl,
+        }
+
+    def waveforms_of(self, batch: dict[str, Any]) -> Tensor:
+        key = self.hparams.batch_key
+        if key not in batch:
+            raise KeyError(f"MelVAE: batch has no `{key}` (batch_key); it has {sorted(batch)}")
+        return batch[key]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        losses = self._batch_losses(batch)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, prog_bar=name == "mel_l1")
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        losses = self._batch_losses(batch)
+        for name, value in losses.items():
+            self.log(f"val/{name}", value, prog_bar=name == "mel_l1")
+
+    def _batch_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        with torch.no_grad():
+            log_mel = self.mel(self.waveforms_of(batch))
+        return self.losses(log_mel)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.autoencoder.parameters(), lr=self.hparams.lr)
+
+    def on_fit_end(self) -> None:
+        if self.hparams.latent_scale_batches > 0:
+            self.estimate_latent_scale(
+                self.trainer.train_dataloader, self.hparams.latent_scale_batches
+            )
+
+    @torch.no_grad()
+    def estimate_latent_scale(
+        self, batches: Iterable[dict[str, Any]], max_batches: int | None = None
+    ) -> float:
+        """Set and return ``latent_scale = 1 / std(mu)`` over the posterior means of ``batches``.
+
+        ``std^2 = E[mu^2] - E[mu]^2`` over every latent element of up to ``max_batches``
+        batches, accumulated in float64; the flow then sees unit-variance latents.
+        """
+        was_training = self.training
+        self.eval()
+        total = total_square = count = 0.0
+        for index, batch in enumerate(batches):
+            if max_batches is not None and index >= max_batches:
+                break
+            waveforms = self.waveforms_of(batch).to(self.device)
+            mean, _ = self.posterior(self.mel(waveforms))
+            mean = mean.double()
+            total, total_square = total + mean.sum(), total_square + mean.square().sum()
+            count += mean.numel()
+        self.train(was_training)
+        if count == 0:
+            raise ValueError("estimate_latent_scale: `batches` yielded no batch")
+        variance = total_square / count - (total / count) ** 2
+        scale = 1.0 / float(variance.clamp_min(1e-12).sqrt())
+        self.latent_scale.fill_(scale)
+        return scale
+
+    def _pad(self, mel: Tensor) -> Tensor:
+        f = self.downsample_factor
+        pad_mels = -mel.shape[-2] % f
+        pad_frames = -mel.shape[-1] % f
+        value = (PAD_VALUE - self.hparams.mel_mean) / self.hparams.mel_std
+        return F.pad(mel, (0, pad_frames, 0, pad_mels), value=value)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` (constructor arguments) and ``model.safetensors``, atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"class": type(self).__name__, "init_args": _jsonable(dict(self.hparams))}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp)))
+        _atomic_write(
+            directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2))
+        )
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, map_location: str | torch.device = "cpu"
+    ) -> MelVAE:
+        """Rebuild a VAE saved by :meth:`save_pretrained` (in eval mode, gradients off)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"{directory}: no such folder (written by MelVAE.save_pretrained)"
+            )
+        init_args = _read_init_args(directory / CONFIG_NAME)
+        try:
+            model = cls(**init_args)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{directory / CONFIG_NAME}: bad config ({error})") from None
+        weights = _read_weights(directory / WEIGHTS_NAME)
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as error:
+            details = " ".join(line.strip() for line in str(error).splitlines()[1:])
+            raise ValueError(
+                f"{directory / WEIGHTS_NAME}: weights do not fit the config: {details}"
+            ) from None
+        model.requires_grad_(False)
+        return model.eval().to(map_location)
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def _read_init_args(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path}: config missing (written by MelVAE.save_pretrained)"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("init_args"), dict):
+        # a malformed file is a bad value, reported like invalid JSON
+        raise ValueError(f"{path}: missing the `init_args` object")  # noqa: TRY004
+    return config["init_args"]
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: weights file missing") from None
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
