@@ -1,6 +1,7 @@
 """The MM-DiT backbone, its tokenizers, embedders and position encodings."""
 
 from .blocks import FinalLayer, JointBlock, SingleBlock, StreamLayer
+from .conditioning import ChannelConcat
 from .embedders import (
     ClassEmbedder,
     PooledEmbedder,
@@ -14,6 +15,7 @@ from .sd3 import mmdit_from_sd3
 from .tokenizers import Patchify1D, Patchify2D, Patchify3D, SetTokens, Tokenizer, Tokens
 
 __all__ = [
+    "ChannelConcat",
     "ClassEmbedder",
     "ContextConfig",
     "FinalLayer",
