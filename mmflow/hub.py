@@ -8,14 +8,12 @@ A pretrained folder holds
 - ``model.safetensors``: the network's weights (the EMA copy when training kept one) under
   ``network.`` and the adapter's (frozen sub-models) under ``adapter.``.
 
-Both files are written to a temporary name and renamed, so a folder never holds half a file.
+Both files are written atomically (:mod:`mmflow.files`), so a folder never holds half a file.
 Lightning checkpoints stay the format for resuming training.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +21,10 @@ from typing import Any
 
 import torch
 from jsonargparse import ArgumentError, ArgumentParser
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import mmflow
+from mmflow.files import load_state, load_weights, read_json, save_weights, write_json
 from mmflow.generation import generate
 from mmflow.modality import Condition, ModalityAdapter
 from mmflow.sampling import SampleResult
@@ -107,9 +104,8 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     }
     tensors = {f"network.{k}": v for k, v in parts.network.state_dict().items()}
     tensors.update({f"adapter.{k}": v for k, v in parts.adapter.state_dict().items()})
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp)))
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
+    save_weights(directory / WEIGHTS_NAME, tensors)
+    write_json(directory / CONFIG_NAME, config)
     return directory
 
 
@@ -121,7 +117,7 @@ def from_pretrained(
     config = _read_config(directory / CONFIG_NAME)
     network = _instantiate(config["network"], "network", directory / CONFIG_NAME)
     adapter = _instantiate(config["adapter"], "adapter", directory / CONFIG_NAME)
-    weights = _read_weights(directory / WEIGHTS_NAME, map_location)
+    weights = load_weights(directory / WEIGHTS_NAME, map_location)
     _load_part(network, weights, "network", directory / WEIGHTS_NAME)
     _load_part(adapter, weights, "adapter", directory / WEIGHTS_NAME)
     defaults = GenerationDefaults(**config.get("generation", {}))
@@ -186,23 +182,10 @@ def _parts_of(model: nn.Module) -> _Parts:
     )
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path}: no pretrained config here (written by save_pretrained)"
-        ) from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    config = read_json(path, written_by="save_pretrained")
     for key in ("network", "adapter"):
-        if key not in config:
+        if not isinstance(config, dict) or key not in config:
             raise ValueError(f"{path}: missing key `{key}`")
     return config
 
@@ -216,21 +199,6 @@ def _instantiate(config: dict[str, Any], key: str, source: Path) -> nn.Module:
         raise ValueError(f"{source}: cannot build `{key}`: {error}") from None
 
 
-def _read_weights(path: Path, map_location: str | torch.device) -> dict[str, Tensor]:
-    try:
-        return load_file(str(path), device=str(map_location))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: weights file missing") from None
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
-
-
 def _load_part(module: nn.Module, weights: dict[str, Tensor], prefix: str, source: Path) -> None:
     part = {k[len(prefix) + 1 :]: v for k, v in weights.items() if k.startswith(f"{prefix}.")}
-    try:
-        module.load_state_dict(part, strict=True)
-    except RuntimeError as error:
-        details = " ".join(line.strip() for line in str(error).splitlines()[1:])
-        raise ValueError(
-            f"{source}: weights do not fit the configured `{prefix}`: {details}"
-        ) from None
+    load_state(module, part, f"{source} (`{prefix}`)")

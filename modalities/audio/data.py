@@ -40,15 +40,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from mmflow.files import default_cache_dir
+
 from .captions import NULL_CAPTION, draw_captions
 from .io import fit_length, load_audio
-from .sources import (
-    ALL_CLASSES,
-    SourceSettings,
-    default_cache_dir,
-    prepare_sources,
-    sources_cache_dir,
-)
+from .sources import ALL_CLASSES, SourceSettings, prepare_sources, sources_cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import tempfile
@@ -49,6 +48,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmflow.files import default_cache_dir, file_sha256, write_json
+
 from .io import load_audio, save_wav, split_into_clips
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,6 @@ __all__ = [
     "RENDERED_PROGRAMS",
     "SOUNDFONT",
     "MidiNote",
-    "default_cache_dir",
-    "file_sha256",
     "midi_file_bytes",
     "prepare_sources",
     "random_drum_pattern",
@@ -129,20 +128,6 @@ ALL_CLASSES: tuple[str, ...] = (
     "typing",
     "desktop",
 )
-
-
-def default_cache_dir() -> Path:
-    """``$MMFLOW_CACHE`` if set, else ``~/.cache/mmflow``."""
-    return Path(os.environ.get("MMFLOW_CACHE", Path.home() / ".cache" / "mmflow"))
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- Standard MIDI Files ---------------------------------------------------------------------
@@ -439,9 +424,7 @@ def prepare_sources(settings: SourceSettings, cache_root: Path | None = None) ->
         )
     log.info("audio sources: preparing %s into %s", list(settings.classes), folder)
     manifest = _build_cache(folder, sources, fingerprints, settings)
-    temporary = manifest_path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(manifest, indent=1))
-    os.replace(temporary, manifest_path)
+    write_json(manifest_path, manifest, indent=1)
     return manifest
 
 

@@ -26,19 +26,17 @@ dict batches of the audio datamodule, measures ``latent_scale = 1 / std(z)`` at 
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from mmflow.files import load_state, load_weights, read_json, save_weights, write_json
 
 from .mel import LOG_FLOOR, LogMel
 
@@ -354,11 +352,8 @@ class MelVAE(pl.LightningModule):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"class": type(self).__name__, "init_args": _jsonable(dict(self.hparams))}
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp)))
-        _atomic_write(
-            directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2))
-        )
+        save_weights(directory / WEIGHTS_NAME, self.state_dict())
+        write_json(directory / CONFIG_NAME, config)
         return directory
 
     @classmethod
@@ -376,14 +371,7 @@ class MelVAE(pl.LightningModule):
             model = cls(**init_args)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{directory / CONFIG_NAME}: bad config ({error})") from None
-        weights = _read_weights(directory / WEIGHTS_NAME)
-        try:
-            model.load_state_dict(weights, strict=True)
-        except RuntimeError as error:
-            details = " ".join(line.strip() for line in str(error).splitlines()[1:])
-            raise ValueError(
-                f"{directory / WEIGHTS_NAME}: weights do not fit the config: {details}"
-            ) from None
+        load_state(model, load_weights(directory / WEIGHTS_NAME), directory / WEIGHTS_NAME)
         model.requires_grad_(False)
         return model.eval().to(map_location)
 
@@ -392,31 +380,9 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
 def _read_init_args(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path}: config missing (written by MelVAE.save_pretrained)"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    config = read_json(path, written_by="MelVAE.save_pretrained")
     if not isinstance(config, dict) or not isinstance(config.get("init_args"), dict):
         # a malformed file is a bad value, reported like invalid JSON
         raise ValueError(f"{path}: missing the `init_args` object")  # noqa: TRY004
     return config["init_args"]
-
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: weights file missing") from None
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None

@@ -19,7 +19,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from mmflow.files import atomic_write, default_cache_dir, file_sha256, write_json
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "ImageFolder",
     "MNIST5k",
     "SklearnDigits",
-    "default_cache_dir",
     "read_idx",
 ]
 
@@ -52,20 +52,6 @@ FASHION_MNIST_CLASSES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-def default_cache_dir() -> Path:
-    """``$MMFLOW_CACHE`` if set, else ``~/.cache/mmflow``."""
-    return Path(os.environ.get("MMFLOW_CACHE", Path.home() / ".cache" / "mmflow"))
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -231,9 +217,7 @@ class ImageDataModule(pl.LightningDataModule, ABC):
             for split in SPLITS
             for field in ("images", "labels")
         }
-        temporary = self.cache_dir / "splits.tmp.npz"
-        np.savez(temporary, **arrays)
-        os.replace(temporary, self.cache_dir / "splits.npz")
+        atomic_write(self.cache_dir / "splits.npz", lambda tmp: np.savez(tmp, **arrays))
         manifest = {
             "version": MANIFEST_VERSION,
             "dataset": self.name,
@@ -245,9 +229,7 @@ class ImageDataModule(pl.LightningDataModule, ABC):
             "max_value": self.max_value,
             "class_names": list(self.class_names),
         }
-        temporary = self.manifest_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(manifest, indent=2))
-        os.replace(temporary, self.manifest_path)
+        write_json(self.manifest_path, manifest)
 
     def split(self, source: dict[str, ImageArrays]) -> dict[str, ImageArrays]:
         """Seeded train/val/test split of the decoded source (see the class docstring)."""

@@ -23,7 +23,9 @@ def test_backbone_sees_x_then_condition_and_velocity_is_the_first_channels():
 
 def test_condition_changes_the_velocity_of_a_real_backbone():
     backbone = MMDiT(Patchify2D(4 + 4, 2), hidden_size=32, depth=1, num_heads=2)
-    torch.nn.init.normal_(backbone.final.linear.weight)  # break the zero init so outputs depend on inputs
+    torch.nn.init.normal_(
+        backbone.final.linear.weight
+    )  # break the zero init so outputs depend on inputs
     for block in backbone.joint_blocks:
         torch.nn.init.normal_(block.layers["x"].modulation.weight, std=0.1)
     model = ChannelConcat(backbone, key="mixture")

@@ -1,0 +1,90 @@
+"""Files the core and every modality write and read: caches, checksums, atomic writes, weights.
+
+Every writer goes through :func:`atomic_write`: the content is written to a temporary file in
+the same folder and moved over the target with ``os.replace``, so a reader (or a run killed
+mid-write) never sees half a file. Readers raise one clear error naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+
+def default_cache_dir() -> Path:
+    """Where prepared data is cached: ``$MMFLOW_CACHE`` if set, else ``~/.cache/mmflow``."""
+    return Path(os.environ.get("MMFLOW_CACHE", Path.home() / ".cache" / "mmflow"))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(temporary_path)``, then move the result over ``path`` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{path.suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: str | Path, value: Any, indent: int = 2) -> Path:
+    """Write ``value`` as JSON, atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=indent)))
+
+
+def read_json(path: str | Path, written_by: str = "") -> Any:
+    """Parse a JSON file; a missing or malformed file raises an error naming it."""
+    path = Path(path)
+    hint = f" (written by {written_by})" if written_by else ""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file missing{hint}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+def save_weights(path: str | Path, tensors: dict[str, Tensor]) -> Path:
+    """Write tensors (moved to the CPU, made contiguous) as safetensors, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Read a safetensors file; a missing or unreadable file raises an error naming it."""
+    path = Path(path)
+    try:
+        return load_file(str(path), device=str(map_location))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: weights file missing") from None
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+
+
+def load_state(module: torch.nn.Module, weights: dict[str, Tensor], source: str | Path) -> None:
+    """``module.load_state_dict(weights, strict=True)`` with mismatches reported against ``source``."""
+    try:
+        module.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        details = " ".join(line.strip() for line in str(error).splitlines()[1:])
+        raise ValueError(f"{source}: weights do not fit the configured model: {details}") from None
