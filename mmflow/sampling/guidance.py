@@ -84,7 +84,8 @@ class ClassifierFreeGuidance(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
         uncond_kwargs = self._null(kwargs)
-        both = {k: concat_conditions(kwargs[k], uncond_kwargs[k], k) for k in kwargs}
+        # A key the null condition leaves out (a mixture to separate, a mask) stays as given.
+        both = {k: concat_conditions(v, uncond_kwargs.get(k, v), k) for k, v in kwargs.items()}
         u_cond, u_null = self.model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
         guided = u_null + self.scale * (u_cond - u_null)
         if self.interval is None:

@@ -74,3 +74,19 @@ def test_concat_conditions_recurses_into_dicts_and_checks_shapes():
 def test_missing_null_condition_is_an_error():
     with pytest.raises(ValueError, match="null_condition"):
         ClassifierFreeGuidance(ShiftField(), 2.0)
+
+
+def test_keys_the_null_condition_leaves_out_are_kept_in_both_branches():
+    seen = {}
+
+    def model(x, t, *, target, mixture):
+        seen["mixture"] = mixture
+        return target - x + mixture
+
+    guided = ClassifierFreeGuidance(
+        model, 3.0, null_condition=lambda kw: {"target": 0 * kw["target"]}
+    )
+    x, cond, mixture = torch.zeros(2, 3), torch.ones(2, 3), torch.full((2, 3), 0.5)
+    out = guided(x, torch.rand(2), target=cond, mixture=mixture)
+    torch.testing.assert_close(seen["mixture"], torch.cat([mixture, mixture]))
+    torch.testing.assert_close(out, mixture + 3.0 * cond)
