@@ -104,6 +104,10 @@ class FlowMatching(pl.LightningModule):
             if ema_decay is not None
             else None
         )
+        if self.ema is not None:
+            # The EMA copy is never optimised: leaving it out of autograd keeps it out of the
+            # trainable-parameter count and out of DDP's gradient synchronisation.
+            self.ema.requires_grad_(False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         # Evaluators stay out of the module tree: their feature networks are not weights of

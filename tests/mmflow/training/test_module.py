@@ -92,6 +92,12 @@ def test_ema_tracks_the_weights_with_its_decay(tmp_path):
     assert module.sampling_network is module.ema.module
 
 
+def test_ema_copy_is_not_trainable():
+    module = make_module()
+    assert not any(p.requires_grad for p in module.ema.parameters())
+    assert all(p.requires_grad for p in module.network.parameters())
+
+
 def test_without_ema_samples_with_the_weights():
     module = make_module(ema_decay=None)
     assert module.ema is None and module.sampling_network is module.network
