@@ -39,10 +39,10 @@ class SweepRow:
 
 def _run_cell(
     flow: PretrainedFlow, batches: list[Batch], sampler: str, nfe: int, cfg_scale: float, seed: int
-) -> tuple[SweepRow, Any]:
+) -> tuple[SweepRow, tuple[Any, Batch | None]]:
     device = next(flow.network.parameters()).device
     metrics = flow.adapter.evaluators()
-    first_media, counted = None, 0
+    first_media, first_batch, counted = None, None, 0
     start = time.perf_counter()
     for index, batch in enumerate(batches):
         batch = to_device(batch, device)
@@ -51,10 +51,11 @@ def _run_cell(
         noise = flow.adapter.noise_like(x1.cpu(), generator=generator).to(device)
         result = flow.generate(cond, noise, sampler=sampler, nfe=nfe, cfg_scale=cfg_scale)
         counted = result.nfe
-        media = flow.adapter.decode(result.samples, cond)
+        media = flow.adapter.decode(result.samples, cond, batch)
         for metric in metrics.values():
             metric.update(media, batch)
-        first_media = media if first_media is None else first_media
+        if first_media is None:
+            first_media, first_batch = media, batch
     values = {
         key: float(entry)
         for name, metric in metrics.items()
@@ -63,7 +64,7 @@ def _run_cell(
     for metric in metrics.values():
         metric.reset()
     row = SweepRow(sampler, nfe, cfg_scale, values, counted, time.perf_counter() - start)
-    return row, first_media
+    return row, (first_media, first_batch)
 
 
 def sampler_sweep(
@@ -90,11 +91,11 @@ def sampler_sweep(
                 reason = f"{name} uses {per_step} evaluations per step"
                 rows.append(SweepRow(name, nfe, scale, not_applicable=reason))
                 continue
-            row, media = _run_cell(flow, batches, name, nfe, scale, seed)
+            row, (media, batch) = _run_cell(flow, batches, name, nfe, scale, seed)
             if row.counted_nfe != nfe:
                 raise RuntimeError(f"{name}: asked for NFE {nfe}, counted {row.counted_nfe}")
             if media_dir is not None:
-                flow.adapter.save_media(media, media_dir, f"{name}_nfe{nfe}")
+                flow.adapter.save_media(media, media_dir, f"{name}_nfe{nfe}", batch)
             rows.append(row)
             print(
                 f"{name:>10} NFE {nfe:>3}: "

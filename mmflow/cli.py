@@ -174,14 +174,23 @@ def _export(argv: Sequence[str]) -> int:
 
 
 def _evaluate(argv: Sequence[str]) -> int:
-    """``mmflow evaluate --out metrics.json --config recipe.yaml --ckpt_path X [overrides]``."""
+    """``mmflow evaluate --out metrics.json [--split val|test] --config recipe.yaml --ckpt_path X``.
+
+    ``--split val`` (default) runs the validation loop (its ``limit_val_batches`` and
+    ``val_sample_batches`` apply); ``--split test`` runs the test loop, which generates and
+    scores every test batch. Other options are the recipe's overrides.
+    """
     from mmflow.training.cli import MMFlowCLI
 
     argv = list(argv)
     out = _pop_option(argv, "--out") or "metrics.json"
+    split = _pop_option(argv, "--split") or "val"
+    if split not in ("val", "test"):
+        raise ValueError(f"--split must be val or test, got {split!r}")
+    command = "validate" if split == "val" else "test"
     with warnings.catch_warnings():  # the arguments are the command line, rewritten on purpose
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = MMFlowCLI(args=["validate", *argv])
+        cli = MMFlowCLI(args=[command, *argv])
     metrics = {k: float(v) for k, v in sorted(cli.trainer.callback_metrics.items())}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(metrics, indent=2))
@@ -236,8 +245,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as error:
         if os.environ.get("MMFLOW_DEBUG"):
             raise
-        print(f"mmflow {command}: error: {error}", file=sys.stderr)
+        print(f"mmflow {command}: error: {_root_cause(error)}", file=sys.stderr)
         return 2
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost user error behind ``error``.
+
+    jsonargparse wraps an error raised while building a class (e.g. a missing data file) in a
+    "Does not validate against any of the Union subtypes" error; the cause is what to report.
+    """
+    while isinstance(error.__cause__, USER_ERRORS):
+        error = error.__cause__
+    return error
 
 
 if __name__ == "__main__":

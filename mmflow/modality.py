@@ -50,17 +50,51 @@ class ModalityAdapter(nn.Module):
     """Base class of a modality's adapter between dict batches, the flow and media.
 
     Subclasses implement :meth:`encode`, :meth:`decode` and :meth:`null_condition`; they may
-    override :meth:`evaluators` and :meth:`save_media`. Frozen sub-models (VAE, text encoder,
-    vocoder) are attributes of the adapter, loaded in ``__init__`` from local files, with
-    ``requires_grad_(False)``; they are not trained by the flow's optimizer.
+    override :meth:`evaluators` and :meth:`save_media`.
+
+    Frozen sub-models (a VAE, a text encoder, a vocoder) are loaded in ``__init__`` from their
+    own local files and registered with :meth:`add_frozen`: they get no gradients, stay in eval
+    mode when the flow trains (no dropout in a text encoder), and stay *out of the adapter's
+    ``state_dict``* — a flow checkpoint holds what the flow learned, not copies of 90 MB
+    encoders, and swapping one frozen part for another (Griffin-Lim for a vocoder) at
+    evaluation time loads the same checkpoint. Loading a state dict fills their entries in
+    from the live sub-models, so strict loading works with or without them.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._frozen_names: list[str] = []
+        self.register_state_dict_post_hook(_drop_frozen_entries)
+        self.register_load_state_dict_pre_hook(_fill_frozen_entries)
+
+    def add_frozen(self, name: str, module: nn.Module | None) -> nn.Module | None:
+        """Register ``module`` as the frozen sub-model ``self.<name>`` (``None`` is allowed)."""
+        if module is not None:
+            module.requires_grad_(False)
+            module.eval()
+        setattr(self, name, module)
+        if name not in self._frozen_names:
+            self._frozen_names.append(name)
+        return module
+
+    def train(self, mode: bool = True) -> ModalityAdapter:
+        super().train(mode)
+        for name in self._frozen_names:
+            module = getattr(self, name)
+            if isinstance(module, nn.Module):
+                module.eval()
+        return self
 
     def encode(self, batch: Batch) -> tuple[Tensor, Condition]:
         """``(x1, cond)``: the data the flow transports and the network's keyword arguments."""
         raise NotImplementedError
 
-    def decode(self, x1: Tensor, cond: Condition) -> Any:
-        """Generated ``x1`` back to media (images, waveforms, meshes, joint rotations)."""
+    def decode(self, x1: Tensor, cond: Condition, batch: Batch | None = None) -> Any:
+        """Generated ``x1`` back to media (images, waveforms, meshes, joint rotations).
+
+        ``batch`` is the data batch ``cond`` was encoded from, when there is one: decoding may
+        need more of it than the network saw (a separator reuses the mixture's STFT phase).
+        """
         raise NotImplementedError
 
     def null_condition(self, cond: Condition) -> Condition:
@@ -96,9 +130,34 @@ class ModalityAdapter(nn.Module):
             key: getattr(metric, "display_name", key) for key, metric in self.evaluators().items()
         }
 
-    def save_media(self, media: Any, directory: Path, name: str) -> list[Path]:
-        """Write media a person can look at or listen to; returns the written files."""
+    def save_media(
+        self, media: Any, directory: Path, name: str, batch: Batch | None = None
+    ) -> list[Path]:
+        """Write media a person can look at or listen to; returns the written files.
+
+        ``batch`` (when the media came from data) lets a modality write references beside
+        the generations, e.g. the mixture and the true source beside a separated estimate.
+        """
         return []
+
+
+def _drop_frozen_entries(
+    module: ModalityAdapter, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    for name in module._frozen_names:
+        for key in [k for k in state_dict if k.startswith(f"{prefix}{name}.")]:
+            del state_dict[key]
+
+
+def _fill_frozen_entries(
+    module: ModalityAdapter, state_dict: dict[str, Any], prefix: str, *_: Any
+) -> None:
+    for name in module._frozen_names:
+        frozen = getattr(module, name)
+        if not isinstance(frozen, nn.Module):
+            continue
+        for key, value in frozen.state_dict().items():
+            state_dict.setdefault(f"{prefix}{name}.{key}", value)
 
 
 def drop_conditions(cond: Condition, null: Condition, drop: Tensor) -> Condition:

@@ -7,11 +7,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from mmflow.training.module import FlowMatching
 
 EXTRA_COMMANDS = "sample, evaluate, export, info"
+_FLOW_MATCHING = f"{FlowMatching.__module__}.{FlowMatching.__qualname__}"
 
 
 class ShortUsageParser(LightningArgumentParser):
@@ -28,11 +30,17 @@ class ShortUsageParser(LightningArgumentParser):
 
 
 class MMFlowCLI(LightningCLI):
-    """LightningCLI over ``FlowMatching``; the datamodule is chosen by ``data.class_path``."""
+    """LightningCLI over any LightningModule, ``FlowMatching`` unless the recipe names another.
+
+    ``model:`` without a ``class_path`` configures :class:`FlowMatching` (every flow recipe);
+    a recipe for a component the flow builds on, such as a modality's VAE or vocoder, names its
+    module with ``model.class_path``. The datamodule is chosen by ``data.class_path``.
+    """
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
         super().__init__(
-            FlowMatching,
+            pl.LightningModule,
+            subclass_mode_model=True,
             subclass_mode_data=True,
             args=list(args) if args is not None else None,
             run=run,
@@ -42,6 +50,18 @@ class MMFlowCLI(LightningCLI):
                 "description": f"Flow matching for every modality. Also: mmflow {{{EXTRA_COMMANDS}}} --help",
             },
         )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults({"model": {"class_path": _FLOW_MATCHING}})
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the recipe and the command line in charge when ``--ckpt_path`` is given.
+
+        LightningCLI would replace the parsed model config by the hyperparameters stored in
+        the checkpoint, silently dropping overrides such as ``--model.nfe 4`` or another
+        inverter at evaluation time. The recipe already holds the whole config; the checkpoint
+        provides the weights (loaded strictly, so a config that does not fit them fails).
+        """
 
 
 def build_module(config: dict[str, Any]) -> FlowMatching:

@@ -173,21 +173,37 @@ class FlowMatching(pl.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Loss on fixed noise and times; the first batches are also generated and evaluated."""
+        self._evaluate_batch(batch, batch_idx, "val", self.hparams.val_sample_batches)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """As validation, on the test split, generating and evaluating *every* batch.
+
+        ``mmflow test`` / ``mmflow evaluate --split test`` report the held-out figures.
+        """
+        self._evaluate_batch(batch, batch_idx, "test", None)
+
+    def _evaluate_batch(
+        self, batch: Batch, batch_idx: int, stage: str, sample_batches: int | None
+    ) -> None:
         x1, cond = self.adapter.encode(batch)
         generator = torch.Generator(device=x1.device).manual_seed(
             self.hparams.sample_seed + batch_idx
         )
         self.log(
-            "val/loss", self.flow_loss(x1, cond, generator), prog_bar=True, batch_size=x1.shape[0]
+            f"{stage}/loss",
+            self.flow_loss(x1, cond, generator),
+            prog_bar=True,
+            batch_size=x1.shape[0],
         )
-        if batch_idx >= self.hparams.val_sample_batches:
+        if sample_batches is not None and batch_idx >= sample_batches:
             return
         samples, _ = self.generate(cond, self.adapter.noise_like(x1, generator=generator))
-        media = self.adapter.decode(samples, cond)
+        media = self.adapter.decode(samples, cond, batch)
         for metric in self._evaluators.values():
             metric.to(self.device).update(media, batch)
         if batch_idx == 0 and self.trainer.is_global_zero:
-            self.adapter.save_media(media, self._media_dir(), f"epoch{self.current_epoch:04d}")
+            name = f"epoch{self.current_epoch:04d}" if stage == "val" else stage
+            self.adapter.save_media(media, self._media_dir(), name, batch)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Any:
         """Media generated under each example's condition (``mmflow predict``), on seeded noise."""
@@ -196,14 +212,21 @@ class FlowMatching(pl.LightningModule):
             self.hparams.sample_seed + batch_idx
         )
         samples, _ = self.generate(cond, self.adapter.noise_like(x1, generator=generator))
-        return self.adapter.decode(samples, cond)
+        return self.adapter.decode(samples, cond, batch)
 
     def on_validation_epoch_end(self) -> None:
         """Log every evaluator as ``val/<name>``; a metric returning a dict logs each entry."""
+        self._log_evaluators("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Log every evaluator as ``test/<name>``."""
+        self._log_evaluators("test")
+
+    def _log_evaluators(self, stage: str) -> None:
         for name, metric in self._evaluators.items():
             if metric.update_count:
                 entries = metric_entries(name, metric.compute())
-                self.log_dict({f"val/{key}": entry for key, entry in entries.items()})
+                self.log_dict({f"{stage}/{key}": entry for key, entry in entries.items()})
             metric.reset()
 
     def _media_dir(self) -> Path:

@@ -89,7 +89,9 @@ class PixelAdapter(ModalityAdapter):
             return x1, {}
         return x1, {"class_labels": batch["label"].long()}
 
-    def decode(self, x1: Tensor, cond: Condition | None = None) -> Tensor:
+    def decode(
+        self, x1: Tensor, cond: Condition | None = None, batch: Batch | None = None
+    ) -> Tensor:
         """Images in [0, 1]: ``clamp((x1 + 1) / 2, 0, 1)``."""
         return ((x1 + 1) / 2).clamp(0, 1)
 
@@ -117,6 +119,8 @@ class PixelAdapter(ModalityAdapter):
         """The configured metrics, keyed ``fid``, ``fd_ours``, ``class_accuracy``."""
         return self.metrics
 
-    def save_media(self, media: Any, directory: Path, name: str) -> list[Path]:
+    def save_media(
+        self, media: Any, directory: Path, name: str, batch: Batch | None = None
+    ) -> list[Path]:
         """Write the decoded images as ``directory/name.png`` (one grid)."""
         return [save_image_grid(media, Path(directory) / f"{name}.png", nrow=self.grid_rows)]

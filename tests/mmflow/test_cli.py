@@ -154,6 +154,10 @@ def test_fit_sample_export_evaluate(tmp_path):
     metrics = tmp_path / "metrics.json"
     run("evaluate", "--config", str(recipe), "--ckpt_path", str(checkpoint), "--out", str(metrics))
     assert "val/mean_error" in metrics.read_text()
+    test_metrics = tmp_path / "test.json"
+    evaluate = ["evaluate", "--split", "test", "--config", str(recipe)]
+    run(*evaluate, "--ckpt_path", str(checkpoint), "--out", str(test_metrics))
+    assert "test/mean_error" in test_metrics.read_text()
 
 
 def test_sample_with_a_missing_checkpoint_names_it(tmp_path):

@@ -63,6 +63,14 @@ def test_validation_updates_evaluators_and_writes_media(trained):
     assert module.adapter.saved and module.adapter.saved[-1].endswith(".pt")
 
 
+def test_test_loop_generates_and_scores_every_batch(trained):
+    module, trainer = trained
+    metrics = trainer.test(module, ToyData(), verbose=False)[0]
+    assert metrics["test/mean_error"] < 0.25
+    # every test batch is generated (validation stops at val_sample_batches)
+    assert sum(metrics[f"test/count/{k}"] for k in range(3)) == 2048  # ToyData size
+
+
 def test_predict_generates_under_each_examples_condition(trained):
     module, trainer = trained
     data = ToyData(size=300)

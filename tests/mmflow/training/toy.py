@@ -94,7 +94,7 @@ class ToyAdapter(ModalityAdapter):
     def encode(self, batch):
         return batch["point"], {"class_labels": batch["label"]}
 
-    def decode(self, x1, cond):
+    def decode(self, x1, cond, batch=None):
         return x1
 
     def sample_conditions(self, num_samples):
@@ -106,7 +106,7 @@ class ToyAdapter(ModalityAdapter):
     def evaluators(self):
         return nn.ModuleDict({"mean_error": MeanError(), "per_class": PerClassCount()})
 
-    def save_media(self, media, directory, name):
+    def save_media(self, media, directory, name, batch=None):
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{name}.pt"
         torch.save(media.cpu(), path)
