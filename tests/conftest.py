@@ -25,3 +25,23 @@ def trained_classifier(
         datamodule, path, epochs=4, lr=2e-3, width=16, feature_dim=64
     )
     return model, val_accuracy, path
+
+
+@pytest.fixture(scope="session")
+def tiny_mel_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained 8-channel mel-VAE folder with the recipes' mel and latent settings."""
+    from modalities.audio import MelVAE
+
+    path = tmp_path_factory.mktemp("mel-vae")
+    MelVAE(channels=8, z_channels=8).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def untrained_audio_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained audio classifier file over the ten LASS classes (for recipe smoke runs)."""
+    from modalities.audio import ALL_CLASSES
+    from modalities.audio.classifier import AudioClassifier, save_audio_classifier
+
+    path = tmp_path_factory.mktemp("audio-classifier") / "lass.safetensors"
+    return save_audio_classifier(AudioClassifier(list(ALL_CLASSES)), path)

@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.functional.audio import (
     scale_invariant_signal_distortion_ratio,
@@ -49,6 +49,7 @@ __all__ = [
     "SignalDistortionRatio",
     "SignalDistortionRatioImprovement",
     "plain_sdr",
+    "separation_metrics",
     "si_sdr",
 ]
 
@@ -200,3 +201,28 @@ def _check_waveforms(estimates: Tensor, batch: dict[str, Any]) -> None:
         raise ValueError(
             f"separation metrics: expected estimates [B, T], got {tuple(estimates.shape)}"
         )
+
+
+def separation_metrics(
+    class_names: list[str] | None = None,
+    mel: LogMel | None = None,
+    classifier_path: str | None = None,
+) -> nn.ModuleDict:
+    """The separation evaluators every audio model reports, keyed by metric name.
+
+    SDR, SI-SDR, SDRi, SI-SDRi and mel L1, each overall and per class, plus the query accuracy
+    of :class:`.classifier.QueryAccuracy` when ``classifier_path`` is given; shared by the
+    flow's adapter and the mask baseline, so both are scored by the same code.
+    """
+    metrics = {
+        "sdr": SignalDistortionRatio(class_names),
+        "si_sdr": ScaleInvariantSDR(class_names),
+        "sdri": SignalDistortionRatioImprovement(class_names),
+        "si_sdri": ScaleInvariantSDRImprovement(class_names),
+        "mel_l1": MelL1(class_names, mel),
+    }
+    if classifier_path is not None:
+        from .classifier import QueryAccuracy
+
+        metrics["query_accuracy"] = QueryAccuracy(classifier_path, class_names)
+    return nn.ModuleDict(metrics)

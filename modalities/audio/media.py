@@ -18,12 +18,13 @@ def save_spectrogram_png(
     path: str | Path,
     sample_rate: int = 16000,
     hop_length: int = 160,
+    title: str | None = None,
 ) -> Path:
     """Plot log-mels ``[n_mels, frames]`` (or ``[1, n_mels, frames]``) side by side in one PNG.
 
     One panel per entry, titled by its key (e.g. mixture / estimate / reference), time in
     seconds (``frame * hop_length / sample_rate``) on x, mel band on y, one shared colour range
-    so the panels compare directly.
+    so the panels compare directly; ``title`` (e.g. the text query) goes above them.
     """
     import matplotlib
 
@@ -32,13 +33,13 @@ def save_spectrogram_png(
 
     if not log_mels:
         raise ValueError("save_spectrogram_png: `log_mels` is empty")
-    images = {title: _as_image(title, mel) for title, mel in log_mels.items()}
+    images = {panel: _as_image(panel, mel) for panel, mel in log_mels.items()}
     low = min(float(image.min()) for image in images.values())
     high = max(float(image.max()) for image in images.values())
     figure, axes = plt.subplots(
         1, len(images), figsize=(4 * len(images), 3), squeeze=False, constrained_layout=True
     )
-    for axis, (title, image) in zip(axes[0], images.items()):
+    for axis, (panel, image) in zip(axes[0], images.items()):
         seconds = image.shape[1] * hop_length / sample_rate
         shown = axis.imshow(
             image,
@@ -49,10 +50,12 @@ def save_spectrogram_png(
             vmax=high,
             cmap="magma",
         )
-        axis.set_title(title)
+        axis.set_title(panel)
         axis.set_xlabel("time (s)")
         axis.set_ylabel("mel band")
     figure.colorbar(shown, ax=axes[0].tolist(), label="log magnitude")
+    if title:
+        figure.suptitle(title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=100)
@@ -69,13 +72,15 @@ def write_separation_examples(
     sample_rate: int = 16000,
     log_mels: dict[str, Tensor] | None = None,
     hop_length: int = 160,
+    title: str | None = None,
 ) -> list[Path]:
     """Write ``{name}_mixture.wav``, ``{name}_estimate.wav``, ``{name}_reference.wav``, ``{name}.png``.
 
     Waveforms are ``[T]`` (or ``[1, T]``), clipped to [-1, 1] and stored as 16-bit PCM.
     ``log_mels`` (title -> ``[n_mels, frames]``) are plotted; when ``None`` they are computed
     from the three waveforms with a :class:`LogMel` at ``sample_rate`` (bands up to Nyquist).
-    ``hop_length`` (samples per mel frame) labels the time axis. Returns the four paths.
+    ``hop_length`` (samples per mel frame) labels the time axis; ``title`` heads the PNG.
+    Returns the four paths.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -87,7 +92,8 @@ def write_separation_examples(
     if log_mels is None:
         mel = LogMel(sample_rate=sample_rate, hop_length=hop_length, f_max=sample_rate / 2)
         log_mels = {role: mel(_as_mono(role, w).float())[0] for role, w in waveforms.items()}
-    paths.append(save_spectrogram_png(log_mels, directory / f"{name}.png", sample_rate, hop_length))
+    png = directory / f"{name}.png"
+    paths.append(save_spectrogram_png(log_mels, png, sample_rate, hop_length, title))
     return paths
 
 

@@ -26,6 +26,7 @@ dict batches of the audio datamodule, measures ``latent_scale = 1 / std(z)`` at 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -52,8 +53,24 @@ def kl_to_standard_normal(mean: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
+class ChannelNorm(nn.Module):
+    """Layer norm over the channels of each position: ``(x - mean_c x) / std_c x * g + b``.
+
+    Unlike GroupNorm, whose statistics span the whole spectrogram, it sees one time-frequency
+    position at a time, so the auto-encoder is local: a model trained on short crops encodes
+    and decodes whole clips of any length exactly as it did the crops.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def _norm(channels: int) -> nn.Module:
+    return ChannelNorm(channels)
 
 
 class ResidualBlock(nn.Module):
@@ -62,10 +79,10 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            _group_norm(in_channels),
+            _norm(in_channels),
             nn.SiLU(),
             nn.Conv2d(in_channels, out_channels, 3, padding=1),
-            _group_norm(out_channels),
+            _norm(out_channels),
             nn.SiLU(),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
@@ -126,7 +143,7 @@ class MelAutoencoder(nn.Module):
             if level < len(widths) - 1:
                 layers.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
         layers += [
-            _group_norm(widths[-1]),
+            _norm(widths[-1]),
             nn.SiLU(),
             nn.Conv2d(widths[-1], 2 * z_channels, 3, padding=1),
         ]
@@ -140,7 +157,7 @@ class MelAutoencoder(nn.Module):
             if level > 0:
                 layers.append(Upsample(reverse[level - 1]))
             layers += _stage(reverse[max(level - 1, 0)], width, num_blocks)
-        layers += [_group_norm(reverse[-1]), nn.SiLU(), nn.Conv2d(reverse[-1], 1, 3, padding=1)]
+        layers += [_norm(reverse[-1]), nn.SiLU(), nn.Conv2d(reverse[-1], 1, 3, padding=1)]
         return layers
 
     def encode(self, mel: Tensor) -> tuple[Tensor, Tensor]:
@@ -174,6 +191,11 @@ class MelVAE(pl.LightningModule):
         lr: AdamW learning rate.
         latent_scale_batches: training batches that :meth:`on_fit_end` uses to measure
             ``latent_scale`` (0 keeps the current value).
+        crop_frames: train on a random window of this many mel frames of each clip (the
+            network is fully convolutional, so short windows train it for any length at a
+            fraction of the cost); ``None`` trains on whole clips. Validation uses whole clips.
+        export_dir: folder :meth:`on_fit_end` saves the trained VAE to (after measuring
+            ``latent_scale``) with :meth:`save_pretrained`; ``None`` saves nothing.
     """
 
     def __init__(
@@ -196,6 +218,8 @@ class MelVAE(pl.LightningModule):
         mel_std: float = 4.0,
         lr: float = 2e-4,
         latent_scale_batches: int = 8,
+        crop_frames: int | None = None,
+        export_dir: str | None = None,
     ) -> None:
         super().__init__()
         if reconstruction not in ("l1", "l2"):
@@ -204,6 +228,8 @@ class MelVAE(pl.LightningModule):
             raise ValueError(f"`beta` must be >= 0, got {beta}")
         if mel_std <= 0:
             raise ValueError(f"`mel_std` must be positive, got {mel_std}")
+        if crop_frames is not None and crop_frames <= 0:
+            raise ValueError(f"`crop_frames` must be positive or None, got {crop_frames}")
         if not channel_multipliers:
             raise ValueError("`channel_multipliers` must name at least one level")
         self.save_hyperparameters()
@@ -301,7 +327,18 @@ class MelVAE(pl.LightningModule):
     def _batch_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         with torch.no_grad():
             log_mel = self.mel(self.waveforms_of(batch))
+        if self.training:
+            log_mel = self._random_crop(log_mel)
         return self.losses(log_mel)
+
+    def _random_crop(self, log_mel: Tensor) -> Tensor:
+        """One random window of ``crop_frames`` frames per clip (the whole clip if shorter)."""
+        size = self.hparams.crop_frames
+        if size is None or log_mel.shape[-1] <= size:
+            return log_mel
+        starts = torch.randint(0, log_mel.shape[-1] - size + 1, (log_mel.shape[0],))
+        index = starts.to(log_mel.device)[:, None] + torch.arange(size, device=log_mel.device)
+        return torch.gather(log_mel, -1, index[:, None, :].expand(-1, log_mel.shape[1], -1))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.autoencoder.parameters(), lr=self.hparams.lr)
@@ -311,6 +348,8 @@ class MelVAE(pl.LightningModule):
             self.estimate_latent_scale(
                 self.trainer.train_dataloader, self.hparams.latent_scale_batches
             )
+        if self.hparams.export_dir is not None and self.trainer.is_global_zero:
+            print(f"MelVAE saved to {self.save_pretrained(self.hparams.export_dir)}")
 
     @torch.no_grad()
     def estimate_latent_scale(
@@ -351,7 +390,11 @@ class MelVAE(pl.LightningModule):
         """Write ``config.json`` (constructor arguments) and ``model.safetensors``, atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"class": type(self).__name__, "init_args": _jsonable(dict(self.hparams))}
+        accepted = inspect.signature(type(self).__init__).parameters
+        # Lightning's CLI adds `_class_path` / `_instantiator` to the hyperparameters; the
+        # export folder is where this file goes, not part of the model.
+        init_args = {k: v for k, v in self.hparams.items() if k in accepted and k != "export_dir"}
+        config = {"class": type(self).__name__, "init_args": _jsonable(init_args)}
         save_weights(directory / WEIGHTS_NAME, self.state_dict())
         write_json(directory / CONFIG_NAME, config)
         return directory

@@ -103,3 +103,43 @@ def test_bad_inputs_name_the_argument() -> None:
         LogMel()(torch.zeros(1, 100))
     with pytest.raises(ValueError, match="n_iter"):
         GriffinLimInverter(n_iter=0)
+
+
+def test_band_gains_of_a_scaled_mixture_recover_the_source_exactly() -> None:
+    """Mixture = a * source: every band gain is 1 / a, so the estimate is the source itself."""
+    mel = LogMel()
+    source = harmonic(220.0) + 0.01 * torch.randn(
+        1, SAMPLE_RATE, generator=torch.Generator().manual_seed(1)
+    )
+    estimate = MixturePhaseInverter(mel).invert(mel(source), 2.0 * source, source.shape[-1])
+    torch.testing.assert_close(estimate, source, atol=1e-5, rtol=0)
+
+
+def test_bin_gain_spreads_constant_band_gains_to_every_bin() -> None:
+    mel = LogMel(f_max=6000.0)
+    gains = mel.bin_gain(torch.full((1, 64, 3), 0.25))
+    torch.testing.assert_close(gains, torch.full_like(gains, 0.25))
+    ramp = mel.bin_gain(torch.arange(64.0)[None, :, None])[0, :, 0]
+    assert ramp[0] == 0 and ramp[-1] == 63  # DC / above f_max: the nearest band's gain
+
+
+def test_band_gains_beat_the_pseudo_inverse_on_a_two_source_mixture() -> None:
+    """With the true source's mel, mixture-gain inversion keeps the harmonics' fine structure
+    (measured: 18.3 dB against 8.1 dB for the pseudo-inverse, 8.4 dB for the mixture)."""
+    mel = LogMel()
+    source = harmonic(220.0)
+    interferer = 0.1 * torch.randn(1, SAMPLE_RATE, generator=torch.Generator().manual_seed(1))
+    mixture = source + interferer
+    gain = MixturePhaseInverter(mel).invert(mel(source), mixture, source.shape[-1])
+    pinv = MixturePhaseInverter(mel, magnitude="pinv").invert(
+        mel(source), mixture, source.shape[-1]
+    )
+    assert si_sdr(gain, source).item() > si_sdr(pinv, source).item() + 3.0
+    assert si_sdr(gain, source).item() > si_sdr(mixture, source).item() + 5.0
+
+
+def test_mixture_phase_inverter_rejects_unknown_options() -> None:
+    with pytest.raises(ValueError, match="magnitude"):
+        MixturePhaseInverter(magnitude="wiener")
+    with pytest.raises(ValueError, match="max_gain"):
+        MixturePhaseInverter(max_gain=0.0)

@@ -165,3 +165,14 @@ def test_weights_that_do_not_fit_the_config(tmp_path) -> None:
     (tmp_path / "b" / "model.safetensors").replace(tmp_path / "a" / "model.safetensors")
     with pytest.raises(ValueError, match="do not fit"):
         MelVAE.from_pretrained(tmp_path / "a")
+
+
+def test_cli_bookkeeping_in_the_hyperparameters_is_not_saved(tmp_path) -> None:
+    """``mmflow fit`` adds ``_class_path`` / ``_instantiator`` to the hyperparameters."""
+    vae = MelVAE(channels=8, z_channels=2, export_dir=str(tmp_path / "elsewhere"))
+    vae.hparams["_class_path"] = "modalities.audio.MelVAE"
+    vae.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+    vae.save_pretrained(tmp_path / "vae")
+    config = json.loads((tmp_path / "vae" / "config.json").read_text())
+    assert not {"_class_path", "_instantiator", "export_dir"} & set(config["init_args"])
+    MelVAE.from_pretrained(tmp_path / "vae")

@@ -1,0 +1,214 @@
+"""``FlowSepAdapter``: language-queried separation as a flow in a mel-VAE latent space.
+
+FlowSep (Yuan et al., 2025) transports Gaussian noise to the latent of the *queried source*,
+conditioned on the latent of the *mixture* and on a text query. With ``E`` the frozen mel-VAE
+encoder (latents scaled to unit variance), ``mel`` the log-mel transform and ``T`` the frozen
+sentence encoder:
+
+    x1 = E(mel(target))                          what the flow generates   [B, z, H, W]
+    cond = {"mixture": E(mel(mixture)),           stacked on x_t's channels by
+                                                  :class:`mmflow.nn.ChannelConcat`
+            "context": {"query": T(q).tokens},   a context stream of the MMDiT
+            "context_mask": {"query": T(q).mask},
+            "pooled": T(q).pooled}               added to the time embedding (adaLN)
+
+The null condition (condition dropout in training, the unconditional branch of CFG) replaces
+only the query by the empty string; the mixture is never dropped, since separating nothing is
+meaningless. Decoding runs the VAE decoder to a log-mel and a :class:`.mel.MelInverter` to a
+waveform — mixture phase (needs the batch's mixture), Griffin-Lim, or the neural vocoder —
+cut to the mixture's length.
+
+The VAE, the text encoder and the inverter are frozen sub-models loaded from local files;
+they stay out of the flow's checkpoints (see :class:`mmflow.modality.ModalityAdapter`), so the
+inverter can be swapped at evaluation time: ``--model.adapter.init_args.inverter ...``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmflow.modality import Batch, Condition, ModalityAdapter
+
+from .captions import NULL_CAPTION
+from .evaluators import separation_metrics
+from .media import write_separation_examples
+from .mel import MelInverter, MixturePhaseInverter
+from .sources import ALL_CLASSES
+from .text import SentenceEncoder
+from .vae import MelVAE
+
+__all__ = ["FlowSepAdapter"]
+
+
+class FlowSepAdapter(ModalityAdapter):
+    """Mixture + text query -> the queried source, through mel-VAE latents (module docs).
+
+    Args:
+        vae_path: folder of a trained :class:`.vae.MelVAE` (``recipes/audio/mel_vae.yaml``).
+        text_encoder_path: a local transformers encoder folder; ``None`` is all-MiniLM-L6-v2.
+        inverter: log-mel -> waveform (default: :class:`.mel.MixturePhaseInverter`). Inverters
+            without weights are given the VAE's mel transform; a vocoder must have been
+            trained on the same mel settings as the VAE (checked).
+        class_names: names of ``batch["class_index"]`` for per-class metrics (default: the
+            classes of :class:`.data.LASSMixtures`); ``[]`` reports overall means only.
+        max_query_tokens: queries are truncated to this many tokens.
+        query_stream: name of the MMDiT context stream holding the query tokens.
+        use_pooled: also pass the pooled query embedding as ``pooled`` (the network then needs
+            ``pooled_dim`` = the encoder's width).
+        media_examples: how many examples of a batch :meth:`save_media` writes.
+        classifier_path: an audio classifier (``python -m modalities.audio.classifier``) for
+            the query-accuracy metric; ``None`` leaves that metric out.
+    """
+
+    def __init__(
+        self,
+        vae_path: str,
+        text_encoder_path: str | None = None,
+        inverter: MelInverter | None = None,
+        class_names: list[str] | None = None,
+        max_query_tokens: int = 32,
+        query_stream: str = "query",
+        use_pooled: bool = True,
+        media_examples: int = 4,
+        classifier_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        vae = MelVAE.from_pretrained(vae_path)
+        self.add_frozen("vae", vae)
+        self.add_frozen("text_encoder", SentenceEncoder(text_encoder_path, max_query_tokens))
+        inverter = inverter or MixturePhaseInverter()
+        _check_same_framing(inverter, vae)
+        inverter.mel = vae.mel
+        self.add_frozen("inverter", inverter)
+        self.class_names = list(ALL_CLASSES if class_names is None else class_names)
+        self.query_stream = query_stream
+        self.use_pooled = use_pooled
+        self.media_examples = media_examples
+        self.metrics = separation_metrics(self.class_names, vae.mel, classifier_path)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.vae.mel.sample_rate
+
+    @torch.no_grad()
+    def latents(self, waveforms: Tensor) -> Tensor:
+        """Scaled VAE latents ``[B, z, n_mels / f, frames / f]`` of ``[B, T]`` waveforms."""
+        return self.vae.encode(self.vae.mel(waveforms))
+
+    def encode(self, batch: Batch) -> tuple[Tensor, Condition]:
+        """``(E(mel(target)), {mixture latent, query tokens, mask, pooled})``."""
+        mixture, target = _waveforms(batch)
+        cond = {"mixture": self.latents(mixture), **self.query_condition(batch["caption"])}
+        return self.latents(target), cond
+
+    def query_condition(self, captions: list[str]) -> Condition:
+        """The network inputs of text queries: the context stream, its mask, the pooled vector."""
+        text = self.text_encoder(captions)
+        device = self.vae.latent_scale.device
+        cond: Condition = {
+            "context": {self.query_stream: text.tokens.to(device)},
+            "context_mask": {self.query_stream: text.mask.to(device)},
+        }
+        if self.use_pooled:
+            cond["pooled"] = text.pooled.to(device)
+        return cond
+
+    def null_condition(self, cond: Condition) -> Condition:
+        """The empty query, padded to the query stream's length; the mixture is kept."""
+        tokens = cond["context"][self.query_stream]
+        null = self.query_condition([NULL_CAPTION] * tokens.shape[0])
+        null_tokens = null["context"][self.query_stream]
+        null_mask = null["context_mask"][self.query_stream]
+        length = tokens.shape[1]
+        if null_tokens.shape[1] > length:
+            raise ValueError(
+                f"the null query has {null_tokens.shape[1]} tokens but the query stream only "
+                f"{length}; the query encoder must encode '' within every query's length"
+            )
+        padded = tokens.new_zeros(tokens.shape)
+        padded[:, : null_tokens.shape[1]] = null_tokens
+        padded_mask = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        padded_mask[:, : null_mask.shape[1]] = null_mask
+        null["context"] = {self.query_stream: padded}
+        null["context_mask"] = {self.query_stream: padded_mask}
+        return null
+
+    def decode(self, x1: Tensor, cond: Condition, batch: Batch | None = None) -> Tensor:
+        """Waveforms ``[B, T]``: VAE decoder -> log-mel -> the inverter, at the mixture's length."""
+        return self.waveforms_from_log_mel(self.log_mel_from_latents(x1, batch), batch)
+
+    def log_mel_from_latents(self, x1: Tensor, batch: Batch | None = None) -> Tensor:
+        """The VAE decoder's log-mel, cropped to the frames of the batch's mixture if given."""
+        frames = None
+        if batch is not None and "mixture" in batch:
+            frames = self.vae.mel.frames_for(batch["mixture"].shape[-1])
+        with torch.no_grad():
+            return self.vae.decode(x1, frames)
+
+    def waveforms_from_log_mel(self, log_mel: Tensor, batch: Batch | None = None) -> Tensor:
+        """The inverter's waveforms (mixture phase needs ``batch["mixture"]``)."""
+        mixture = batch.get("mixture") if batch is not None else None
+        length = mixture.shape[-1] if mixture is not None else None
+        if isinstance(self.inverter, MixturePhaseInverter) and mixture is None:
+            raise ValueError(
+                "FlowSepAdapter.decode: the mixture-phase inverter needs the batch with its "
+                "`mixture`; pass `batch`, or use GriffinLimInverter / a vocoder"
+            )
+        with torch.no_grad():
+            return self.inverter(log_mel, mixture, length)
+
+    def evaluators(self) -> nn.ModuleDict:
+        """SDR, SI-SDR, SDRi, SI-SDRi and mel L1, overall and per class."""
+        return self.metrics
+
+    def save_media(
+        self, media: Any, directory: Path, name: str, batch: Batch | None = None
+    ) -> list[Path]:
+        """WAVs of mixture / estimate / reference and a spectrogram PNG per example."""
+        if batch is None or "mixture" not in batch or "target" not in batch:
+            return []
+        written = []
+        for index in range(min(self.media_examples, media.shape[0])):
+            caption = batch["caption"][index] if "caption" in batch else ""
+            written += write_separation_examples(
+                directory,
+                f"{name}_{index}",
+                batch["mixture"][index].cpu(),
+                media[index].cpu(),
+                batch["target"][index].cpu(),
+                sample_rate=self.sample_rate,
+                hop_length=self.vae.mel.hop_length,
+                title=f"query: {caption!r}",
+            )
+        return written
+
+
+def _waveforms(batch: Batch) -> tuple[Tensor, Tensor]:
+    for key in ("mixture", "target", "caption"):
+        if key not in batch:
+            raise KeyError(f"FlowSepAdapter: batch has no `{key}`; it has {sorted(batch)}")
+    mixture, target = batch["mixture"], batch["target"]
+    if mixture.shape != target.shape or mixture.ndim != 2:
+        raise ValueError(
+            f"FlowSepAdapter: `mixture` {tuple(mixture.shape)} and `target` "
+            f"{tuple(target.shape)} must both be [B, T]"
+        )
+    if len(batch["caption"]) != mixture.shape[0]:
+        raise ValueError(
+            f"FlowSepAdapter: {len(batch['caption'])} captions for {mixture.shape[0]} mixtures"
+        )
+    return mixture, target
+
+
+def _check_same_framing(inverter: MelInverter, vae: MelVAE) -> None:
+    ours, theirs = inverter.mel.settings(), vae.mel.settings()
+    learned = any(True for _ in inverter.parameters())
+    if learned and ours != theirs:
+        different = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
+        raise ValueError(
+            f"the inverter's mel settings differ from the VAE's: {different} (inverter, VAE)"
+        )

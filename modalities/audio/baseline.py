@@ -1,0 +1,172 @@
+"""A discriminative mask separator: the baseline FlowSep is compared with.
+
+Same backbone as the flow (an :class:`mmflow.nn.MMDiT` with the text query as a context stream
+and the pooled query embedding), same data, same training budget; but it *predicts* instead of
+generating. From the mixture's standardised log-mel ``L_mix`` and the query ``q`` it predicts a
+mel-band mask ``m = sigmoid(network(L_mix, q))`` in ``[0, 1]``, and the estimate is
+
+    L_hat = log(max(m * exp(L_mix), 1e-5)),      loss = mean |L_hat - L_target|
+
+(L1 between log-mels, the quantity the flow's VAE reconstructs). The network's time input is
+held at ``t = 1``. To a waveform, the estimate goes through the same inverter as the flow's
+(mixture phase with band gains: the gain is exactly the mask), and it is scored by the same
+evaluators, so the two models are compared on equal terms.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from mmflow.metrics import metric_entries
+
+from .evaluators import separation_metrics
+from .media import write_separation_examples
+from .mel import LOG_FLOOR, LogMel, MelInverter, MixturePhaseInverter
+from .sources import ALL_CLASSES
+from .text import SentenceEncoder
+
+__all__ = ["MaskSeparator"]
+
+
+class MaskSeparator(pl.LightningModule):
+    """Mixture log-mel + text query -> a mel-band mask (see the module docs).
+
+    Args:
+        network: the backbone, ``network(x, t, context=..., context_mask=..., pooled=...)``
+            mapping ``[B, 1, n_mels, frames]`` to the same shape (e.g. MMDiT with
+            ``Patchify2D(1, patch)``; ``n_mels`` and the frame count must divide by the patch).
+        text_encoder_path: a local transformers encoder folder; ``None`` is all-MiniLM-L6-v2.
+        inverter: log-mel -> waveform for evaluation (default: mixture phase, band gains).
+        class_names: class names of ``batch["class_index"]`` for per-class metrics.
+        max_query_tokens: queries are truncated to this many tokens.
+        query_stream: name of the query context stream.
+        use_pooled: also pass the pooled query embedding as ``pooled``.
+        mel_mean, mel_std: standardisation of the input log-mel.
+        lr, weight_decay: AdamW settings.
+        media_examples: examples written from the first validation / test batch.
+        classifier_path: an audio classifier (``python -m modalities.audio.classifier``) for
+            the query-accuracy metric; ``None`` leaves that metric out.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        text_encoder_path: str | None = None,
+        inverter: MelInverter | None = None,
+        class_names: list[str] | None = None,
+        max_query_tokens: int = 32,
+        query_stream: str = "query",
+        use_pooled: bool = True,
+        mel_mean: float = -5.0,
+        mel_std: float = 4.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        media_examples: int = 4,
+        classifier_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["network", "inverter"])
+        self.network = network
+        self.mel = LogMel()
+        self.inverter = inverter or MixturePhaseInverter()
+        self.inverter.mel = self.mel
+        # Frozen and cached per caption: held outside the module tree, so it is not written
+        # into every checkpoint (it is rebuilt from its folder).
+        self._text_encoder = [SentenceEncoder(text_encoder_path, max_query_tokens)]
+        self.class_names = list(ALL_CLASSES if class_names is None else class_names)
+        self._evaluators = dict(separation_metrics(self.class_names, self.mel, classifier_path))
+
+    def forward(self, mixture: Tensor, captions: list[str]) -> Tensor:
+        """The estimated log-mel ``[B, n_mels, frames]`` of the queried source."""
+        mixture_log_mel = self.mel(mixture)
+        return self.estimate(mixture_log_mel, self.predict_mask(mixture_log_mel, captions))
+
+    def predict_mask(self, mixture_log_mel: Tensor, captions: list[str]) -> Tensor:
+        """The mask ``sigmoid(network(standardised log-mel, query))``, ``[B, n_mels, frames]``."""
+        text = self._text_encoder[0](captions)
+        name = self.hparams.query_stream
+        inputs = (mixture_log_mel - self.hparams.mel_mean) / self.hparams.mel_std
+        cond: dict[str, Any] = {
+            "context": {name: text.tokens.to(self.device)},
+            "context_mask": {name: text.mask.to(self.device)},
+        }
+        if self.hparams.use_pooled:
+            cond["pooled"] = text.pooled.to(self.device)
+        t = torch.ones(inputs.shape[0], device=inputs.device)
+        return torch.sigmoid(self.network(inputs.unsqueeze(1), t, **cond)[:, 0])
+
+    @staticmethod
+    def estimate(mixture_log_mel: Tensor, mask: Tensor) -> Tensor:
+        """``log(max(mask * exp(L_mix), 1e-5))``."""
+        return (mask * mixture_log_mel.exp()).clamp_min(LOG_FLOOR).log()
+
+    def loss(self, batch: dict[str, Any]) -> Tensor:
+        estimate = self(batch["mixture"], batch["caption"])
+        return (estimate - self.mel(batch["target"])).abs().mean()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["mixture"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate_batch(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate_batch(batch, batch_idx, "test")
+
+    @torch.no_grad()
+    def separate(self, batch: dict[str, Any]) -> Tensor:
+        """Separated waveforms ``[B, T]`` of a batch (through the inverter)."""
+        estimate = self(batch["mixture"], batch["caption"])
+        return self.inverter(estimate, batch["mixture"], batch["mixture"].shape[-1])
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self.separate(batch)
+
+    def _evaluate_batch(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
+        size = batch["mixture"].shape[0]
+        self.log(f"{stage}/loss", self.loss(batch), prog_bar=True, batch_size=size)
+        waveforms = self.separate(batch)
+        for metric in self._evaluators.values():
+            metric.to(self.device).update(waveforms, batch)
+        if batch_idx == 0 and self.trainer.is_global_zero:
+            name = f"epoch{self.current_epoch:04d}" if stage == "val" else stage
+            self._save_examples(waveforms, batch, name)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluators("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluators("test")
+
+    def _log_evaluators(self, stage: str) -> None:
+        for name, metric in self._evaluators.items():
+            if metric.update_count:
+                entries = metric_entries(name, metric.compute())
+                self.log_dict({f"{stage}/{key}": entry for key, entry in entries.items()})
+            metric.reset()
+
+    def _save_examples(self, waveforms: Tensor, batch: dict[str, Any], name: str) -> None:
+        root = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "samples"
+        for index in range(min(self.hparams.media_examples, waveforms.shape[0])):
+            write_separation_examples(
+                root,
+                f"{name}_{index}",
+                batch["mixture"][index].cpu(),
+                waveforms[index].cpu(),
+                batch["target"][index].cpu(),
+                sample_rate=self.mel.sample_rate,
+                hop_length=self.mel.hop_length,
+                title=f"query: {batch['caption'][index]!r}",
+            )
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            self.network.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )

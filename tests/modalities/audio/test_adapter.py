@@ -1,0 +1,166 @@
+"""FlowSep's modality adapter: latents, mixture and query conditions, decoding, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mmflow.modality import drop_conditions
+from mmflow.nn import ChannelConcat, ContextConfig, MMDiT, Patchify2D
+from mmflow.training import FlowMatching
+from modalities.audio.adapter import FlowSepAdapter
+from modalities.audio.mel import GriffinLimInverter, LogMel, MelInverter
+from modalities.audio.vae import MelVAE
+
+SAMPLE_RATE = 16000
+SAMPLES = 6400  # 0.4 s: 40 mel frames, latent width 10
+
+
+@pytest.fixture(scope="module")
+def vae_path(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vae")
+    MelVAE(channels=8, z_channels=4).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def adapter(vae_path: str) -> FlowSepAdapter:
+    return FlowSepAdapter(vae_path, class_names=["low", "high"])
+
+
+def tones(frequencies: list[float], samples: int = SAMPLES) -> torch.Tensor:
+    t = torch.arange(samples) / SAMPLE_RATE
+    return torch.stack([0.5 * torch.sin(2 * math.pi * f * t) for f in frequencies])
+
+
+def make_batch(samples: int = SAMPLES) -> dict:
+    target = tones([220.0, 1760.0], samples)
+    interferer = tones([1760.0, 220.0], samples) * 0.5
+    return {
+        "target": target,
+        "interferer": interferer,
+        "mixture": target + interferer,
+        "class_index": torch.tensor([0, 1]),
+        "caption": ["a low tone", "a high tone"],
+    }
+
+
+def tiny_network(adapter: FlowSepAdapter) -> nn.Module:
+    z = adapter.vae.hparams.z_channels
+    backbone = MMDiT(
+        Patchify2D(in_channels=2 * z, patch_size=2),
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        context={"query": ContextConfig(dim=384)},
+        pooled_dim=384,
+    )
+    return ChannelConcat(backbone, key="mixture")
+
+
+def test_encode_gives_target_latents_and_the_mixture_and_query_conditions(adapter) -> None:
+    x1, cond = adapter.encode(make_batch())
+    assert x1.shape == (2, 4, 16, 10)
+    assert cond["mixture"].shape == x1.shape
+    assert not torch.equal(cond["mixture"], x1)
+    tokens, mask = cond["context"]["query"], cond["context_mask"]["query"]
+    assert tokens.shape[:2] == mask.shape and tokens.shape[2] == 384
+    assert cond["pooled"].shape == (2, 384)
+
+
+def test_the_null_condition_drops_only_the_query(adapter) -> None:
+    batch = make_batch()
+    _, cond = adapter.encode(batch)
+    null = adapter.null_condition(cond)
+    assert "mixture" not in null  # kept as it is by dropout and by CFG
+    assert null["context"]["query"].shape == cond["context"]["query"].shape
+    assert null["context_mask"]["query"].sum(1).tolist() == [2, 2]
+    _, empty = adapter.encode({**batch, "caption": ["", "  "]})
+    mixed = drop_conditions(cond, null, torch.tensor([True, True]))
+    for key in ("context", "context_mask"):
+        torch.testing.assert_close(mixed[key]["query"][:, :2], empty[key]["query"][:, :2])
+    torch.testing.assert_close(mixed["pooled"], empty["pooled"])
+    torch.testing.assert_close(mixed["mixture"], cond["mixture"])
+
+
+def test_decode_returns_waveforms_at_the_mixture_length(adapter) -> None:
+    batch = make_batch(samples=4800)  # 30 frames: not a multiple of the VAE's factor 4
+    x1, cond = adapter.encode(batch)
+    waveforms = adapter.decode(x1, cond, batch)
+    assert waveforms.shape == batch["mixture"].shape
+    assert torch.isfinite(waveforms).all()
+
+
+def test_mixture_phase_decoding_needs_the_batch(adapter) -> None:
+    x1, cond = adapter.encode(make_batch())
+    with pytest.raises(ValueError, match="mixture"):
+        adapter.decode(x1, cond)
+
+
+def test_griffin_lim_decodes_without_the_batch(vae_path) -> None:
+    adapter = FlowSepAdapter(vae_path, inverter=GriffinLimInverter(n_iter=2), class_names=[])
+    x1, cond = adapter.encode(make_batch())
+    assert adapter.decode(x1, cond).shape == (2, 40 * 160)
+
+
+def test_frozen_models_stay_out_of_the_flow_checkpoint(adapter) -> None:
+    module = FlowMatching(adapter, tiny_network(adapter), ema_decay=None)
+    keys = list(module.state_dict())
+    assert keys and all(k.startswith("network.") for k in keys)
+    assert not any(p.requires_grad for p in adapter.parameters())
+
+
+def test_a_vocoder_with_other_mel_settings_is_refused(vae_path) -> None:
+    class Learned(MelInverter):
+        def __init__(self) -> None:
+            super().__init__(LogMel(n_mels=80))
+            self.layer = nn.Linear(1, 1)
+
+    with pytest.raises(ValueError, match="n_mels"):
+        FlowSepAdapter(vae_path, inverter=Learned())
+
+
+def test_bad_batches_are_named(adapter) -> None:
+    batch = make_batch()
+    with pytest.raises(ValueError, match="captions"):
+        adapter.encode({**batch, "caption": ["only one"]})
+    with pytest.raises(KeyError, match="caption"):
+        adapter.encode({k: v for k, v in batch.items() if k != "caption"})
+    with pytest.raises(ValueError, match="mixture"):
+        adapter.encode({**batch, "mixture": batch["mixture"][:, :100]})
+
+
+def test_flow_matching_trains_validates_and_guides_with_the_adapter(adapter) -> None:
+    torch.manual_seed(0)
+    module = FlowMatching(adapter, tiny_network(adapter), ema_decay=None, cfg_scale=2.0, nfe=2)
+    batch = make_batch()
+    optimizer = torch.optim.AdamW(module.network.parameters(), lr=1e-3)
+    module.train()
+    x1, cond = adapter.encode(batch)
+    losses = []
+    for _ in range(30):
+        loss = module.flow_loss(x1, cond)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) < sum(losses[:5])
+    module.eval()
+    samples, nfe = module.generate(cond, torch.randn(x1.shape))
+    assert nfe == 2 and samples.shape == x1.shape
+    waveforms = adapter.decode(samples, cond, batch)
+    metrics = adapter.evaluators()
+    for metric in metrics.values():
+        metric.update(waveforms, batch)
+    values = {k: v for m in metrics.values() for k, v in m.compute().items()}
+    assert {"si_sdri", "si_sdri/low", "sdri/high", "mel_l1"} <= set(values)
+    assert all(math.isfinite(float(v)) for v in values.values())
+
+
+def test_a_clip_shorter_than_one_stft_window_is_refused_by_name(adapter) -> None:
+    with pytest.raises(ValueError, match="too short"):
+        adapter.encode(make_batch(samples=300))
