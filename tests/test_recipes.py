@@ -16,16 +16,35 @@ from .mmflow.test_cli import ROOT, mmflow_command
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 
 
-def overrides(recipe: Path, tmp_path: Path, cache_dir: str, classifier: Path) -> list[str]:
+#: Audio recipes read a small version of the LASS sources (shared with the source tests).
+SMALL_AUDIO = {"max_clips_per_class": 10, "renders_per_program": 1, "render_seconds": 5.12}
+
+
+def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Path]) -> list[str]:
+    """Point data, classifiers and pretrained parts at test fixtures; GPU recipes to the CPU."""
     config = yaml.safe_load(recipe.read_text())
+    model = config["model"]
+    is_flow = "class_path" not in model
+    model_args = model if is_flow else model.get("init_args", {})
+    prefix = "--model." if is_flow else "--model.init_args."
+    audio = "audio" in config["data"]["class_path"]
     args = [
         "--trainer.fast_dev_run=true",
         f"--trainer.default_root_dir={tmp_path}",
         f"--data.init_args.cache_dir={cache_dir}",
     ]
-    adapter_args = config["model"]["adapter"].get("init_args", {})
+    if audio:
+        args += [f"--data.init_args.{key}={value}" for key, value in SMALL_AUDIO.items()]
+    adapter_args = model_args.get("adapter", {}).get("init_args", {})
     if "classifier_path" in adapter_args:
+        classifier = files["audio_classifier" if audio else "image_classifier"]
         args.append(f"--model.adapter.init_args.classifier_path={classifier}")
+    if "vae_path" in adapter_args:
+        args.append(f"--model.adapter.init_args.vae_path={files['mel_vae']}")
+    if not is_flow and "classifier_path" in model_args:
+        args.append(f"{prefix}classifier_path={files['audio_classifier']}")
+    if not is_flow and "export_dir" in model_args:
+        args.append(f"{prefix}export_dir={tmp_path / 'export'}")
     if adapter_args.get("fid_max_samples"):
         args.append("--model.adapter.init_args.fid_max_samples=4")
     if config["trainer"].get("accelerator") == "gpu":
@@ -34,8 +53,9 @@ def overrides(recipe: Path, tmp_path: Path, cache_dir: str, classifier: Path) ->
             "--trainer.precision=32-true",
             "--data.init_args.batch_size=4",
             "--data.init_args.num_workers=0",
-            "--model.nfe=2",
         ]
+        if is_flow:
+            args.append("--model.nfe=2")
     return args
 
 
@@ -44,17 +64,22 @@ def test_there_are_recipes():
         "mnist.yaml",
         "fashion_mnist.yaml",
         "fashion_mnist_gpu.yaml",
+        "mel_vae.yaml",
+        "flowsep.yaml",
+        "mask_baseline.yaml",
     }
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(ROOT)) for p in RECIPES])
-def test_recipe_fast_dev_run(recipe, tmp_path, cache_dir, trained_classifier):
-    args = [
-        "fit",
-        "--config",
-        str(recipe),
-        *overrides(recipe, tmp_path, cache_dir, trained_classifier[2]),
-    ]
+def test_recipe_fast_dev_run(
+    recipe, tmp_path, cache_dir, trained_classifier, tiny_mel_vae, untrained_audio_classifier
+):
+    files = {
+        "image_classifier": trained_classifier[2],
+        "audio_classifier": untrained_audio_classifier,
+        "mel_vae": tiny_mel_vae,
+    }
+    args = ["fit", "--config", str(recipe), *overrides(recipe, tmp_path, cache_dir, files)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         mmflow_command() + args, capture_output=True, text=True, cwd=tmp_path, env=env, check=False
