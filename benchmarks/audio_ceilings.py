@@ -11,7 +11,7 @@ this scores, with the separation metrics of the audio modality,
 and prints and saves ``{name: {"si_sdri", "sdri"}}`` plus the VAE's test mel L1.
 
     python benchmarks/audio_ceilings.py --vae outputs/audio/mel_vae/pretrained \
-        --out outputs/audio/ceilings.json
+        --vocoder outputs/audio/vocoder/pretrained --out outputs/audio/ceilings.json
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ from pathlib import Path
 
 import torch
 
-from modalities.audio import GriffinLimInverter, LASSMixtures, MelVAE, MixturePhaseInverter
+from modalities.audio import (
+    GriffinLimInverter,
+    LASSMixtures,
+    MelVAE,
+    MixturePhaseInverter,
+    VocoderInverter,
+)
 from modalities.audio.evaluators import plain_sdr, si_sdr
 
 
@@ -31,6 +37,9 @@ def main() -> None:
     parser.add_argument("--vae", default="outputs/audio/mel_vae/pretrained")
     parser.add_argument("--out", default="outputs/audio/ceilings.json")
     parser.add_argument("--clip_seconds", type=float, default=1.28)
+    parser.add_argument(
+        "--vocoder", default=None, help="a MelVocoder folder to score as a fourth inverter"
+    )
     args = parser.parse_args()
     vae = MelVAE.from_pretrained(args.vae)
     data = LASSMixtures(clip_seconds=args.clip_seconds, batch_size=32)
@@ -42,6 +51,8 @@ def main() -> None:
         "mixture_phase_pinv": MixturePhaseInverter(mel, magnitude="pinv"),
         "griffin_lim": GriffinLimInverter(mel),
     }
+    if args.vocoder is not None:
+        inverters["vocoder"] = VocoderInverter(args.vocoder)
     scores: dict[str, list[torch.Tensor]] = {}
     mel_l1 = []
     for batch in data.test_dataloader():
