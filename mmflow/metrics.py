@@ -12,6 +12,7 @@ Only the feature network changes, and a metric is named after its feature networ
 from __future__ import annotations
 
 from copy import deepcopy
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -162,3 +163,16 @@ def metric_entries(name: str, value: Tensor | dict[str, Tensor]) -> dict[str, Te
     ``compute()``; training logs and benchmark tables flatten them with this.
     """
     return dict(value) if isinstance(value, dict) else {name: value}
+
+
+def log_and_reset(module: Any, metrics: dict[str, Metric], stage: str) -> None:
+    """Log every updated metric as ``{stage}/<key>`` with ``module.log_dict``, then reset it.
+
+    Shared by the LightningModules that score generations at the end of a validation or test
+    epoch; a metric returning a dict logs each entry (see :func:`metric_entries`).
+    """
+    for name, metric in metrics.items():
+        if metric.update_count:
+            entries = metric_entries(name, metric.compute())
+            module.log_dict({f"{stage}/{key}": entry for key, entry in entries.items()})
+        metric.reset()

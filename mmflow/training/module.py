@@ -28,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from mmflow.generation import generate
 from mmflow.interpolants import AffinePath, LinearPath
 from mmflow.losses import VelocityLoss
-from mmflow.metrics import metric_entries
+from mmflow.metrics import log_and_reset
 from mmflow.modality import Batch, Condition, ModalityAdapter, drop_conditions
 from mmflow.timesteps import LogitNormal, TimeDistribution
 
@@ -223,11 +223,7 @@ class FlowMatching(pl.LightningModule):
         self._log_evaluators("test")
 
     def _log_evaluators(self, stage: str) -> None:
-        for name, metric in self._evaluators.items():
-            if metric.update_count:
-                entries = metric_entries(name, metric.compute())
-                self.log_dict({f"{stage}/{key}": entry for key, entry in entries.items()})
-            metric.reset()
+        log_and_reset(self, self._evaluators, stage)
 
     def _media_dir(self) -> Path:
         root = self.trainer.log_dir or self.trainer.default_root_dir

@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from mmflow.metrics import metric_entries
+from mmflow.metrics import log_and_reset
 
 from .evaluators import separation_metrics
 from .media import write_separation_examples
@@ -146,11 +146,7 @@ class MaskSeparator(pl.LightningModule):
         self._log_evaluators("test")
 
     def _log_evaluators(self, stage: str) -> None:
-        for name, metric in self._evaluators.items():
-            if metric.update_count:
-                entries = metric_entries(name, metric.compute())
-                self.log_dict({f"{stage}/{key}": entry for key, entry in entries.items()})
-            metric.reset()
+        log_and_reset(self, self._evaluators, stage)
 
     def _save_examples(self, waveforms: Tensor, batch: dict[str, Any], name: str) -> None:
         root = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "samples"

@@ -26,10 +26,8 @@ dict batches of the audio datamodule, measures ``latent_scale = 1 / std(z)`` at 
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -37,14 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmflow.files import load_state, load_weights, read_json, save_weights, write_json
-
 from .mel import LOG_FLOOR, LogMel
+from .pretrained import PretrainedFolder
 
 __all__ = ["MelAutoencoder", "MelVAE", "kl_to_standard_normal"]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 PAD_VALUE = math.log(LOG_FLOOR)
 
 
@@ -169,7 +164,7 @@ class MelAutoencoder(nn.Module):
         return self.decoder(latents)
 
 
-class MelVAE(pl.LightningModule):
+class MelVAE(PretrainedFolder, pl.LightningModule):
     """Trains and serves the mel auto-encoder on waveform batches.
 
     Batches are the audio datamodule's dicts; ``batch[batch_key]`` (``[B, T]`` waveforms, e.g.
@@ -385,47 +380,3 @@ class MelVAE(pl.LightningModule):
         pad_frames = -mel.shape[-1] % f
         value = (PAD_VALUE - self.hparams.mel_mean) / self.hparams.mel_std
         return F.pad(mel, (0, pad_frames, 0, pad_mels), value=value)
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` (constructor arguments) and ``model.safetensors``, atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        accepted = inspect.signature(type(self).__init__).parameters
-        # Lightning's CLI adds `_class_path` / `_instantiator` to the hyperparameters; the
-        # export folder is where this file goes, not part of the model.
-        init_args = {k: v for k, v in self.hparams.items() if k in accepted and k != "export_dir"}
-        config = {"class": type(self).__name__, "init_args": _jsonable(init_args)}
-        save_weights(directory / WEIGHTS_NAME, self.state_dict())
-        write_json(directory / CONFIG_NAME, config)
-        return directory
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | Path, map_location: str | torch.device = "cpu"
-    ) -> MelVAE:
-        """Rebuild a VAE saved by :meth:`save_pretrained` (in eval mode, gradients off)."""
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise FileNotFoundError(
-                f"{directory}: no such folder (written by MelVAE.save_pretrained)"
-            )
-        init_args = _read_init_args(directory / CONFIG_NAME)
-        try:
-            model = cls(**init_args)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{directory / CONFIG_NAME}: bad config ({error})") from None
-        load_state(model, load_weights(directory / WEIGHTS_NAME), directory / WEIGHTS_NAME)
-        model.requires_grad_(False)
-        return model.eval().to(map_location)
-
-
-def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-
-
-def _read_init_args(path: Path) -> dict[str, Any]:
-    config = read_json(path, written_by="MelVAE.save_pretrained")
-    if not isinstance(config, dict) or not isinstance(config.get("init_args"), dict):
-        # a malformed file is a bad value, reported like invalid JSON
-        raise ValueError(f"{path}: missing the `init_args` object")  # noqa: TRY004
-    return config["init_args"]

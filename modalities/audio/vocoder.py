@@ -41,7 +41,6 @@ to listen to estimates and to compute waveform metrics, not a BigVGAN.
 
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 from typing import Any
@@ -51,9 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmflow.files import load_state, load_weights, read_json, save_weights, write_json
-
 from .mel import LogMel, MelInverter
+from .pretrained import PretrainedFolder
 
 __all__ = [
     "MelVocoder",
@@ -62,8 +60,6 @@ __all__ = [
     "multi_resolution_stft_loss",
 ]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 LEAKY_SLOPE = 0.1
 STFT_FLOOR = 1e-7
 
@@ -210,7 +206,7 @@ def multi_resolution_stft_loss(
     return convergence / len(fft_sizes), log_magnitude / len(fft_sizes)
 
 
-class MelVocoder(pl.LightningModule):
+class MelVocoder(PretrainedFolder, pl.LightningModule):
     """Trains and serves the vocoder on waveform batches (see the module docstring).
 
     Batches are the audio datamodule's dicts; ``batch[batch_key]`` (``[B, T]`` waveforms) is
@@ -380,37 +376,6 @@ class MelVocoder(pl.LightningModule):
         if self.hparams.export_dir is not None and self.trainer.is_global_zero:
             print(f"MelVocoder saved to {self.save_pretrained(self.hparams.export_dir)}")
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` (constructor arguments) and ``model.safetensors``, atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        # only constructor arguments: LightningCLI adds `_class_path` and `_instantiator`
-        parameters = inspect.signature(type(self).__init__).parameters
-        init_args = {k: v for k, v in self.hparams.items() if k in parameters and k != "export_dir"}
-        config = {"class": type(self).__name__, "init_args": _jsonable(init_args)}
-        save_weights(directory / WEIGHTS_NAME, self.state_dict())
-        write_json(directory / CONFIG_NAME, config)
-        return directory
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | Path, map_location: str | torch.device = "cpu"
-    ) -> MelVocoder:
-        """Rebuild a vocoder saved by :meth:`save_pretrained` (in eval mode, gradients off)."""
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise FileNotFoundError(
-                f"{directory}: no such folder (written by MelVocoder.save_pretrained)"
-            )
-        init_args = _read_init_args(directory / CONFIG_NAME)
-        try:
-            model = cls(**init_args)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{directory / CONFIG_NAME}: bad config ({error})") from None
-        load_state(model, load_weights(directory / WEIGHTS_NAME), directory / WEIGHTS_NAME)
-        model.requires_grad_(False)
-        return model.eval().to(map_location)
-
 
 class VocoderInverter(MelInverter):
     """Log-mel -> waveform with a :class:`MelVocoder` saved by :meth:`MelVocoder.save_pretrained`.
@@ -442,15 +407,3 @@ class VocoderInverter(MelInverter):
         length = self._length(log_mel, length)
         waveform = self.generator(log_mel)[:, :length]
         return F.pad(waveform, (0, length - waveform.shape[-1]))
-
-
-def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-
-
-def _read_init_args(path: Path) -> dict[str, Any]:
-    config = read_json(path, written_by="MelVocoder.save_pretrained")
-    if not isinstance(config, dict) or not isinstance(config.get("init_args"), dict):
-        # a malformed file is a bad value, reported like invalid JSON
-        raise ValueError(f"{path}: missing the `init_args` object")  # noqa: TRY004
-    return config["init_args"]
