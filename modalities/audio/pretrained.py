@@ -1,4 +1,8 @@
-"""One folder format for the audio modality's own trained parts (the mel-VAE, the vocoder).
+"""The shared base of the audio modality's own trained parts (the mel-VAE, the vocoder).
+
+:class:`AudioPart` trains on one waveform entry of the audio datamodule's batches
+(``batch_key``), logs the losses its subclass computes, and saves itself to a folder at the
+end of fit (``export_dir``) that the flow's recipes load.
 
 A folder holds ``config.json`` — ``{"class": name, "init_args": constructor arguments}`` — and
 ``model.safetensors`` (the state dict), both written atomically. Only arguments the class's
@@ -12,13 +16,14 @@ import inspect
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytorch_lightning as pl
 import torch
-from torch import nn
+from torch import Tensor, nn
 from typing_extensions import Self
 
 from mmflow.files import load_state, load_weights, read_json, save_weights, write_json
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "PretrainedFolder"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "AudioPart", "PretrainedFolder"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -66,3 +71,44 @@ class PretrainedFolder:
         load_state(model, load_weights(directory / WEIGHTS_NAME), directory / WEIGHTS_NAME)
         model.requires_grad_(False)
         return model.eval().to(map_location)
+
+
+class AudioPart(PretrainedFolder, pl.LightningModule):
+    """A LightningModule trained on ``batch[hparams.batch_key]`` waveforms, saved as a folder.
+
+    Subclasses save ``batch_key`` and ``export_dir`` as hyperparameters and implement
+    :meth:`batch_losses` (a dict with ``"loss"``; ``"mel_l1"`` is shown in the progress bar).
+    """
+
+    def batch_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def waveforms_of(self, batch: dict[str, Any]) -> Tensor:
+        """``batch[batch_key]``, or a ``KeyError`` naming the key and what the batch has."""
+        key = self.hparams.batch_key
+        if key not in batch:
+            raise KeyError(
+                f"{type(self).__name__}: batch has no `{key}` (batch_key); it has {sorted(batch)}"
+            )
+        return batch[key]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        losses = self.batch_losses(batch)
+        self._log_losses("train", losses)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._log_losses("val", self.batch_losses(batch))
+
+    def _log_losses(self, stage: str, losses: dict[str, Tensor]) -> None:
+        for name, value in losses.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "mel_l1")
+
+    def export(self) -> None:
+        """Save to ``export_dir`` (if set, on the main process); called at the end of fit."""
+        if self.hparams.export_dir is not None and self.trainer.is_global_zero:
+            saved = self.save_pretrained(self.hparams.export_dir)
+            print(f"{type(self).__name__} saved to {saved}")
+
+    def on_fit_end(self) -> None:
+        self.export()

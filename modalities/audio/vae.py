@@ -30,13 +30,12 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .mel import LOG_FLOOR, LogMel
-from .pretrained import PretrainedFolder
+from .pretrained import AudioPart
 
 __all__ = ["MelAutoencoder", "MelVAE", "kl_to_standard_normal"]
 
@@ -164,7 +163,7 @@ class MelAutoencoder(nn.Module):
         return self.decoder(latents)
 
 
-class MelVAE(PretrainedFolder, pl.LightningModule):
+class MelVAE(AudioPart):
     """Trains and serves the mel auto-encoder on waveform batches.
 
     Batches are the audio datamodule's dicts; ``batch[batch_key]`` (``[B, T]`` waveforms, e.g.
@@ -302,24 +301,7 @@ class MelVAE(PretrainedFolder, pl.LightningModule):
             "kl": kl,
         }
 
-    def waveforms_of(self, batch: dict[str, Any]) -> Tensor:
-        key = self.hparams.batch_key
-        if key not in batch:
-            raise KeyError(f"MelVAE: batch has no `{key}` (batch_key); it has {sorted(batch)}")
-        return batch[key]
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        losses = self._batch_losses(batch)
-        for name, value in losses.items():
-            self.log(f"train/{name}", value, prog_bar=name == "mel_l1")
-        return losses["loss"]
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        losses = self._batch_losses(batch)
-        for name, value in losses.items():
-            self.log(f"val/{name}", value, prog_bar=name == "mel_l1")
-
-    def _batch_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def batch_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         with torch.no_grad():
             log_mel = self.mel(self.waveforms_of(batch))
         if self.training:
@@ -343,8 +325,7 @@ class MelVAE(PretrainedFolder, pl.LightningModule):
             self.estimate_latent_scale(
                 self.trainer.train_dataloader, self.hparams.latent_scale_batches
             )
-        if self.hparams.export_dir is not None and self.trainer.is_global_zero:
-            print(f"MelVAE saved to {self.save_pretrained(self.hparams.export_dir)}")
+        self.export()
 
     @torch.no_grad()
     def estimate_latent_scale(

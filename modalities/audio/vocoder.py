@@ -45,13 +45,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .mel import LogMel, MelInverter
-from .pretrained import PretrainedFolder
+from .pretrained import AudioPart
 
 __all__ = [
     "MelVocoder",
@@ -206,7 +205,7 @@ def multi_resolution_stft_loss(
     return convergence / len(fft_sizes), log_magnitude / len(fft_sizes)
 
 
-class MelVocoder(PretrainedFolder, pl.LightningModule):
+class MelVocoder(AudioPart):
     """Trains and serves the vocoder on waveform batches (see the module docstring).
 
     Batches are the audio datamodule's dicts; ``batch[batch_key]`` (``[B, T]`` waveforms) is
@@ -326,24 +325,7 @@ class MelVocoder(PretrainedFolder, pl.LightningModule):
             "mel_l1": mel_l1,
         }
 
-    def waveforms_of(self, batch: dict[str, Any]) -> Tensor:
-        key = self.hparams.batch_key
-        if key not in batch:
-            raise KeyError(f"MelVocoder: batch has no `{key}` (batch_key); it has {sorted(batch)}")
-        return batch[key]
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        losses = self._batch_losses(batch)
-        for name, value in losses.items():
-            self.log(f"train/{name}", value, prog_bar=name == "mel_l1")
-        return losses["loss"]
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        losses = self._batch_losses(batch)
-        for name, value in losses.items():
-            self.log(f"val/{name}", value, prog_bar=name == "mel_l1")
-
-    def _batch_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def batch_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         waveform = self.waveforms_of(batch).float()
         with torch.no_grad(), torch.autocast(waveform.device.type, enabled=False):
             log_mel = self.mel(waveform)
@@ -371,10 +353,6 @@ class MelVocoder(PretrainedFolder, pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.generator.parameters(), lr=self.hparams.lr, betas=(0.8, 0.99))
-
-    def on_fit_end(self) -> None:
-        if self.hparams.export_dir is not None and self.trainer.is_global_zero:
-            print(f"MelVocoder saved to {self.save_pretrained(self.hparams.export_dir)}")
 
 
 class VocoderInverter(MelInverter):

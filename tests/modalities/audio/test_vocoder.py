@@ -109,7 +109,7 @@ def test_losses_are_float32_under_bf16_autocast() -> None:
     vocoder = tiny_vocoder()
     batch = {"target": Tones(2).waveforms}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = vocoder._batch_losses(batch)
+        losses = vocoder.batch_losses(batch)
     assert all(value.dtype == torch.float32 for value in losses.values())
     losses["loss"].backward()
     assert vocoder.generator.input.weight.grad is not None
