@@ -108,14 +108,7 @@ class FlowSepAdapter(ModalityAdapter):
     def query_condition(self, captions: list[str]) -> Condition:
         """The network inputs of text queries: the context stream, its mask, the pooled vector."""
         text = self.text_encoder(captions)
-        device = self.vae.latent_scale.device
-        cond: Condition = {
-            "context": {self.query_stream: text.tokens.to(device)},
-            "context_mask": {self.query_stream: text.mask.to(device)},
-        }
-        if self.use_pooled:
-            cond["pooled"] = text.pooled.to(device)
-        return cond
+        return text.network_inputs(self.query_stream, self.use_pooled, self.vae.latent_scale.device)
 
     def null_condition(self, cond: Condition) -> Condition:
         """The empty query, padded to the query stream's length; the mixture is kept."""
@@ -153,11 +146,6 @@ class FlowSepAdapter(ModalityAdapter):
         """The inverter's waveforms (mixture phase needs ``batch["mixture"]``)."""
         mixture = batch.get("mixture") if batch is not None else None
         length = mixture.shape[-1] if mixture is not None else None
-        if isinstance(self.inverter, MixturePhaseInverter) and mixture is None:
-            raise ValueError(
-                "FlowSepAdapter.decode: the mixture-phase inverter needs the batch with its "
-                "`mixture`; pass `batch`, or use GriffinLimInverter / a vocoder"
-            )
         with torch.no_grad():
             return self.inverter(log_mel, mixture, length)
 

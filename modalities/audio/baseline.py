@@ -89,14 +89,8 @@ class MaskSeparator(pl.LightningModule):
     def predict_mask(self, mixture_log_mel: Tensor, captions: list[str]) -> Tensor:
         """The mask ``sigmoid(network(standardised log-mel, query))``, ``[B, n_mels, frames]``."""
         text = self._text_encoder[0](captions)
-        name = self.hparams.query_stream
+        cond = text.network_inputs(self.hparams.query_stream, self.hparams.use_pooled, self.device)
         inputs = (mixture_log_mel - self.hparams.mel_mean) / self.hparams.mel_std
-        cond: dict[str, Any] = {
-            "context": {name: text.tokens.to(self.device)},
-            "context_mask": {name: text.mask.to(self.device)},
-        }
-        if self.hparams.use_pooled:
-            cond["pooled"] = text.pooled.to(self.device)
         t = torch.ones(inputs.shape[0], device=inputs.device)
         return torch.sigmoid(self.network(inputs.unsqueeze(1), t, **cond)[:, 0])
 

@@ -27,6 +27,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +57,18 @@ class EncodedText:
     tokens: Tensor
     mask: Tensor
     pooled: Tensor
+
+    def network_inputs(
+        self, stream: str, use_pooled: bool, device: torch.device | str
+    ) -> dict[str, Any]:
+        """MMDiT keyword arguments: ``context`` / ``context_mask`` of ``stream`` (+ ``pooled``)."""
+        inputs: dict[str, Any] = {
+            "context": {stream: self.tokens.to(device)},
+            "context_mask": {stream: self.mask.to(device)},
+        }
+        if use_pooled:
+            inputs["pooled"] = self.pooled.to(device)
+        return inputs
 
 
 class SentenceEncoder(nn.Module):
