@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -119,6 +120,29 @@ def _resolve_grid(
     return ts.to(device=like.device, dtype=torch.promote_types(like.dtype, torch.float32))
 
 
+def _checked_options(
+    spec: SamplerSpec, options: dict[str, Any], model_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Refuse solver options the solver does not name, or that collide with model inputs."""
+    parameters = inspect.signature(spec.fn).parameters
+    named = {
+        name
+        for name, p in parameters.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        and name not in ("model", "x", "ts", "callback")
+    }
+    unknown = sorted(set(options) - named)
+    if unknown:
+        raise ValueError(
+            f"sampler `{spec.name}` has no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(sorted(named)) or 'none'}"
+        )
+    clash = sorted(set(options) & set(model_kwargs))
+    if clash:
+        raise ValueError(f"{', '.join(clash)} given both as solver option and model input")
+    return options
+
+
 def sample(
     model: Callable[..., Tensor],
     x0: Tensor,
@@ -128,6 +152,7 @@ def sample(
     grid_kwargs: dict[str, Any] | None = None,
     callback: Callback | None = None,
     enable_grad: bool = False,
+    solver_options: dict[str, Any] | None = None,
     **model_kwargs: Any,
 ) -> SampleResult:
     """Integrate ``dx/dt = model(x, t, **model_kwargs)`` from ``x0`` over a time grid.
@@ -142,13 +167,16 @@ def sample(
         grid_kwargs: extra arguments of the grid, e.g. ``{"shift": 3.0}``.
         callback: called after every step (see :mod:`mmflow.sampling.solvers`).
         enable_grad: keep the autograd graph (for methods that differentiate through sampling).
+        solver_options: keyword arguments of the solver itself (an SDE's diffusion, a
+            generator), kept apart from the model's ``model_kwargs``; unknown names are refused.
 
     Returns:
         A :class:`SampleResult` whose ``nfe`` is the number of model calls actually made.
     """
     spec = get_sampler(method)
+    options = _checked_options(spec, dict(solver_options or {}), model_kwargs)
     ts = _resolve_grid(spec, nfe, grid, dict(grid_kwargs or {}), x0)
     counted = NFECounter(model)
     with torch.set_grad_enabled(enable_grad):
-        samples = spec.fn(counted, x0, ts, callback=callback, **model_kwargs)
+        samples = spec.fn(counted, x0, ts, callback=callback, **options, **model_kwargs)
     return SampleResult(samples=samples, nfe=counted.count, grid=ts)

@@ -147,3 +147,11 @@ def test_gradients_flow_only_when_asked(field, noise):
     out = sample(field, x0, method="euler", nfe=2, enable_grad=True).samples
     out.sum().backward()
     assert x0.grad is not None
+
+
+def test_solver_options_are_checked_against_the_solver():
+    model = GaussianLinearFlow(torch.zeros(2), torch.ones(2))
+    with pytest.raises(ValueError, match="sampler `euler` has no option 'order'"):
+        sample(model, torch.randn(3, 2), method="euler", nfe=2, solver_options={"order": 2})
+    with pytest.raises(ValueError, match="no option 'callback'"):
+        sample(model, torch.randn(3, 2), method="euler", nfe=2, solver_options={"callback": None})
