@@ -333,7 +333,16 @@ class MixtureDataModule(pl.LightningDataModule):
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        """The validation mixtures in one fixed, seeded order.
+
+        Clips are stored class by class; a fixed shuffle makes the first batches (all that
+        ``limit_val_batches`` looks at during training) a sample of every class.
+        """
+        self.setup()
+        order = torch.randperm(
+            len(self.datasets["val"]), generator=torch.Generator().manual_seed(0)
+        )
+        return self._loader("val", shuffle=False, order=order.tolist())
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
@@ -342,12 +351,13 @@ class MixtureDataModule(pl.LightningDataModule):
         """The test split's fixed mixtures: ``mmflow predict`` separates them."""
         return self._loader("test", shuffle=False)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, order: list[int] | None = None) -> DataLoader:
         self.setup()
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=order,
             num_workers=self.num_workers,
             collate_fn=_batch_as_is,
             persistent_workers=self.num_workers > 0,

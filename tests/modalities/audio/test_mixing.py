@@ -157,6 +157,22 @@ def test_captioned_wav_folder_builds_mixtures(tmp_path: Path) -> None:
     assert torch.equal(first["mixture"], second["mixture"])
 
 
+def test_validation_batches_come_in_a_fixed_shuffled_order(tmp_path: Path) -> None:
+    csv_path = _write_folder(tmp_path)
+    module = CaptionedWavFolder(str(tmp_path), str(csv_path), clip_seconds=1.0, batch_size=64,
+                                val_fraction=0.4, test_fraction=0.25)  # fmt: skip
+    module.setup()
+    val = module.datasets["val"]
+    natural = val.__getitems__(list(range(len(val))))
+    first = next(iter(module.val_dataloader()))
+    assert first["target"].shape == natural["target"].shape
+    assert not torch.equal(first["target"], natural["target"]), "validation order is shuffled"
+    energies = sorted(first["target"].square().sum(1).tolist())
+    assert energies == pytest.approx(sorted(natural["target"].square().sum(1).tolist()))
+    again = next(iter(module.val_dataloader()))
+    assert torch.equal(first["mixture"], again["mixture"])
+
+
 def test_captioned_wav_folder_without_classes_mixes_other_files(tmp_path: Path) -> None:
     csv_path = _write_folder(tmp_path, with_class=False)
     module = CaptionedWavFolder(str(tmp_path), str(csv_path), val_fraction=0.25, test_fraction=0.25)
