@@ -8,9 +8,15 @@ For data ``x1 ~ N(m, diag(s^2))`` and noise ``x0 ~ N(0, I)`` on the linear path
 
 Its flow is affine in the starting noise: ``x_t = t m + sqrt(V_t) x0``, which is what a
 perfect sampler must return.
+
+:class:`GaussianMixtureFlow` is the same construction for a mixture of diagonal Gaussians: the
+velocity mixes the per-component velocities above with the posterior responsibilities, and
+the marginal density ``p_t`` stays in closed form (a reference for likelihoods).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -75,3 +81,115 @@ class RiccatiFlow(nn.Module):
         """``x_t = tan(arctan x_0 + C(t))``."""
         t = torch.as_tensor(t, dtype=x0.dtype, device=x0.device)
         return torch.tan(torch.atan(x0) + self._integral(t))
+
+
+class GaussianMixtureFlow(nn.Module):
+    """Exact marginal velocity of the linear path towards a mixture of diagonal Gaussians.
+
+    Data ``x1 ~ sum_k w_k N(mu_k, diag(s_k^2))`` and noise ``x0 ~ N(0, I)`` on the path
+    ``x_t = t x1 + (1 - t) x0`` give the marginal, per dimension,
+
+        p_t(x) = sum_k w_k N(x; t mu_k, V_k(t)),      V_k(t) = t^2 s_k^2 + (1 - t)^2,
+
+    and the velocity ``u(x, t) = E[x1 - x0 | x_t = x]`` mixes the per-component Gaussian
+    velocities (those of :class:`GaussianLinearFlow`) with the posterior responsibilities:
+
+        u(x, t) = sum_k pi_k(x, t) u_k(x, t),
+        pi_k(x, t) = w_k N(x; t mu_k, V_k) / p_t(x),
+        u_k(x, t) = mu_k + C_k(t) / V_k(t) (x - t mu_k),     C_k(t) = t s_k^2 - (1 - t).
+
+    Responsibilities are computed in log space (log-sum-exp) so that far-away points and
+    narrow components do not underflow. The field is nonlinear in ``x`` and has no
+    closed-form flow, but ``log_prob`` is exact at every ``t``, which makes it a reference
+    for likelihood computations and for the continuity equation
+    ``d p_t / dt = -div(p_t u)``.
+
+    Args:
+        weights: ``[K]`` non-negative mixture weights; they are normalised to sum to 1.
+        means: ``[K, *event_shape]`` component means ``mu_k``.
+        stds: ``[K, *event_shape]`` positive per-dimension standard deviations ``s_k``.
+    """
+
+    def __init__(self, weights: Tensor, means: Tensor, stds: Tensor) -> None:
+        super().__init__()
+        if weights.ndim != 1 or weights.numel() == 0:
+            raise ValueError(f"`weights` must be 1-D and non-empty, got {tuple(weights.shape)}")
+        if means.shape != stds.shape:
+            raise ValueError(
+                f"`means` {tuple(means.shape)} and `stds` {tuple(stds.shape)} differ in shape"
+            )
+        if means.ndim < 2 or means.shape[0] != weights.shape[0]:
+            raise ValueError(
+                f"`means` must have shape [K, *event_shape] with K = {weights.shape[0]} "
+                f"(the length of `weights`), got {tuple(means.shape)}"
+            )
+        if bool((weights < 0).any()) or not bool(weights.sum() > 0):
+            raise ValueError("`weights` must be non-negative with a positive sum")
+        if bool((stds <= 0).any()):
+            raise ValueError("`stds` must be positive")
+        self.register_buffer("weights", weights / weights.sum())
+        self.register_buffer("means", means)
+        self.register_buffer("stds", stds)
+
+    @property
+    def event_shape(self) -> torch.Size:
+        """The shape of one data point."""
+        return self.means.shape[1:]
+
+    def _time(self, t: Tensor | float, x: Tensor) -> Tensor:
+        """``t`` (scalar or ``[B]``) as ``[B or 1, 1, *ones]``, broadcastable to ``[B, K, ...]``."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        return t.reshape(-1, *([1] * x.ndim))
+
+    def _check_event(self, x: Tensor) -> None:
+        if x.shape[1:] != self.event_shape:
+            raise ValueError(
+                f"`x` must have shape [B, {', '.join(map(str, self.event_shape))}], "
+                f"got {tuple(x.shape)}"
+            )
+
+    def _components(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``V_k(t)``, the residual ``x - t mu_k`` (both ``[B, K, ...]``) and
+        ``log w_k + log N(x; t mu_k, V_k)`` (``[B, K]``)."""
+        variance = t**2 * self.stds**2 + (1 - t) ** 2
+        residual = x.unsqueeze(1) - t * self.means
+        log_normal = -0.5 * (residual**2 / variance + torch.log(2 * math.pi * variance))
+        log_joint = torch.log(self.weights) + log_normal.flatten(2).sum(-1)
+        return variance, residual, log_joint
+
+    def log_prob(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """``log p_t(x) = logsumexp_k [log w_k + log N(x; t mu_k, V_k(t))]``, shape ``[B]``."""
+        self._check_event(x)
+        _, _, log_joint = self._components(x, self._time(t, x))
+        return torch.logsumexp(log_joint, dim=1)
+
+    def responsibilities(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """Posterior component probabilities ``pi_k(x, t)``, shape ``[B, K]`` (a softmax)."""
+        self._check_event(x)
+        _, _, log_joint = self._components(x, self._time(t, x))
+        return torch.softmax(log_joint, dim=1)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """``u(x, t) = sum_k pi_k(x, t) u_k(x, t)`` for ``t`` of shape ``[B]``."""
+        self._check_event(x)
+        t = self._time(t, x)
+        variance, residual, log_joint = self._components(x, t)
+        covariance = t * self.stds**2 - (1 - t)
+        component_velocity = self.means + covariance / variance * residual
+        posterior = torch.softmax(log_joint, dim=1)
+        posterior = posterior.reshape(*posterior.shape, *([1] * len(self.event_shape)))
+        return (posterior * component_velocity).sum(dim=1)
+
+    def sample_data(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` draws ``x1 = mu_k + s_k * e`` with ``k ~ w`` and ``e ~ N(0, I)``."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"`n` must be a non-negative integer, got {n!r}")
+        component = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        noise = torch.randn(
+            n,
+            *self.event_shape,
+            generator=generator,
+            dtype=self.means.dtype,
+            device=self.means.device,
+        )
+        return self.means[component] + self.stds[component] * noise

@@ -1,0 +1,129 @@
+"""Adaptive torchdiffeq sampling against the exact Gaussian and Riccati flows."""
+
+import itertools
+
+import pytest
+import torch
+
+from mmflow.sampling.adaptive import ADAPTIVE_METHODS, integrate_ode, sample_adaptive
+from mmflow.sampling.analytic import GaussianLinearFlow, RiccatiFlow
+
+DTYPE = torch.float64
+TOLERANCES = [1e-3, 1e-5, 1e-7, 1e-9]
+
+
+@pytest.fixture
+def field() -> GaussianLinearFlow:
+    mean = torch.tensor([1.5, -2.0, 0.5], dtype=DTYPE)
+    std = torch.tensor([0.3, 0.8, 2.0], dtype=DTYPE)
+    return GaussianLinearFlow(mean, std)
+
+
+@pytest.fixture
+def noise() -> torch.Tensor:
+    return torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
+
+
+def test_error_falls_and_nfe_grows_as_the_tolerance_tightens(field, noise):
+    exact = field.flow(noise, 1.0)
+    results = [sample_adaptive(field, noise, rtol=tol, atol=tol) for tol in TOLERANCES]
+    errors = [(r.samples - exact).abs().max().item() for r in results]
+    nfes = [r.nfe for r in results]
+    assert all(later < earlier for earlier, later in itertools.pairwise(errors)), errors
+    assert all(later > earlier for earlier, later in itertools.pairwise(nfes)), nfes
+    assert errors[-1] < 1e-7
+    for tol, error in zip(TOLERANCES, errors):
+        assert error < 1e3 * tol
+
+
+def test_nfe_is_counted_model_calls(field, noise):
+    calls = []
+
+    def model(x, t):
+        calls.append(t.shape)
+        return field(x, t)
+
+    result = sample_adaptive(model, noise, rtol=1e-6, atol=1e-6)
+    assert result.nfe == len(calls)
+    assert set(calls) == {torch.Size([noise.shape[0]])}
+
+
+def test_data_to_noise(field, noise):
+    result = sample_adaptive(field, field.flow(noise, 1.0), t0=1.0, t1=0.0, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(result.samples, noise, rtol=0, atol=1e-6)
+    assert result.grid[0] == 1.0 and result.grid[-1] == 0.0
+    assert bool((result.grid[1:] < result.grid[:-1]).all())
+
+
+def test_partial_interval(field, noise):
+    start = field.flow(noise, 0.25)
+    result = sample_adaptive(field, start, t0=0.25, t1=0.75, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(result.samples, field.flow(noise, 0.75), rtol=0, atol=1e-6)
+
+
+def test_grid_lists_the_accepted_steps(field, noise):
+    result = sample_adaptive(field, noise, rtol=1e-6, atol=1e-6)
+    grid = result.grid
+    assert grid[0] == 0.0 and grid[-1] == 1.0
+    assert bool((grid[1:] > grid[:-1]).all())
+    # dopri5: 2 calls to choose the first step, then 6 new stages per attempted step (FSAL).
+    assert result.nfe >= 2 + 6 * (len(grid) - 1)
+
+
+@pytest.mark.parametrize("method", ADAPTIVE_METHODS)
+def test_every_adaptive_method_on_a_nonlinear_field(method):
+    x0 = 2 * torch.rand(32, 2, generator=torch.Generator().manual_seed(1), dtype=DTYPE) - 1
+    field = RiccatiFlow()
+    result = sample_adaptive(field, x0, rtol=1e-7, atol=1e-7, method=method)
+    torch.testing.assert_close(result.samples, field.flow(x0, 1.0), rtol=0, atol=1e-4)
+
+
+def test_fixed_grid_method_takes_the_given_steps(field, noise):
+    result = sample_adaptive(field, noise, method="rk4", steps=16)
+    assert result.nfe == 4 * 16
+    torch.testing.assert_close(result.grid, torch.linspace(0, 1, 17, dtype=DTYPE))
+    torch.testing.assert_close(result.samples, field.flow(noise, 1.0), rtol=0, atol=1e-4)
+
+
+def test_model_kwargs_reach_the_model(noise):
+    def model(x, t, *, scale):
+        return scale * torch.ones_like(x)
+
+    result = sample_adaptive(model, torch.zeros(5, 2), scale=2.0)
+    torch.testing.assert_close(result.samples, torch.full((5, 2), 2.0))
+
+
+def test_gradients_flow_only_when_asked(field, noise):
+    x0 = noise.clone().requires_grad_(True)
+    assert not sample_adaptive(field, x0).samples.requires_grad
+    out = sample_adaptive(field, x0, rtol=1e-8, atol=1e-8, enable_grad=True).samples
+    out.sum().backward()
+    # x1 = m + s x0, so d(sum x1)/d x0 = s.
+    torch.testing.assert_close(x0.grad, field.std.expand_as(x0), rtol=1e-6, atol=0)
+
+
+def test_integrate_ode_handles_a_tuple_state():
+    """dy/dt = (y, 1): y(1) = e y(0), the clock gains exactly the elapsed time."""
+    state = (torch.ones(3, dtype=DTYPE), torch.zeros(3, dtype=DTYPE))
+    (y, clock), _ = integrate_ode(
+        lambda t, s: (s[0], torch.ones_like(s[1])), state, 0.0, 1.0, rtol=1e-10, atol=1e-10
+    )
+    torch.testing.assert_close(y, torch.full((3,), torch.e, dtype=DTYPE))
+    torch.testing.assert_close(clock, torch.ones(3, dtype=DTYPE))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "dopri42"}, "unknown `method` 'dopri42'"),
+        ({"method": "rk4"}, "needs `steps`"),
+        ({"method": "dopri5", "steps": 8}, "chooses its own steps"),
+        ({"rtol": 0.0}, "`rtol` must be > 0"),
+        ({"t0": 0.5, "t1": 0.5}, "distinct times"),
+        ({"t1": 1.5}, "distinct times in"),
+        ({"method": "rk4", "steps": 4, "solver_options": {"step_size": 0.1}}, "step_size"),
+    ],
+)
+def test_bad_options_are_named(field, noise, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sample_adaptive(field, noise, **kwargs)
