@@ -489,7 +489,7 @@ def sample_range_null_space(
     measurement: Tensor,
     noise_std: float = 0.0,
     data_std: float = 1.0,
-    noise_estimate: str = "model",
+    noise_estimate: str = "corrected",
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     final_projection: bool = True,
@@ -515,8 +515,9 @@ def sample_range_null_space(
         measurement: ``y = A x1 + sigma_y n``.
         noise_std: ``sigma_y``, the measurement noise level (0 = noiseless).
         data_std: ``s`` of the Gaussian approximation behind ``r_t^2``.
-        noise_estimate: "model" or "corrected" (see the module docstring); prefer
-            "corrected" when ``sigma_y > 0``.
+        noise_estimate: "corrected" (default: the exact posterior flow for Gaussian data) or
+            "model" (DDNM's re-interpolation, which over-fits noisy measurements); the two
+            agree when ``sigma_y = 0`` (see the module docstring).
         eta: weight of fresh noise in the re-interpolation (0 = deterministic).
         generator: random source of the fresh noise.
         final_projection: end on ``||A x - y|| <= sigma_y sqrt(m)``.
@@ -550,7 +551,7 @@ def sample_gradient_consistency(
     data_std: float = 1.0,
     step_size: float = 1.0,
     gradient_steps: int = 1,
-    noise_estimate: str = "model",
+    noise_estimate: str = "corrected",
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     final_projection: bool = True,
