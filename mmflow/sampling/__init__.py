@@ -2,9 +2,38 @@
 
 >>> result = sample(model, torch.randn(8, 2), method="heun", nfe=16)
 >>> result.samples, result.nfe
+
+Importing this package registers every named sampler (ODE solvers and Euler–Maruyama).
+Modules: ``solvers`` (Euler, Heun, midpoint, RK4), ``multistep`` (DPM-Solver++, UniPC),
+``sde`` (Euler–Maruyama, linear -> VP), ``adaptive`` (torchdiffeq), ``boss`` (optimised time
+grids), ``guidance`` (CFG, loss guidance), ``inverse`` (linear inverse problems),
+``inversion`` (data -> noise), ``likelihood`` (change of variables), ``analytic``
+(closed-form fields for tests).
 """
 
-from mmflow.sampling.guidance import ClassifierFreeGuidance, concat_conditions
+from mmflow.sampling.adaptive import sample_adaptive
+from mmflow.sampling.analytic import GaussianLinearFlow, GaussianMixtureFlow, RiccatiFlow
+from mmflow.sampling.boss import boss_grid
+from mmflow.sampling.guidance import (
+    ClassifierFreeGuidance,
+    concat_conditions,
+    sample_loss_guided,
+)
+from mmflow.sampling.inverse import (
+    Denoising,
+    GaussianDeblur,
+    Inpainting,
+    LinearOperator,
+    SuperResolution,
+    solve_inverse_problem,
+)
+from mmflow.sampling.inversion import InversionResult, invert
+from mmflow.sampling.likelihood import LikelihoodResult, log_likelihood
+from mmflow.sampling.multistep import (
+    sample_dpmpp_multistep,
+    sample_dpmpp_singlestep,
+    sample_unipc,
+)
 from mmflow.sampling.registry import (
     SAMPLERS,
     NFECounter,
@@ -14,20 +43,42 @@ from mmflow.sampling.registry import (
     register_sampler,
     sample,
 )
+from mmflow.sampling.sde import linear_to_vp, sample_euler_maruyama
 from mmflow.sampling.solvers import sample_euler, sample_heun, sample_midpoint, sample_rk4
 
 __all__ = [
     "SAMPLERS",
     "ClassifierFreeGuidance",
+    "Denoising",
+    "GaussianDeblur",
+    "GaussianLinearFlow",
+    "GaussianMixtureFlow",
+    "Inpainting",
+    "InversionResult",
+    "LikelihoodResult",
+    "LinearOperator",
     "NFECounter",
+    "RiccatiFlow",
     "SampleResult",
     "SamplerSpec",
+    "SuperResolution",
+    "boss_grid",
     "concat_conditions",
     "get_sampler",
+    "invert",
+    "linear_to_vp",
+    "log_likelihood",
     "register_sampler",
     "sample",
+    "sample_adaptive",
+    "sample_dpmpp_multistep",
+    "sample_dpmpp_singlestep",
     "sample_euler",
+    "sample_euler_maruyama",
     "sample_heun",
+    "sample_loss_guided",
     "sample_midpoint",
     "sample_rk4",
+    "sample_unipc",
+    "solve_inverse_problem",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,28 +14,42 @@ from mmflow.sampling.solvers import Callback, sample_euler, sample_heun, sample_
 from mmflow.timesteps import custom_grid, make_grid
 
 SolverFn = Callable[..., Tensor]
+WarmupEvals = Callable[[Mapping[str, Any]], int]
+
+
+def no_warmup(options: Mapping[str, Any]) -> int:
+    """The ``warmup_evals`` of a solver that spends exactly ``evals_per_step`` per step."""
+    return 0
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A registered solver: its function, model evaluations per step and order of accuracy."""
+    """A registered solver: its function, model evaluations per step and order of accuracy.
+
+    ``warmup_evals(solver_options)`` counts evaluations the solver spends once on top of its
+    steps (a multistep method started by a singlestep step), so that ``sample(nfe=N)`` plans
+    ``(N - warmup_evals) / evals_per_step`` steps and still spends exactly ``N``.
+    """
 
     name: str
     fn: SolverFn
     evals_per_step: int
     order: int
+    warmup_evals: WarmupEvals = no_warmup
 
 
 SAMPLERS: dict[str, SamplerSpec] = {}
 
 
-def register_sampler(name: str, evals_per_step: int, order: int) -> Callable[[SolverFn], SolverFn]:
+def register_sampler(
+    name: str, evals_per_step: int, order: int, warmup_evals: WarmupEvals = no_warmup
+) -> Callable[[SolverFn], SolverFn]:
     """Decorator that makes a solver available to :func:`sample` under ``name``."""
 
     def add(fn: SolverFn) -> SolverFn:
         if name in SAMPLERS:
             raise ValueError(f"sampler `{name}` is already registered")
-        SAMPLERS[name] = SamplerSpec(name, fn, evals_per_step, order)
+        SAMPLERS[name] = SamplerSpec(name, fn, evals_per_step, order, warmup_evals)
         return fn
 
     return add
@@ -81,13 +95,16 @@ class SampleResult:
     grid: Tensor
 
 
-def _steps_for(spec: SamplerSpec, nfe: int) -> int:
-    if nfe < spec.evals_per_step or nfe % spec.evals_per_step:
+def _steps_for(spec: SamplerSpec, nfe: int, warmup: int) -> int:
+    budget = nfe - warmup
+    if budget < spec.evals_per_step or budget % spec.evals_per_step:
+        plus = f" plus {warmup} once for its warm-up" if warmup else ""
+        minus = f" minus {warmup}" if warmup else ""
         raise ValueError(
-            f"sampler `{spec.name}` uses {spec.evals_per_step} evaluations per step; "
-            f"`nfe` must be a positive multiple of it, got {nfe}"
+            f"sampler `{spec.name}` uses {spec.evals_per_step} evaluations per step{plus}; "
+            f"`nfe`{minus} must be a positive multiple of {spec.evals_per_step}, got nfe={nfe}"
         )
-    return nfe // spec.evals_per_step
+    return budget // spec.evals_per_step
 
 
 def _explicit_grid(grid: Sequence[float] | Tensor) -> Tensor:
@@ -104,17 +121,20 @@ def _resolve_grid(
     grid: str | Sequence[float] | Tensor | None,
     grid_kwargs: dict[str, Any],
     like: Tensor,
+    warmup: int,
 ) -> Tensor:
     if grid is None or isinstance(grid, str):
         if nfe is None:
             raise ValueError("give `nfe` (or an explicit `grid` of times)")
-        ts = make_grid(grid or "uniform", _steps_for(spec, nfe), dtype=torch.float64, **grid_kwargs)
+        steps = _steps_for(spec, nfe, warmup)
+        ts = make_grid(grid or "uniform", steps, dtype=torch.float64, **grid_kwargs)
     else:
         ts = _explicit_grid(grid)
-        if nfe is not None and nfe != (len(ts) - 1) * spec.evals_per_step:
+        if nfe is not None and nfe != (len(ts) - 1) * spec.evals_per_step + warmup:
+            plus = f" plus {warmup} for its warm-up" if warmup else ""
             raise ValueError(
                 f"`nfe`={nfe} disagrees with a {len(ts) - 1}-step grid for `{spec.name}` "
-                f"({spec.evals_per_step} evaluations per step); pass nfe=None with a grid"
+                f"({spec.evals_per_step} evaluations per step{plus}); pass nfe=None with a grid"
             )
     # The grid is kept in at least float32 even for half-precision samples.
     return ts.to(device=like.device, dtype=torch.promote_types(like.dtype, torch.float32))
@@ -161,7 +181,8 @@ def sample(
         model: velocity model called as ``model(x, t, **model_kwargs)`` with ``t`` of shape ``[B]``.
         x0: the starting point, usually noise at t = 0.
         method: a registered sampler name (see ``SAMPLERS``).
-        nfe: the number of model evaluations to spend; the step count is derived from it.
+        nfe: the number of model evaluations to spend; the step count is derived from it
+            (after the sampler's ``warmup_evals`` for these ``solver_options``).
         grid: ``None`` or a grid name for :func:`mmflow.timesteps.make_grid`
             ("uniform", "shifted", ...), or explicit times (then ``nfe`` may be ``None``).
         grid_kwargs: extra arguments of the grid, e.g. ``{"shift": 3.0}``.
@@ -175,7 +196,8 @@ def sample(
     """
     spec = get_sampler(method)
     options = _checked_options(spec, dict(solver_options or {}), model_kwargs)
-    ts = _resolve_grid(spec, nfe, grid, dict(grid_kwargs or {}), x0)
+    warmup = spec.warmup_evals(options)
+    ts = _resolve_grid(spec, nfe, grid, dict(grid_kwargs or {}), x0, warmup)
     counted = NFECounter(model)
     with torch.set_grad_enabled(enable_grad):
         samples = spec.fn(counted, x0, ts, callback=callback, **options, **model_kwargs)
