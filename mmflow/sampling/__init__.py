@@ -40,6 +40,7 @@ from mmflow.sampling.registry import (
     SampleResult,
     SamplerSpec,
     get_sampler,
+    plan_grid,
     register_sampler,
     sample,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "invert",
     "linear_to_vp",
     "log_likelihood",
+    "plan_grid",
     "register_sampler",
     "sample",
     "sample_adaptive",

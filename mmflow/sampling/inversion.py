@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmflow.sampling.registry import sample
+from mmflow.sampling.registry import plan_grid, sample
 
 
 @dataclass
@@ -47,11 +47,6 @@ class InversionResult:
     grid: Tensor
 
 
-def _still(x: Tensor, t: Tensor) -> Tensor:
-    """The zero velocity: a model-free stand-in that lets ``sample`` plan a grid."""
-    return torch.zeros_like(x)
-
-
 def _generation_grid(
     x1: Tensor,
     method: str,
@@ -60,9 +55,8 @@ def _generation_grid(
     grid_kwargs: dict[str, Any],
     solver_options: dict[str, Any],
 ) -> Tensor:
-    """The grid :func:`sample` plans for these arguments, read from a run of the zero velocity
-    on one sample (no model call), so that inversion follows every grid and NFE rule of the
-    sampler registry (steps per NFE, warm-up evaluations, shifted grids)."""
+    """The grid :func:`sample` plans for these arguments (see :func:`plan_grid`), so that
+    inversion follows every grid and NFE rule of the registry; it must increase."""
     if grid is not None and not isinstance(grid, str):
         ts = torch.as_tensor(grid)
         if ts.ndim == 1 and ts.numel() >= 2 and bool(ts[0] > ts[-1]):
@@ -70,16 +64,7 @@ def _generation_grid(
                 "`grid` is the generation grid and must increase from noise to data; "
                 "inversion runs it reversed"
             )
-    planned = sample(
-        _still,
-        x1[:1],
-        method,
-        nfe=nfe,
-        grid=grid,
-        grid_kwargs=grid_kwargs,
-        solver_options=solver_options,
-    )
-    return planned.grid
+    return plan_grid(method, nfe, grid, grid_kwargs, solver_options, like=x1)
 
 
 def invert(

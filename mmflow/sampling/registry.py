@@ -163,6 +163,26 @@ def _checked_options(
     return options
 
 
+def plan_grid(
+    method: str,
+    nfe: int | None,
+    grid: str | Sequence[float] | Tensor | None = None,
+    grid_kwargs: dict[str, Any] | None = None,
+    solver_options: dict[str, Any] | None = None,
+    like: Tensor | None = None,
+) -> Tensor:
+    """The time grid :func:`sample` integrates over for these arguments, without a model call.
+
+    The step count is ``(nfe - warm-up evaluations) / evals_per_step`` of the sampler; an
+    explicit ``grid`` is validated against ``nfe``. ``like`` gives device and dtype
+    (float64 on the CPU by default; never below float32).
+    """
+    spec = get_sampler(method)
+    warmup = spec.warmup_evals(dict(solver_options or {}))
+    like = torch.zeros((), dtype=torch.float64) if like is None else like
+    return _resolve_grid(spec, nfe, grid, dict(grid_kwargs or {}), like, warmup)
+
+
 def sample(
     model: Callable[..., Tensor],
     x0: Tensor,
@@ -196,8 +216,7 @@ def sample(
     """
     spec = get_sampler(method)
     options = _checked_options(spec, dict(solver_options or {}), model_kwargs)
-    warmup = spec.warmup_evals(options)
-    ts = _resolve_grid(spec, nfe, grid, dict(grid_kwargs or {}), x0, warmup)
+    ts = plan_grid(method, nfe, grid, grid_kwargs, options, like=x0)
     counted = NFECounter(model)
     with torch.set_grad_enabled(enable_grad):
         samples = spec.fn(counted, x0, ts, callback=callback, **options, **model_kwargs)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmflow.sampling import SAMPLERS, sample, solvers
+from mmflow.sampling import SAMPLERS, plan_grid, sample, solvers
 from mmflow.sampling.analytic import GaussianLinearFlow, RiccatiFlow
 
 
@@ -155,3 +155,14 @@ def test_solver_options_are_checked_against_the_solver():
         sample(model, torch.randn(3, 2), method="euler", nfe=2, solver_options={"order": 2})
     with pytest.raises(ValueError, match="no option 'callback'"):
         sample(model, torch.randn(3, 2), method="euler", nfe=2, solver_options={"callback": None})
+
+
+def test_plan_grid_is_the_grid_sample_integrates_over():
+    model = GaussianLinearFlow(torch.zeros(2), torch.ones(2))
+    x0 = torch.randn(3, 2, dtype=torch.float64)
+    result = sample(model, x0, method="heun", nfe=8, grid="shifted", grid_kwargs={"shift": 3.0})
+    planned = plan_grid("heun", 8, "shifted", {"shift": 3.0}, like=x0)
+    assert torch.equal(planned, result.grid)
+    assert len(planned) == 5
+    with pytest.raises(ValueError, match="positive multiple of 2"):
+        plan_grid("heun", 7)
