@@ -1,61 +1,418 @@
-"""Quality against NFE for several samplers on one trained flow (``mmflow benchmark samplers``).
+"""Quality against NFE for mmflow's samplers and diffusers' schedulers (``mmflow benchmark samplers``).
 
-For every sampler and every NFE budget, the same noise and the same real batches are used:
-each batch is encoded by the modality adapter, generated from fixed noise under the batch's
-condition, decoded, and given to the adapter's evaluators (``metric.update(media, batch)``).
-NFE is counted by the sampler, never inferred. Budgets a sampler cannot spend exactly (Heun at
-NFE 1) are reported as not applicable rather than rounded.
+Every row integrates ``dx/dt = u(x, t)`` from the same noise with one *method* at one budget:
+
+- an mmflow sampler (``euler``, ``heun``, ``dpmpp_2m``, ``unipc_bh2_2`` ...) on a time grid:
+  ``uniform``, ``shifted`` (SD3's shift, ``t' = t / (s - (s - 1) t)``) or ``boss`` (BOSS, the
+  Euler-optimal grid for the model, :mod:`mmflow.sampling.boss`);
+- a diffusers scheduler (FlowMatchEuler, DPM-Solver++ 2M/3M, UniPC; flow sigmas, flow
+  prediction) on the same velocity model through :mod:`mmflow.sampling.diffusers_schedulers`
+  (``sigma = 1 - t``, ``v = -u``), on our grid where its ``set_timesteps`` takes sigmas, and on
+  its own default schedule;
+- an adaptive solver (``dopri5``) at a tolerance ``rtol = atol = tol``: it chooses its steps, and
+  its NFE is counted and reported instead of requested.
+
+NFE is always counted (model calls), never inferred. A budget a sampler cannot spend exactly
+(Heun at NFE 1) is a row marked not applicable rather than rounded.
+
+Two sources of the velocity:
+
+- a trained flow (:func:`sampler_sweep`): real batches are encoded, generated from fixed
+  noise under their condition (guided by CFG when the scale is not 1: every row, ours and
+  diffusers', integrates the same guided model), decoded and scored with the modality
+  adapter's evaluators;
+- an analytic field (:func:`field_sweep`, ``--field gmm16``): :class:`GaussianMixtureFlow`,
+  whose endpoint ``x_1`` from noise ``x_0`` is computed to ``rtol = atol = 1e-10`` (dopri5,
+  float64, checked against RK4); the metric is the endpoint RMSE
+  ``sqrt(mean_{n,d} (x_hat_1 - x_1)^2)``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from mmflow.hub import PretrainedFlow
 from mmflow.metrics import metric_entries
 from mmflow.modality import Batch, to_device
-from mmflow.sampling import get_sampler
+from mmflow.sampling import (
+    SAMPLERS,
+    ClassifierFreeGuidance,
+    GaussianMixtureFlow,
+    SampleResult,
+    get_sampler,
+    sample,
+    sample_adaptive,
+)
+from mmflow.sampling.adaptive import ADAPTIVE_METHODS
+from mmflow.sampling.boss import bellman_path, boss_cost_matrix
+from mmflow.sampling.diffusers_schedulers import (
+    DIFFUSERS_SCHEDULERS,
+    accepts_sigmas,
+    get_diffusers_scheduler,
+    require_diffusers,
+    sample_diffusers,
+)
+from mmflow.timesteps import shifted_grid, uniform_grid
+
+DEFAULT_NFES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+DEFAULT_TOLERANCES: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
+DEFAULT_ADAPTIVE = "dopri5"
+FIELD_SHIFTS: tuple[float, ...] = (0.5, 2.0, 3.0)
+ENDPOINT_METRIC = "endpoint_rmse"
+REFERENCE_TOLERANCE = 1e-10
+REFERENCE_RK4_STEPS = 1024
+BOSS_MAX_STEPS = 128
+BOSS_SAMPLES = 128
+NON_FINITE = "non-finite samples"
+SAME_ALGORITHM = {"flow_euler": "euler"}
+
+KINDS = ("mmflow", "diffusers", "adaptive")
+GRIDS = ("uniform", "shifted", "boss", "default")
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to integrate the flow: a family of rows, one per NFE (or one per tolerance).
+
+    Args:
+        kind: "mmflow" (a registered sampler), "diffusers" (a scheduler in
+            ``DIFFUSERS_SCHEDULERS``) or "adaptive" (a torchdiffeq adaptive method).
+        name: the sampler, scheduler or adaptive method.
+        grid: "uniform", "shifted" (with ``shift``), "boss", or for diffusers "default" (the
+            scheduler's own schedule, shifted by ``shift``).
+        shift: SD3's shift ``s`` of a "shifted" or "default" grid.
+        tolerance: ``rtol = atol`` of an adaptive method.
+    """
+
+    kind: str
+    name: str
+    grid: str = "uniform"
+    shift: float = 1.0
+    tolerance: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"`kind` must be one of {KINDS}, got {self.kind!r}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"`grid` must be one of {GRIDS}, got {self.grid!r}")
+        if self.grid == "default" and self.kind != "diffusers":
+            raise ValueError("grid 'default' (a scheduler's own schedule) is for diffusers rows")
+        if (self.kind == "adaptive") != (self.tolerance is not None):
+            raise ValueError("an adaptive method needs a `tolerance`, and only it takes one")
+
+    @property
+    def sampler(self) -> str:
+        """The row's sampler column: diffusers schedulers are prefixed ``diffusers:``."""
+        return f"diffusers:{self.name}" if self.kind == "diffusers" else self.name
+
+    @property
+    def grid_label(self) -> str:
+        """Which time grid, in words: ``uniform``, ``shifted(3)``, ``boss``, ``ours: uniform``,
+        ``diffusers default(shift=1)`` or ``adaptive(tol=0.001)``."""
+        if self.kind == "adaptive":
+            return f"adaptive(tol={self.tolerance:g})"
+        if self.grid == "default":
+            return f"diffusers default(shift={self.shift:g})"
+        label = f"shifted({self.shift:g})" if self.grid == "shifted" else self.grid
+        return f"ours: {label}" if self.kind == "diffusers" else label
+
+    @property
+    def schedule(self) -> str:
+        """Whose times the row uses: "mmflow", "diffusers" (its own) or "adaptive"."""
+        if self.kind == "adaptive":
+            return "adaptive"
+        return "diffusers" if self.grid == "default" else "mmflow"
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe identifier: the sampler name alone for mmflow's uniform rows."""
+        if self.kind == "mmflow" and self.grid == "uniform":
+            return self.name
+        text = f"{self.sampler}_{self.grid_label}"
+        return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
+def ode_sampler_names() -> list[str]:
+    """Registered samplers that are deterministic ODE solvers.
+
+    A stochastic sampler (Euler-Maruyama) takes a ``generator`` option; those are left out,
+    since their error against the ODE's endpoint is not a discretisation error.
+    """
+    return [
+        name
+        for name, spec in SAMPLERS.items()
+        if "generator" not in inspect.signature(spec.fn).parameters
+    ]
+
+
+def expand_samplers(names: Sequence[str]) -> list[str]:
+    """``["all"]`` -> every ODE sampler plus ``dopri5``; otherwise the names, checked.
+
+    A name is a registered sampler or an adaptive method (``ADAPTIVE_METHODS``).
+    """
+    if list(names) == ["all"]:
+        return [*ode_sampler_names(), DEFAULT_ADAPTIVE]
+    for name in names:
+        if name not in ADAPTIVE_METHODS:
+            get_sampler(name)
+    return list(names)
+
+
+def expand_schedulers(names: Sequence[str]) -> list[str]:
+    """``["all"]`` -> every name in ``DIFFUSERS_SCHEDULERS``; otherwise the names, checked.
+
+    Asking for any needs diffusers installed (``pip install diffusers``).
+    """
+    names = list(DIFFUSERS_SCHEDULERS) if list(names) == ["all"] else list(names)
+    for name in names:
+        get_diffusers_scheduler(name)
+    if names:
+        require_diffusers()
+    return names
+
+
+def _sampler_methods(
+    samplers: Sequence[str], tolerances: Sequence[float], grids: Sequence[tuple[str, float]]
+) -> list[Method]:
+    methods = []
+    for name in samplers:
+        if name in ADAPTIVE_METHODS:
+            methods += [Method("adaptive", name, tolerance=tol) for tol in tolerances]
+        else:
+            methods += [Method("mmflow", name, grid, shift) for grid, shift in grids]
+    return methods
+
+
+def _scheduler_methods(
+    schedulers: Sequence[str],
+    grids: Sequence[tuple[str, float]],
+    default_shifts: Sequence[float],
+) -> list[Method]:
+    methods = []
+    for name in schedulers:
+        if accepts_sigmas(name):
+            methods += [Method("diffusers", name, grid, shift) for grid, shift in grids]
+        methods += [Method("diffusers", name, "default", shift) for shift in default_shifts]
+    return methods
+
+
+def checkpoint_methods(
+    samplers: Sequence[str],
+    schedulers: Sequence[str] = (),
+    tolerances: Sequence[float] = DEFAULT_TOLERANCES,
+) -> list[Method]:
+    """The rows of a trained-flow sweep: mmflow samplers on the uniform grid, adaptive
+    solvers at ``tolerances``, and each diffusers scheduler on our uniform grid (where it takes
+    sigmas) and on its own default schedule (shift 1, diffusers' constructor default)."""
+    uniform = [("uniform", 1.0)]
+    return _sampler_methods(expand_samplers(samplers), tolerances, uniform) + _scheduler_methods(
+        expand_schedulers(schedulers), uniform, [1.0]
+    )
+
+
+def field_methods(
+    samplers: Sequence[str],
+    schedulers: Sequence[str],
+    shifts: Sequence[float] = FIELD_SHIFTS,
+    tolerances: Sequence[float] = DEFAULT_TOLERANCES,
+) -> list[Method]:
+    """The rows of an analytic-field sweep: every sampler and every scheduler that takes sigmas
+    on the uniform grid, the ``shifts`` grids and the BOSS grid; every scheduler also on its own
+    schedule with shift 1 and each of ``shifts``; adaptive solvers at ``tolerances``."""
+    grids = [("uniform", 1.0), *(("shifted", s) for s in shifts), ("boss", 1.0)]
+    default_shifts = [1.0, *(s for s in shifts if s != 1.0)]
+    return _sampler_methods(expand_samplers(samplers), tolerances, grids) + _scheduler_methods(
+        expand_schedulers(schedulers), grids, default_shifts
+    )
+
+
+# ----------------------------------------------------------------------------- grids and runs
+
+
+class TimeGrids:
+    """The explicit time grids rows are run on, by name and step count (float64, 0 -> 1).
+
+    BOSS grids need ``boss_costs``, the ``[K_max + 1, K_max + 1]`` Euler jump costs of
+    :func:`mmflow.sampling.boss.boss_cost_matrix` for the model; each step count is then one
+    Bellman path through the same matrix.
+    """
+
+    def __init__(self, boss_costs: Tensor | None = None) -> None:
+        self.boss_costs = boss_costs
+
+    def __call__(self, grid: str, shift: float, steps: int) -> Tensor:
+        if grid == "uniform":
+            return uniform_grid(steps, torch.float64)
+        if grid == "shifted":
+            return shifted_grid(steps, shift, torch.float64)
+        if grid == "boss" and self.boss_costs is not None:
+            nodes, _ = bellman_path(self.boss_costs, steps)
+            return nodes.to(torch.float64) / (self.boss_costs.shape[0] - 1)
+        raise ValueError(f"no `{grid}` grid here (BOSS grids need the model's jump costs)")
+
+
+def steps_or_reason(method: Method, nfe: int) -> tuple[int | None, str | None]:
+    """The step count that spends exactly ``nfe`` evaluations, or why none does.
+
+    mmflow: ``(nfe - warm-up) / evals_per_step``; diffusers: ``nfe`` (one evaluation a step).
+    """
+    if method.kind == "diffusers":
+        return nfe, None
+    spec = get_sampler(method.name)
+    warmup = spec.warmup_evals({})
+    budget = nfe - warmup
+    if budget < spec.evals_per_step or budget % spec.evals_per_step:
+        reason = f"{method.name} uses {spec.evals_per_step} evaluations per step"
+        return None, reason + (f" plus {warmup} once" if warmup else "")
+    steps = budget // spec.evals_per_step
+    if method.grid == "boss" and steps > BOSS_MAX_STEPS:
+        return None, f"BOSS grids have at most {BOSS_MAX_STEPS} steps"
+    return steps, None
+
+
+def run_method(
+    method: Method,
+    model: Callable[..., Tensor],
+    noise: Tensor,
+    nfe: int | None,
+    grids: TimeGrids,
+    **model_kwargs: Any,
+) -> SampleResult:
+    """Integrate ``model`` from ``noise`` with ``method`` at ``nfe`` (``None`` for adaptive)."""
+    if method.kind == "adaptive":
+        tol = method.tolerance
+        return sample_adaptive(model, noise, rtol=tol, atol=tol, method=method.name, **model_kwargs)
+    steps, reason = steps_or_reason(method, nfe)
+    if steps is None:
+        raise ValueError(f"NFE {nfe}: {reason}")
+    if method.kind == "diffusers" and method.grid == "default":
+        return sample_diffusers(model, noise, method.name, nfe, shift=method.shift, **model_kwargs)
+    times = grids(method.grid, method.shift, steps)
+    if method.kind == "diffusers":
+        return sample_diffusers(model, noise, method.name, nfe, grid=times, **model_kwargs)
+    return sample(model, noise, method=method.name, nfe=nfe, grid=times, **model_kwargs)
 
 
 @dataclass
 class SweepRow:
-    """One (sampler, NFE) cell: the metrics, or why it was not run."""
+    """One (method, NFE) cell: the metrics, or why it was not run.
+
+    ``sampler`` names the integrator (``diffusers:`` prefixed for diffusers' schedulers),
+    ``source`` who integrates ("mmflow" or "diffusers"), ``grid`` which time grid in words,
+    ``schedule`` whose times those are ("mmflow", "diffusers" for a scheduler's own default,
+    "adaptive"). ``nfe`` is the requested budget (``None`` for adaptive rows, whose
+    ``tolerance`` is set); ``counted_nfe`` the model calls per batch, counted (the mean over
+    batches for adaptive rows); ``times`` the grid of the first batch.
+    """
 
     sampler: str
-    nfe: int
-    cfg_scale: float
+    grid: str
+    nfe: int | None
+    cfg_scale: float | None
+    source: str = "mmflow"
+    schedule: str = "mmflow"
+    tolerance: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-    counted_nfe: int | None = None
+    counted_nfe: float | None = None
     seconds: float | None = None
     not_applicable: str | None = None
+    times: list[float] | None = None
+
+    @property
+    def label(self) -> str:
+        """``sampler [grid]``, one line of a plot."""
+        return f"{self.sampler} [{self.grid}]"
+
+
+def _row(method: Method, nfe: int | None, cfg_scale: float | None, **values: Any) -> SweepRow:
+    source = "diffusers" if method.kind == "diffusers" else "mmflow"
+    return SweepRow(
+        method.sampler,
+        method.grid_label,
+        nfe,
+        cfg_scale,
+        source=source,
+        schedule=method.schedule,
+        tolerance=method.tolerance,
+        **values,
+    )
+
+
+def _checked_count(method: Method, nfe: int | None, counts: Sequence[int]) -> float:
+    """The counted NFE of a row: equal to the request for fixed budgets (else an error), the
+    mean over batches for adaptive rows."""
+    if method.kind != "adaptive" and any(count != nfe for count in counts):
+        raise RuntimeError(f"{method.sampler}: asked for NFE {nfe}, counted {list(counts)}")
+    mean = sum(counts) / len(counts)
+    return int(mean) if method.kind != "adaptive" else mean
+
+
+def _cells(methods: Sequence[Method], nfes: Sequence[int]) -> Iterable[tuple[Method, int | None]]:
+    for method in methods:
+        for nfe in (None,) if method.kind == "adaptive" else nfes:
+            yield method, nfe
+
+
+def _print_row(row: SweepRow) -> None:
+    nfe = f"{row.counted_nfe:.4g}" if row.counted_nfe is not None else str(row.nfe)
+    values = row.not_applicable or ", ".join(f"{k} {v:.4g}" for k, v in row.metrics.items())
+    print(f"{row.label:>52} NFE {nfe:>6}: {values}")
+
+
+# ----------------------------------------------------------------------------- trained flows
+
+
+def guided_model(flow: PretrainedFlow, cfg_scale: float) -> Callable[..., Tensor]:
+    """The velocity every row integrates: ``flow.network``, guided as
+    :func:`mmflow.generation.generate` guides it, ``u_null + w (u_cond - u_null)``, when
+    ``w != 1`` and the adapter is conditional (one call = one NFE)."""
+    if cfg_scale != 1.0 and flow.adapter.conditioned():
+        return ClassifierFreeGuidance(
+            flow.network, cfg_scale, null_condition=flow.adapter.null_condition
+        )
+    return flow.network
 
 
 def _run_cell(
-    flow: PretrainedFlow, batches: list[Batch], sampler: str, nfe: int, cfg_scale: float, seed: int
-) -> tuple[SweepRow, tuple[Any, Batch | None]]:
+    flow: PretrainedFlow,
+    model: Callable[..., Tensor],
+    batches: list[Batch],
+    method: Method,
+    nfe: int | None,
+    seed: int,
+) -> tuple[dict[str, float] | None, list[int], list[float], tuple[Any, Batch | None]]:
+    """Metrics of one cell over every batch (``None`` once a batch's samples are not finite),
+    the counted NFE per batch, the first batch's grid, media and batch."""
     device = next(flow.network.parameters()).device
     metrics = flow.adapter.evaluators()
-    first_media, first_batch, counted = None, None, 0
-    start = time.perf_counter()
+    first_media, first_batch, counts, times = None, None, [], []
     for index, batch in enumerate(batches):
         batch = to_device(batch, device)
         x1, cond = flow.adapter.encode(batch)
         generator = torch.Generator().manual_seed(seed + index)
         noise = flow.adapter.noise_like(x1.cpu(), generator=generator).to(device)
-        result = flow.generate(cond, noise, sampler=sampler, nfe=nfe, cfg_scale=cfg_scale)
-        counted = result.nfe
+        result = run_method(method, model, noise, nfe, TimeGrids(), **cond)
+        counts.append(result.nfe)
+        if not bool(torch.isfinite(result.samples).all()):
+            return None, counts, [], (None, None)
         media = flow.adapter.decode(result.samples, cond, batch)
         for metric in metrics.values():
             metric.update(media, batch)
         if first_media is None:
-            first_media, first_batch = media, batch
+            first_media, first_batch, times = media, batch, result.grid.tolist()
     values = {
         key: float(entry)
         for name, metric in metrics.items()
@@ -63,8 +420,7 @@ def _run_cell(
     }
     for metric in metrics.values():
         metric.reset()
-    row = SweepRow(sampler, nfe, cfg_scale, values, counted, time.perf_counter() - start)
-    return row, (first_media, first_batch)
+    return values, counts, times, (first_media, first_batch)
 
 
 def sampler_sweep(
@@ -75,73 +431,306 @@ def sampler_sweep(
     cfg_scale: float | None = None,
     seed: int = 0,
     media_dir: Path | None = None,
+    schedulers: Sequence[str] = (),
+    tolerances: Sequence[float] = DEFAULT_TOLERANCES,
 ) -> list[SweepRow]:
-    """Evaluate every (sampler, NFE) pair on the same batches and noise.
+    """Evaluate every method of :func:`checkpoint_methods` on the same batches and noise.
 
-    Writes the first batch's media of each cell to ``media_dir`` (if given) as
-    ``{sampler}_nfe{nfe}``.
+    ``samplers`` are registered samplers and adaptive methods (``["all"]`` for every ODE
+    sampler and dopri5), ``schedulers`` diffusers' (``["all"]`` for every one). Writes the
+    first batch's media of each cell to ``media_dir`` (if given) as ``{slug}_nfe{nfe}`` (for
+    adaptive rows ``{slug}``).
     """
     batches = list(batches)
     scale = flow.defaults.cfg_scale if cfg_scale is None else cfg_scale
+    model = guided_model(flow, scale)
     rows = []
-    for name in samplers:
-        per_step = get_sampler(name).evals_per_step
-        for nfe in nfes:
-            if nfe % per_step:
-                reason = f"{name} uses {per_step} evaluations per step"
-                rows.append(SweepRow(name, nfe, scale, not_applicable=reason))
-                continue
-            row, (media, batch) = _run_cell(flow, batches, name, nfe, scale, seed)
-            if row.counted_nfe != nfe:
-                raise RuntimeError(f"{name}: asked for NFE {nfe}, counted {row.counted_nfe}")
-            if media_dir is not None:
-                flow.adapter.save_media(media, media_dir, f"{name}_nfe{nfe}", batch)
-            rows.append(row)
-            print(
-                f"{name:>10} NFE {nfe:>3}: "
-                + ", ".join(f"{k} {v:.4g}" for k, v in row.metrics.items())
-            )
+    for method, nfe in _cells(checkpoint_methods(samplers, schedulers, tolerances), nfes):
+        reason = None if nfe is None else steps_or_reason(method, nfe)[1]
+        if reason is not None:
+            rows.append(_row(method, nfe, scale, not_applicable=reason))
+            continue
+        start = time.perf_counter()
+        values, counts, times, (media, batch) = _run_cell(flow, model, batches, method, nfe, seed)
+        seconds = time.perf_counter() - start
+        counted = _checked_count(method, nfe, counts)
+        if values is None:
+            rows.append(_row(method, nfe, scale, counted_nfe=counted, not_applicable=NON_FINITE))
+            _print_row(rows[-1])
+            continue
+        row = _row(
+            method, nfe, scale, metrics=values, counted_nfe=counted, seconds=seconds, times=times
+        )
+        if media_dir is not None:
+            name = method.slug if nfe is None else f"{method.slug}_nfe{nfe}"
+            flow.adapter.save_media(media, media_dir, name, batch)
+        rows.append(row)
+        _print_row(row)
     return rows
 
 
-def write_report(
-    rows: Sequence[SweepRow], out_dir: Path, context: dict[str, Any]
-) -> tuple[Path, Path]:
-    """``metrics.json`` (every row plus ``context``) and ``metrics_vs_nfe.png`` (one panel a metric).
+# ----------------------------------------------------------------------------- analytic fields
 
-    Panels are titled by ``context["metric_names"]`` where given (e.g. "FD-ours").
+
+def gaussian_mixture_field(
+    dim: int = 16, components: int = 8, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> GaussianMixtureFlow:
+    """A fixed, seeded mixture of diagonal Gaussians, ``x1 ~ sum_k w_k N(mu_k, diag(s_k^2))``.
+
+    ``mu_k ~ N(0, 2^2 I)`` (well separated: the responsibilities switch mid-flight and the
+    trajectories bend), per-dimension ``s_k ~ U[0.1, 0.6]`` (narrow components bend them again
+    near the data) and ``w_k ~ U[0.5, 1.5]``, normalised.
     """
+    generator = torch.Generator().manual_seed(seed)
+    means = 2.0 * torch.randn(components, dim, generator=generator, dtype=dtype)
+    stds = 0.1 + 0.5 * torch.rand(components, dim, generator=generator, dtype=dtype)
+    weights = 0.5 + torch.rand(components, generator=generator, dtype=dtype)
+    return GaussianMixtureFlow(weights, means, stds)
+
+
+FIELDS: dict[str, Callable[[], GaussianMixtureFlow]] = {"gmm16": gaussian_mixture_field}
+
+
+def get_field(name: str) -> GaussianMixtureFlow:
+    """An analytic field by name (``FIELDS``)."""
+    if name not in FIELDS:
+        raise ValueError(f"unknown `field` {name!r}; known: {', '.join(FIELDS)}")
+    return FIELDS[name]()
+
+
+def endpoint_rmse(estimate: Tensor, reference: Tensor) -> float:
+    """``sqrt(mean_{n,d} (estimate - reference)^2)``, in float64."""
+    return float((estimate.to(torch.float64) - reference.to(torch.float64)).square().mean().sqrt())
+
+
+def reference_endpoints(
+    field: Callable[..., Tensor], noise: Tensor
+) -> tuple[Tensor, dict[str, float | int]]:
+    """The exact endpoints ``x_1`` of the flow from ``noise``, and how they were checked.
+
+    dopri5 at ``rtol = atol = 1e-10`` in float64, compared with RK4 on ``REFERENCE_RK4_STEPS``
+    uniform steps; both are returned in the check (``rk4_gap_rmse``, ``reference_nfe``).
+    """
+    noise = noise.to(torch.float64)
+    adaptive = sample_adaptive(field, noise, rtol=REFERENCE_TOLERANCE, atol=REFERENCE_TOLERANCE)
+    rk4 = sample(field, noise, method="rk4", nfe=4 * REFERENCE_RK4_STEPS)
+    check = {
+        "reference_tolerance": REFERENCE_TOLERANCE,
+        "reference_nfe": adaptive.nfe,
+        "rk4_steps": REFERENCE_RK4_STEPS,
+        "rk4_gap_rmse": endpoint_rmse(adaptive.samples, rk4.samples),
+    }
+    return adaptive.samples, check
+
+
+def field_sweep(
+    field: Callable[..., Tensor],
+    noise: Tensor,
+    reference: Tensor,
+    methods: Sequence[Method],
+    nfes: Sequence[int],
+    grids: TimeGrids,
+) -> list[SweepRow]:
+    """Endpoint RMSE against ``reference`` for every (method, NFE) on one noise batch."""
+    rows = []
+    for method, nfe in _cells(methods, nfes):
+        reason = None if nfe is None else steps_or_reason(method, nfe)[1]
+        if reason is not None:
+            rows.append(_row(method, nfe, None, not_applicable=reason))
+            continue
+        start = time.perf_counter()
+        result = run_method(method, field, noise, nfe, grids)
+        seconds = time.perf_counter() - start
+        error = endpoint_rmse(result.samples, reference)
+        values: dict[str, Any] = {"seconds": seconds, "times": result.grid.tolist()}
+        if math.isfinite(error):
+            values["metrics"] = {ENDPOINT_METRIC: error}
+            values["counted_nfe"] = _checked_count(method, nfe, [result.nfe])
+        else:
+            values["not_applicable"] = NON_FINITE
+        rows.append(_row(method, nfe, None, **values))
+    return rows
+
+
+@dataclass
+class FieldBenchmark:
+    """Rows of an analytic-field benchmark and what they were measured against."""
+
+    rows: list[SweepRow]
+    context: dict[str, Any]
+
+
+def field_benchmark(
+    name: str = "gmm16",
+    num_samples: int = 500,
+    samplers: Sequence[str] = ("all",),
+    schedulers: Sequence[str] = ("all",),
+    nfes: Sequence[int] = DEFAULT_NFES,
+    shifts: Sequence[float] = FIELD_SHIFTS,
+    tolerances: Sequence[float] = DEFAULT_TOLERANCES,
+    seed: int = 0,
+) -> FieldBenchmark:
+    """The whole analytic-field comparison: the field, seeded noise, the reference endpoints,
+    BOSS grids fitted on a separate noise batch (RK4 reference trajectories, ``K_max = 128``),
+    and :func:`field_sweep` over :func:`field_methods`."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}")
+    field_model = get_field(name)
+    dtype, shape = field_model.means.dtype, field_model.event_shape
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(num_samples, *shape, generator=generator, dtype=dtype)
+    boss_noise = torch.randn(BOSS_SAMPLES, *shape, generator=generator, dtype=dtype)
+    methods = field_methods(samplers, schedulers, shifts, tolerances)
+    reference, check = reference_endpoints(field_model, noise)
+    _, costs = boss_cost_matrix(field_model, boss_noise, BOSS_MAX_STEPS, reference="rk4")
+    rows = field_sweep(field_model, noise, reference, methods, nfes, TimeGrids(costs))
+    context = {
+        "field": name,
+        "data": f"{num_samples} noise samples, seed {seed}, {tuple(shape)} float64",
+        "metric_names": {ENDPOINT_METRIC: "endpoint RMSE vs reference"},
+        "reference": check,
+        "boss": {"max_steps": BOSS_MAX_STEPS, "samples": BOSS_SAMPLES, "reference": "rk4"},
+        "note": "diffusers' schedulers step in float32 whatever the input dtype",
+    }
+    return FieldBenchmark(rows, context)
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def _measured(rows: Iterable[SweepRow], metric: str) -> list[SweepRow]:
+    return [r for r in rows if metric in r.metrics and r.nfe is not None]
+
+
+def best_row(rows: Sequence[SweepRow], source: str, nfe: int, metric: str) -> SweepRow | None:
+    """The row of ``source`` ("mmflow" or "diffusers") with the lowest ``metric`` at ``nfe``."""
+    candidates = [r for r in _measured(rows, metric) if r.source == source and r.nfe == nfe]
+    return min(candidates, key=lambda r: r.metrics[metric], default=None)
+
+
+def best_error_ratio(rows: Sequence[SweepRow], nfe: int, metric: str = ENDPOINT_METRIC) -> float:
+    """mmflow's best error at ``nfe`` over diffusers' best (any sampler, grid, schedule)."""
+    ours, theirs = best_row(rows, "mmflow", nfe, metric), best_row(rows, "diffusers", nfe, metric)
+    if ours is None or theirs is None:
+        raise ValueError(f"no mmflow and diffusers rows with `{metric}` at NFE {nfe}")
+    return ours.metrics[metric] / theirs.metrics[metric]
+
+
+def error_table(rows: Sequence[SweepRow], metric: str = ENDPOINT_METRIC) -> str:
+    """One line per sampler: its best ``metric`` over grids at each NFE ("-" where none), then
+    the best row of each side at each NFE with its grid, and the ratio of the two."""
+    nfes = sorted({r.nfe for r in _measured(rows, metric)})
+    samplers = list(dict.fromkeys(r.sampler for r in rows if r.nfe is not None))
+    width = max(len(s) for s in samplers) + 2
+    lines = [f"{'best ' + metric + ' over grids':<{width}}" + "".join(f"{n:>10}" for n in nfes)]
+    for sampler in samplers:
+        cells = []
+        for nfe in nfes:
+            values = [
+                r.metrics[metric]
+                for r in _measured(rows, metric)
+                if r.sampler == sampler and r.nfe == nfe
+            ]
+            cells.append(f"{min(values):>10.2e}" if values else f"{'-':>10}")
+        lines.append(f"{sampler:<{width}}" + "".join(cells))
+    lines.append("")
+    for nfe in nfes:
+        best = {s: best_row(rows, s, nfe, metric) for s in ("mmflow", "diffusers")}
+        parts = [f"{s} {b.metrics[metric]:.3e} {b.label}" for s, b in best.items() if b]
+        ratio = ""
+        if all(best.values()):
+            ratio = f" | ratio {best_error_ratio(rows, nfe, metric):.3f}"
+        lines.append(f"NFE {nfe:>3}: " + "; ".join(parts) + ratio)
+    for row in rows:
+        if row.schedule == "adaptive" and metric in row.metrics:
+            lines.append(f"{row.label}: NFE {row.counted_nfe:.0f}, {row.metrics[metric]:.3e}")
+    return "\n".join(lines)
+
+
+def _plot_lines(
+    rows: Sequence[SweepRow], metric: str, envelope: bool
+) -> dict[str, tuple[SweepRow, list[tuple[float, float]]]]:
+    """Label -> (a representative row, points ``(counted NFE, value)``).
+
+    One line per sampler and grid, or with ``envelope`` one per sampler through its best value
+    over grids at each NFE; an adaptive solver's line runs through its tolerances.
+    """
+    lines: dict[str, tuple[SweepRow, dict[float, float]]] = {}
+    for row in rows:
+        if metric not in row.metrics:
+            continue
+        label = row.label
+        if envelope or row.schedule == "adaptive":
+            label = row.sampler
+        x = float(row.counted_nfe if row.counted_nfe is not None else row.nfe)
+        _, points = lines.setdefault(label, (row, {}))
+        points[x] = min(points.get(x, math.inf), row.metrics[metric])
+    return {label: (row, sorted(points.items())) for label, (row, points) in lines.items()}
+
+
+def _line_style(row: SweepRow, envelope: bool) -> dict[str, Any]:
+    """mmflow solid; diffusers dashed (dotted on its own schedule unless ``envelope``);
+    adaptive dash-dotted."""
+    if row.schedule == "adaptive":
+        return {"linestyle": "-.", "marker": "s"}
+    if row.source == "diffusers":
+        own = row.schedule == "diffusers" and not envelope
+        return {"linestyle": ":" if own else "--", "marker": "x"}
+    return {"linestyle": "-", "marker": "o"}
+
+
+def _algorithm(sampler: str) -> str:
+    """The algorithm a row's sampler runs, so that mmflow's and diffusers' share a colour."""
+    name = sampler.removeprefix("diffusers:")
+    return SAME_ALGORITHM.get(name, name)
+
+
+def _plot(rows: Sequence[SweepRow], titles: dict[str, str], envelope: bool, path: Path) -> None:
+    """One panel a metric, one line per :func:`_plot_lines` entry, the legend on the right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / "metrics.json"
-    json_path.write_text(json.dumps({**context, "rows": [asdict(r) for r in rows]}, indent=2))
     names = sorted({k for r in rows for k in r.metrics})
-    figure, axes = plt.subplots(
-        1, max(len(names), 1), figsize=(5 * max(len(names), 1), 3.6), squeeze=False
-    )
+    panels = max(len(names), 1)
+    figure, axes = plt.subplots(1, panels, squeeze=False, layout="constrained")
+    colors = plt.get_cmap("tab20").colors
+    algorithms = list(dict.fromkeys(_algorithm(r.sampler) for r in rows))
     for axis, metric in zip(axes[0], names, strict=False):
-        for sampler in dict.fromkeys(r.sampler for r in rows):
-            points = [
-                (r.nfe, r.metrics[metric])
-                for r in rows
-                if r.sampler == sampler and metric in r.metrics
-            ]
-            if points:
-                axis.plot(*zip(*points, strict=True), marker="o", label=sampler)
+        for label, (row, points) in _plot_lines(rows, metric, envelope).items():
+            color = colors[algorithms.index(_algorithm(row.sampler)) % len(colors)]
+            style = _line_style(row, envelope)
+            axis.plot(*zip(*points, strict=True), color=color, label=label, **style)
         axis.set_xscale("log", base=2)
         values = [r.metrics[metric] for r in rows if metric in r.metrics]
         if min(values) > 0 and max(values) > 20 * min(values):
             axis.set_yscale("log")
         axis.set_xlabel("NFE (counted model evaluations)")
-        axis.set_title(context.get("metric_names", {}).get(metric, metric))
+        axis.set_title(titles.get(metric, metric))
         axis.grid(alpha=0.3)
-        axis.legend()
-    figure.tight_layout()
-    plot_path = out_dir / "metrics_vs_nfe.png"
-    figure.savefig(plot_path, dpi=120)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    columns = 1 + len(labels) // 36
+    figure.set_size_inches(6 * panels + 2.6 * columns, 5)
+    if handles:
+        figure.legend(handles, labels, loc="outside right upper", fontsize=7, ncols=columns)
+    figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def write_report(
+    rows: Sequence[SweepRow], out_dir: Path, context: dict[str, Any], envelope: bool = False
+) -> tuple[Path, Path]:
+    """``metrics.json`` (every row plus ``context``) and ``metrics_vs_nfe.png`` (one panel a metric).
+
+    One line per sampler and grid, or with ``envelope`` one per sampler through its best grid,
+    against the counted NFE; one colour per algorithm, mmflow solid, diffusers dashed (dotted
+    on its own schedule), adaptive solvers dash-dotted through their tolerances. Panels are titled by
+    ``context["metric_names"]`` where given (e.g. "FD-ours").
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "metrics.json"
+    json_path.write_text(json.dumps({**context, "rows": [asdict(r) for r in rows]}, indent=1))
+    plot_path = out_dir / "metrics_vs_nfe.png"
+    _plot(rows, context.get("metric_names", {}), envelope, plot_path)
     return json_path, plot_path

@@ -115,20 +115,49 @@ def _sample(argv: Sequence[str]) -> int:
 
 
 def _benchmark_parser() -> ArgumentParser:
+    from mmflow.benchmark import DEFAULT_NFES, DEFAULT_TOLERANCES, FIELD_SHIFTS
+
     parser = ArgumentParser(
         prog="mmflow benchmark samplers",
-        description="Quality against counted NFE for several samplers on one trained flow.",
+        description="Quality against counted NFE for mmflow's samplers and diffusers' schedulers, "
+        "on a trained flow (--config with --checkpoint or --pretrained) or an analytic field "
+        "(--field gmm16, endpoint error against a tight reference solution).",
     )
     parser.add_argument("--checkpoint", type=str | None, default=None, help="Lightning checkpoint")
     parser.add_argument(
         "--pretrained", type=str | None, default=None, help="folder from `mmflow export`"
     )
     parser.add_argument(
-        "--config", type=str, required=True, help="recipe whose `data` gives the real batches"
+        "--config", type=str | None, default=None, help="recipe whose `data` gives the real batches"
+    )
+    parser.add_argument(
+        "--field", type=str | None, default=None, help="analytic field instead of a model: gmm16"
     )
     parser.add_argument("--split", type=str, default="test", help="test or val")
-    parser.add_argument("--samplers", type=list[str], default=["euler", "heun"])
-    parser.add_argument("--nfe", type=list[int], default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument(
+        "--samplers",
+        type=list[str] | str,
+        default=["all"],
+        help="registered samplers and adaptive methods (dopri5); all: every ODE sampler + dopri5",
+    )
+    parser.add_argument(
+        "--diffusers",
+        type=list[str] | str,
+        default=["all"],
+        help="diffusers schedulers run on the same model (all, or [] for none; needs `pip "
+        "install diffusers`): flow_euler, dpmpp_2m, dpmpp_2m_heun, dpmpp_3m, "
+        "unipc_{bh1,bh2}_{1,2,3}",
+    )
+    parser.add_argument("--nfe", type=list[int], default=list(DEFAULT_NFES))
+    parser.add_argument(
+        "--tolerances",
+        type=list[float],
+        default=list(DEFAULT_TOLERANCES),
+        help="adaptive rtol=atol",
+    )
+    parser.add_argument(
+        "--shifts", type=list[float], default=list(FIELD_SHIFTS), help="--field: shifted grids"
+    )
     parser.add_argument("--num_samples", type=int, default=500)
     parser.add_argument("--cfg_scale", type=float | None, default=None, help="default: the model's")
     parser.add_argument("--seed", type=int, default=0)
@@ -138,21 +167,68 @@ def _benchmark_parser() -> ArgumentParser:
 
 
 def _benchmark(argv: Sequence[str]) -> int:
-    from mmflow.benchmark import sampler_sweep, write_report
-    from mmflow.data import load_datamodule, take_batches
-
     argv = list(argv)
     if not argv or argv[0] != "samplers":
         raise ValueError(
-            "usage: mmflow benchmark samplers --checkpoint CKPT --config RECIPE --out DIR"
+            "usage: mmflow benchmark samplers --checkpoint CKPT --config RECIPE --out DIR "
+            "| --field gmm16 --out DIR"
         )
     args = _benchmark_parser().parse_args(argv[1:])
+    args.samplers, args.diffusers = _names(args.samplers), _names(args.diffusers)
+    from mmflow.sampling.diffusers_schedulers import DiffusersMissingError
+
+    try:
+        return _benchmark_field(args) if args.field is not None else _benchmark_flow(args)
+    except DiffusersMissingError as error:
+        raise ValueError(f"{error} (or pass --diffusers [] to leave diffusers out)") from None
+
+
+def _names(value: str | list[str]) -> list[str]:
+    """``--samplers all`` or ``--samplers euler`` as a one-name list; a list as given."""
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _benchmark_field(args: Any) -> int:
+    from mmflow.benchmark import error_table, field_benchmark, write_report
+
+    if args.checkpoint or args.pretrained or args.config:
+        raise ValueError("--field runs on an analytic field: leave out --checkpoint/--config")
+    result = field_benchmark(
+        args.field,
+        args.num_samples,
+        args.samplers,
+        args.diffusers,
+        args.nfe,
+        args.shifts,
+        args.tolerances,
+        args.seed,
+    )
+    print(error_table(result.rows))
+    for path in write_report(result.rows, Path(args.out), result.context, envelope=True):
+        print(path)
+    return 0
+
+
+def _benchmark_flow(args: Any) -> int:
+    from mmflow.benchmark import sampler_sweep, write_report
+    from mmflow.data import load_datamodule, take_batches
+
+    if args.config is None:
+        raise ValueError("--config (the recipe whose data gives real batches) is required")
     flow = _load_flow(args.checkpoint, args.pretrained, args.device)
     datamodule = load_datamodule(args.config)
     batches = take_batches(datamodule, args.split, args.num_samples)
     out = Path(args.out)
     rows = sampler_sweep(
-        flow, batches, args.samplers, args.nfe, args.cfg_scale, args.seed, out / "samples"
+        flow,
+        batches,
+        args.samplers,
+        args.nfe,
+        args.cfg_scale,
+        args.seed,
+        out / "samples",
+        schedulers=args.diffusers,
+        tolerances=args.tolerances,
     )
     context = {
         "source": args.checkpoint or args.pretrained,

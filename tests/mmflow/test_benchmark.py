@@ -1,16 +1,48 @@
-"""The sampler sweep behind ``mmflow benchmark samplers``, on the toy modality."""
+"""The sweeps behind ``mmflow benchmark samplers``: the toy modality and the analytic field."""
 
 import json
+import sys
 
 import pytest
 import torch
 
-from mmflow.benchmark import sampler_sweep, write_report
+from mmflow.benchmark import (
+    DEFAULT_ADAPTIVE,
+    Method,
+    SweepRow,
+    TimeGrids,
+    best_error_ratio,
+    error_table,
+    expand_samplers,
+    field_benchmark,
+    gaussian_mixture_field,
+    ode_sampler_names,
+    reference_endpoints,
+    sampler_sweep,
+    write_report,
+)
+from mmflow.cli import main
 from mmflow.data import load_datamodule, take_batches
 from mmflow.hub import PretrainedFlow
+from mmflow.sampling import SAMPLERS
 from mmflow.sampling.analytic import GaussianLinearFlow
 
 from .training.toy import CLASS_MEANS, CLASS_STD, ToyAdapter, ToyData
+
+ROW_KEYS = {
+    "sampler",
+    "grid",
+    "nfe",
+    "cfg_scale",
+    "source",
+    "schedule",
+    "tolerance",
+    "metrics",
+    "counted_nfe",
+    "seconds",
+    "not_applicable",
+    "times",
+}
 
 
 class ExactToyVelocity(torch.nn.Module):
@@ -31,20 +63,137 @@ def flow():
     return PretrainedFlow(ExactToyVelocity(), ToyAdapter())
 
 
-def test_sweep_reports_every_cell_and_marks_impossible_budgets(flow, tmp_path):
-    batches = take_batches(ToyData(size=256, batch_size=64), "val", 128)
+@pytest.fixture
+def batches():
+    return take_batches(ToyData(size=256, batch_size=64), "val", 128)
+
+
+def cells(rows):
+    return {(r.sampler, r.grid, r.nfe): r for r in rows}
+
+
+def test_sweep_reports_every_cell_and_marks_impossible_budgets(flow, batches, tmp_path):
     rows = sampler_sweep(flow, batches, ["euler", "heun"], [1, 2, 8], media_dir=tmp_path)
-    cells = {(r.sampler, r.nfe): r for r in rows}
-    assert cells[("heun", 1)].not_applicable and not cells[("heun", 1)].metrics
-    assert cells[("euler", 8)].counted_nfe == 8
+    by_cell = cells(rows)
+    heun_1 = by_cell[("heun", "uniform", 1)]
+    assert heun_1.not_applicable and not heun_1.metrics
+    assert all(r.counted_nfe == r.nfe for r in rows if r.metrics)
     # The exact field puts every class's generated mean on its true mean (up to sampling error).
     assert all(r.metrics["mean_error"] < 0.15 for r in rows if r.metrics)
     json_path, plot_path = write_report(
         rows, tmp_path, {"metric_names": {"mean_error": "mean error"}}
     )
-    assert json.loads(json_path.read_text())["rows"][0]["sampler"] == "euler"
+    report = json.loads(json_path.read_text())
+    assert report["rows"][0]["sampler"] == "euler"
+    assert all(set(row) == ROW_KEYS for row in report["rows"])
     assert plot_path.stat().st_size > 0
     assert (tmp_path / "euler_nfe8.pt").exists()
+
+
+def test_diffusers_rows_integrate_the_same_guided_model(flow, batches):
+    """CFG at 2: FlowMatchEuler on our grid is our Euler row, and both differ from CFG 1."""
+    schedulers = ["flow_euler", "dpmpp_2m", "unipc_bh2_2"]
+    rows = sampler_sweep(flow, batches, ["euler"], [4, 8], cfg_scale=2.0, schedulers=schedulers)
+    unguided = cells(sampler_sweep(flow, batches, ["euler"], [8], cfg_scale=1.0))
+    by_cell = cells(rows)
+    for nfe in (4, 8):
+        ours = by_cell[("euler", "uniform", nfe)]
+        theirs = by_cell[("diffusers:flow_euler", "ours: uniform", nfe)]
+        assert theirs.source == "diffusers" and theirs.schedule == "mmflow"
+        assert theirs.counted_nfe == ours.counted_nfe == nfe
+        assert theirs.times == pytest.approx(ours.times, abs=1e-7)
+        assert theirs.metrics["mean_error"] == pytest.approx(ours.metrics["mean_error"], abs=1e-5)
+    guided = by_cell[("euler", "uniform", 8)].metrics["mean_error"]
+    assert abs(guided - unguided[("euler", "uniform", 8)].metrics["mean_error"]) > 1e-2
+    default = by_cell[("diffusers:dpmpp_2m", "diffusers default(shift=1)", 8)]
+    assert default.schedule == "diffusers" and default.counted_nfe == 8
+    assert default.times[0] == pytest.approx(1e-3, rel=1e-3)  # DPM starts at sigma = 0.999
+    assert ("diffusers:dpmpp_2m", "ours: uniform", 8) not in by_cell  # it takes no sigmas
+    assert ("diffusers:unipc_bh2_2", "ours: uniform", 8) in by_cell
+
+
+def test_adaptive_rows_report_the_nfe_they_used(flow, batches):
+    rows = sampler_sweep(flow, batches, ["dopri5"], [4], tolerances=[1e-2, 1e-5])
+    assert [(r.sampler, r.nfe, r.tolerance) for r in rows] == [
+        ("dopri5", None, 1e-2),
+        ("dopri5", None, 1e-5),
+    ]
+    assert all(r.schedule == "adaptive" and r.metrics for r in rows)
+    assert 0 < rows[0].counted_nfe < rows[1].counted_nfe
+
+
+def test_all_means_every_ode_sampler_and_dopri5():
+    names = expand_samplers(["all"])
+    assert names[-1] == DEFAULT_ADAPTIVE
+    assert set(names[:-1]) == set(ode_sampler_names()) == set(SAMPLERS) - {"euler_maruyama"}
+    with pytest.raises(ValueError, match="unknown sampler `eulr`"):
+        expand_samplers(["eulr"])
+    with pytest.raises(ValueError, match="`grid` must be one of"):
+        Method("mmflow", "euler", grid="karras")
+
+
+def test_boss_grids_are_bellman_paths_through_the_costs():
+    costs = torch.full((5, 5), float("inf"))
+    for i in range(4):
+        costs[i, i + 1 :] = torch.arange(1, 5 - i, dtype=torch.float32) ** 2
+    grids = TimeGrids(costs)
+    torch.testing.assert_close(grids("boss", 1.0, 4), torch.linspace(0, 1, 5, dtype=torch.float64))
+    assert grids("boss", 1.0, 2).tolist() == [0.0, 0.5, 1.0]
+    with pytest.raises(ValueError, match="BOSS grids need"):
+        TimeGrids()("boss", 1.0, 2)
+
+
+def test_reference_endpoints_agree_with_rk4():
+    field = gaussian_mixture_field()
+    noise = torch.randn(16, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    reference, check = reference_endpoints(field, noise)
+    assert check["rk4_gap_rmse"] < 1e-9
+    assert check["reference_nfe"] > 100
+    assert reference.shape == noise.shape
+
+
+def test_field_benchmark_table_and_ratio(tmp_path):
+    result = field_benchmark(
+        "gmm16",
+        num_samples=16,
+        samplers=["euler", "heun", "dopri5"],
+        schedulers=["flow_euler"],
+        nfes=[4, 8],
+        shifts=[3.0],
+        tolerances=[1e-3],
+    )
+    by_cell = cells(result.rows)
+    euler = by_cell[("euler", "uniform", 8)].metrics["endpoint_rmse"]
+    theirs = by_cell[("diffusers:flow_euler", "ours: uniform", 8)].metrics["endpoint_rmse"]
+    assert theirs == pytest.approx(euler, rel=1e-4)
+    assert by_cell[("euler", "boss", 8)].times[0] == 0.0
+    assert ("diffusers:flow_euler", "diffusers default(shift=3)", 4) in by_cell
+    ratio = best_error_ratio(result.rows, 8)
+    assert 0 < ratio < 1  # Heun on a second-order budget beats any Euler
+    table = error_table(result.rows)
+    assert "diffusers:flow_euler" in table and "ratio" in table and "dopri5" in table
+    json_path, _ = write_report(result.rows, tmp_path, result.context, envelope=True)
+    assert json.loads(json_path.read_text())["reference"]["rk4_gap_rmse"] < 1e-9
+
+
+def test_best_error_ratio_needs_both_sides():
+    row = SweepRow("euler", "uniform", 8, None, metrics={"endpoint_rmse": 1.0})
+    with pytest.raises(ValueError, match="no mmflow and diffusers rows"):
+        best_error_ratio([row], 8)
+
+
+def test_a_missing_diffusers_is_one_clear_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    argv = ["benchmark", "samplers", "--field", "gmm16", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "pip install diffusers" in error and "--diffusers []" in error
+
+
+def test_field_mode_refuses_a_checkpoint(tmp_path, capsys):
+    argv = ["benchmark", "samplers", "--field", "gmm16", "--checkpoint", "x.ckpt"]
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert "--field runs on an analytic field" in capsys.readouterr().err
 
 
 def test_take_batches_counts_examples_exactly():
