@@ -7,13 +7,16 @@ Importing this package registers every named sampler (ODE solvers and Euler–Ma
 Modules: ``solvers`` (Euler, Heun, midpoint, RK4), ``multistep`` (DPM-Solver++, UniPC),
 ``sde`` (Euler–Maruyama, linear -> VP), ``adaptive`` (torchdiffeq), ``boss`` (optimised time
 grids), ``guidance`` (CFG, loss guidance), ``inverse`` (linear inverse problems),
-``inversion`` (data -> noise), ``likelihood`` (change of variables), ``analytic``
-(closed-form fields for tests).
+``inversion`` (data -> noise), ``likelihood`` (change of variables), ``search``
+(best-of-N, SMC, rollover budget forcing), ``diffusers_schedulers`` (diffusers' schedulers on
+an mmflow velocity model, for comparisons; needs diffusers), ``analytic`` (closed-form fields
+for tests).
 """
 
 from mmflow.sampling.adaptive import sample_adaptive
 from mmflow.sampling.analytic import GaussianLinearFlow, GaussianMixtureFlow, RiccatiFlow
 from mmflow.sampling.boss import boss_grid
+from mmflow.sampling.diffusers_schedulers import DIFFUSERS_SCHEDULERS, sample_diffusers
 from mmflow.sampling.guidance import (
     ClassifierFreeGuidance,
     concat_conditions,
@@ -45,10 +48,21 @@ from mmflow.sampling.registry import (
     sample,
 )
 from mmflow.sampling.sde import linear_to_vp, sample_euler_maruyama
+from mmflow.sampling.search import (
+    ClassLogProbability,
+    RBFResult,
+    SearchResult,
+    SMCResult,
+    best_of_n,
+    rollover_budget_forcing,
+    smc,
+)
 from mmflow.sampling.solvers import sample_euler, sample_heun, sample_midpoint, sample_rk4
 
 __all__ = [
+    "DIFFUSERS_SCHEDULERS",
     "SAMPLERS",
+    "ClassLogProbability",
     "ClassifierFreeGuidance",
     "Denoising",
     "GaussianDeblur",
@@ -59,10 +73,14 @@ __all__ = [
     "LikelihoodResult",
     "LinearOperator",
     "NFECounter",
+    "RBFResult",
     "RiccatiFlow",
+    "SMCResult",
     "SampleResult",
     "SamplerSpec",
+    "SearchResult",
     "SuperResolution",
+    "best_of_n",
     "boss_grid",
     "concat_conditions",
     "get_sampler",
@@ -71,8 +89,10 @@ __all__ = [
     "log_likelihood",
     "plan_grid",
     "register_sampler",
+    "rollover_budget_forcing",
     "sample",
     "sample_adaptive",
+    "sample_diffusers",
     "sample_dpmpp_multistep",
     "sample_dpmpp_singlestep",
     "sample_euler",
@@ -82,5 +102,6 @@ __all__ = [
     "sample_midpoint",
     "sample_rk4",
     "sample_unipc",
+    "smc",
     "solve_inverse_problem",
 ]
