@@ -9,6 +9,13 @@ grids and the BOSS grid of the field; every diffusers scheduler (FlowMatchEuler,
 it takes explicit sigmas, on the same grids as ours; dopri5 at a few tolerances. The score is
 the endpoint RMSE at each counted NFE.
 
+Fairness rule of the acceptance: diffusers competes with its own documented options -- its
+default schedules, ``flow_shift`` values (``SHIFTS``), solver orders and explicit uniform or
+shifted sigmas -- but not on mmflow's BOSS grids, which are mmflow's method, not a diffusers
+option; mmflow may use any of its samplers and grids, BOSS included. The table and the ratio
+follow that rule; one extra line, labelled as such, gives the ratio with diffusers on the BOSS
+grids too, and ``metrics.json`` keeps every row.
+
 Prints the table (each sampler's best grid per NFE, each side's best row, their ratio) and
 writes ``metrics.json`` and ``metrics_vs_nfe.png`` (one line per sampler through its best
 grid; diffusers dashed) to ``--out``. The issue's acceptance: mmflow's best error at NFE 8 and
@@ -20,10 +27,13 @@ grid; diffusers dashed) to ``--out``. The issue's acceptance: mmflow's best erro
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from mmflow.benchmark import (
     DEFAULT_NFES,
+    Method,
+    SweepRow,
     best_error_ratio,
     error_table,
     field_benchmark,
@@ -32,6 +42,23 @@ from mmflow.benchmark import (
 
 ACCEPTANCE_NFES = (8, 16)
 ACCEPTANCE_RATIO = 0.5
+SHIFTS = (0.5, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0)
+DIFFUSERS_ON_BOSS = Method("diffusers", "flow_euler", "boss").grid_label
+
+
+def diffusers_options_only(rows: Sequence[SweepRow]) -> list[SweepRow]:
+    """The rows the acceptance compares: every mmflow row and the diffusers rows on diffusers'
+    own options, i.e. all but diffusers on mmflow's BOSS grids."""
+    return [r for r in rows if not (r.source == "diffusers" and r.grid == DIFFUSERS_ON_BOSS)]
+
+
+def acceptance_ratios(rows: Sequence[SweepRow]) -> dict[int, float]:
+    """mmflow's best endpoint RMSE over diffusers' best at each acceptance NFE."""
+    return {nfe: best_error_ratio(rows, nfe) for nfe in ACCEPTANCE_NFES}
+
+
+def shown(ratios: dict[int, float]) -> str:
+    return ", ".join(f"NFE {nfe}: {ratio:.3f}" for nfe, ratio in ratios.items())
 
 
 def main() -> None:
@@ -40,19 +67,29 @@ def main() -> None:
     parser.add_argument("--num_samples", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    result = field_benchmark("gmm16", args.num_samples, nfes=DEFAULT_NFES, seed=args.seed)
-    print(error_table(result.rows))
-    ratios = {nfe: best_error_ratio(result.rows, nfe) for nfe in ACCEPTANCE_NFES}
+    result = field_benchmark(
+        "gmm16", args.num_samples, nfes=DEFAULT_NFES, shifts=SHIFTS, seed=args.seed
+    )
+    fair_rows = diffusers_options_only(result.rows)
+    print(error_table(fair_rows))
+    ratios = acceptance_ratios(fair_rows)
+    with_boss = acceptance_ratios(result.rows)
     verdict = all(ratio <= ACCEPTANCE_RATIO for ratio in ratios.values())
     result.context["acceptance"] = {
+        "rule": "diffusers on its own options (schedules, shifts, orders, uniform/shifted "
+        "sigmas), not on mmflow's BOSS grids",
         "ratio_limit": ACCEPTANCE_RATIO,
         "ratios": {str(nfe): ratio for nfe, ratio in ratios.items()},
+        "ratios_with_diffusers_on_boss": {str(nfe): ratio for nfe, ratio in with_boss.items()},
         "met": verdict,
     }
     for path in write_report(result.rows, Path(args.out), result.context, envelope=True):
         print(path)
-    shown = ", ".join(f"NFE {nfe}: {ratio:.3f}" for nfe, ratio in ratios.items())
-    print(f"mmflow best / diffusers best ({shown}); at most {ACCEPTANCE_RATIO}: {verdict}")
+    print(f"mmflow best / diffusers best ({shown(ratios)}); at most {ACCEPTANCE_RATIO}: {verdict}")
+    print(
+        "extra, not the acceptance -- diffusers also on mmflow's BOSS grids "
+        f"(not a diffusers option): {shown(with_boss)}"
+    )
 
 
 if __name__ == "__main__":

@@ -329,13 +329,125 @@ def test_decreasing_lambda_grid_keeps_the_order(method):
 
 @pytest.mark.parametrize("method", ["dpmpp_3m", "unipc_bh1_3"])
 def test_step_from_t_0_is_euler(method):
-    """At t = 0 (lambda = -inf) the first-order step is its limit e^{-h} = 0: Euler."""
+    """At t = 0 (lambda = -inf) the first predicted point is the first-order step's limit
+    e^{-h} = 0: Euler (UniC corrects it once the next step has evaluated there)."""
     field, noise = gaussian_field(), gaussian_noise()
     seen = []
     grid = torch.linspace(0, 1, 9, dtype=torch.float64)
     sample(field, noise, method, grid=grid, nfe=None, callback=seen.append)
     velocity = field(noise, torch.zeros(noise.shape[0], dtype=torch.float64))
     torch.testing.assert_close(seen[0]["x"], noise + 0.125 * velocity, rtol=0, atol=1e-14)
+
+
+class LinearPrediction(nn.Module):
+    """A prediction of the start linear in t at every x: from t = 0 the data prediction
+    ``x + (1 - t) u = c + a t``; from t = 1 (``from_data``) the noise prediction
+    ``x - t u = c + a (1 - t)``. Exact flows from ``int (c + a tau) / (1 - tau)^2 d tau``::
+
+        x_t = (1 - t) x_0 + t c + a (t + (1 - t) log(1 - t))       (from t = 0)
+        x_t = t x_1 + (1 - t) c + a (1 - t + t log t)              (from t = 1)
+    """
+
+    def __init__(self, from_data: bool) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(8)
+        self.c, self.a = torch.randn(2, 5, generator=generator, dtype=torch.float64)
+        self.from_data = from_data
+
+    def forward(self, x, t):
+        t = t.to(x.dtype)[:, None]
+        if self.from_data:
+            return (x - self.c - self.a * (1 - t)) / t
+        return (self.c + self.a * t - x) / (1 - t)
+
+    def flow(self, start, t: float):
+        d = 1 - t if self.from_data else t
+        log_term = (1 - d) * math.log1p(-d) if d < 1 else 0.0
+        return (1 - d) * start + d * self.c + self.a * (d + log_term)
+
+
+def endpoint_grid(from_data: bool, times: list[float]) -> torch.Tensor:
+    grid = torch.tensor(times, dtype=torch.float64)
+    return 1 - grid if from_data else grid
+
+
+@pytest.mark.parametrize("from_data", [False, True], ids=["from-t0", "from-t1"])
+@pytest.mark.parametrize("method", ["unipc_bh1_2", "unipc_bh2_2", "unipc_bh2_3"])
+def test_corrected_first_step_from_an_endpoint_is_exact_for_a_linear_prediction(method, from_data):
+    """UniC from the endpoint interpolates the prediction linearly in t between the endpoint
+    and the point the next step evaluates: exact here, ``(1 - t) x_0 + t m_0 + (m_t - m_0)
+    (1 + (1 - t) log(1 - t) / t)``; the second step, UniP through the endpoint's point in t,
+    is exact from there. UniP alone (Euler first step) is not."""
+    field = LinearPrediction(from_data)
+    start = torch.randn(4, 5, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    grid = endpoint_grid(from_data, [0.0, 0.3, 0.7])
+    exact_end = field.flow(start, float(grid[-1]))
+    corrected = sample(field, start, method, grid=grid, nfe=None).samples
+    options = {"corrector": False}
+    plain = sample(field, start, method, grid=grid, nfe=None, solver_options=options).samples
+    torch.testing.assert_close(corrected, exact_end, rtol=0, atol=1e-12)
+    assert (plain - exact_end).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("from_data", [False, True], ids=["from-t0", "from-t1"])
+def test_second_2m_step_uses_the_endpoint_point_in_t(from_data):
+    """2M's second step extrapolates the prediction in t through the endpoint's evaluation:
+    exact for a linear prediction, so the only error left is the Euler first step's, carried
+    by the exact factor ``(1 - t_2) / (1 - t_1)`` (``t_2 / t_1`` from t = 1)."""
+    field = LinearPrediction(from_data)
+    start = torch.randn(4, 5, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    grid = endpoint_grid(from_data, [0.0, 0.25, 0.6])
+    first = sample(field, start, "dpmpp_1", grid=grid[:2], nfe=None).samples
+    first_error = first - field.flow(start, float(grid[1]))
+    carried = (0.4 / 0.75) * first_error
+    result = sample(field, start, "dpmpp_2m", grid=grid, nfe=None).samples
+    torch.testing.assert_close(
+        result - field.flow(start, float(grid[2])), carried, rtol=0, atol=1e-12
+    )
+    assert first_error.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("field_name", sorted(FIELDS))
+@pytest.mark.parametrize("from_data", [False, True], ids=["from-t0", "from-t1"])
+def test_corrected_first_step_is_second_order_locally_at_no_cost(field_name, from_data):
+    """Two steps h from an endpoint with UniPC-2: the corrected first step and the t-linear
+    predictor after it each err by O(h^3), so the error falls as h^3 (UniP alone: h^2, the
+    Euler step's); both spend 2 evaluations."""
+    make_field, make_noise = FIELDS[field_name]
+    field, noise = make_field(), make_noise()
+    widths = [0.04, 0.02, 0.01, 0.005]
+    orders = {}
+    for corrector in (True, False):
+        errors = []
+        for width in widths:
+            grid = endpoint_grid(from_data, [0.0, width, 2 * width])
+            start = field.flow(noise, float(grid[0]))
+            options = {"corrector": corrector}
+            result = sample(
+                field, start, "unipc_bh2_2", grid=grid, nfe=None, solver_options=options
+            )
+            assert result.nfe == 2
+            errors.append((result.samples - field.flow(noise, float(grid[-1]))).abs().max().item())
+        orders[corrector] = slope(errors, [round(1 / w) for w in widths])
+    assert abs(orders[True] - 3) <= 0.3 and abs(orders[False] - 2) <= 0.3, orders
+
+
+@pytest.mark.parametrize("rho", [1e-6, 0.1, 0.4999, 0.5, 0.9, 1 - 1e-9, 1.0])
+def test_time_moments_match_quadrature(rho):
+    """``M_k = (1 - rho) rho int_0^1 v^k / (1 - rho v)^2 dv`` on both sides of the series /
+    recurrence switch and at t = 1 (``M_k = 1``), against Gauss-Legendre quadrature after
+    ``w = (1 - rho) / (1 - rho v)``, which turns it into ``int_{1 - rho}^1 v(w)^k dw``, taken
+    uniform in ``log w``."""
+    moments = multistep_module._time_moments(rho, 4)
+    if rho == 1.0:
+        np.testing.assert_array_equal(moments, np.ones(4))
+        return
+    nodes, weights = np.polynomial.legendre.leggauss(200)
+    half_length = -0.5 * math.log1p(-rho)
+    w = np.exp(half_length * (nodes - 1))
+    v = (1 - (1 - rho) / w) / rho
+    expected = [half_length * np.sum(weights * v**k * w) for k in range(4)]
+    np.testing.assert_allclose(moments, expected, rtol=1e-10)
 
 
 @pytest.mark.parametrize("method", NEW_SAMPLERS)
