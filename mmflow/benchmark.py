@@ -3,8 +3,10 @@
 Every row integrates ``dx/dt = u(x, t)`` from the same noise with one *method* at one budget:
 
 - an mmflow sampler (``euler``, ``heun``, ``dpmpp_2m``, ``unipc_bh2_2`` ...) on a time grid:
-  ``uniform``, ``shifted`` (SD3's shift, ``t' = t / (s - (s - 1) t)``) or ``boss`` (BOSS, the
-  Euler-optimal grid for the model, :mod:`mmflow.sampling.boss`);
+  ``uniform``, ``shifted`` (SD3's shift, ``t' = t / (s - (s - 1) t)``), ``boss`` (BOSS, the
+  Euler-optimal grid for the model, :mod:`mmflow.sampling.boss`) or, in field mode,
+  ``optimised`` (the grid fitted to that sampler and NFE on separate noise,
+  :mod:`mmflow.sampling.grid_search`);
 - a diffusers scheduler (FlowMatchEuler, DPM-Solver++ 2M/3M, UniPC; flow sigmas, flow
   prediction) on the same velocity model through :mod:`mmflow.sampling.diffusers_schedulers`
   (``sigma = 1 - t``, ``v = -u``), on our grid where its ``set_timesteps`` takes sigmas, and on
@@ -62,6 +64,7 @@ from mmflow.sampling.diffusers_schedulers import (
     require_diffusers,
     sample_diffusers,
 )
+from mmflow.sampling.grid_search import endpoint_mse, optimized_grid
 from mmflow.timesteps import shifted_grid, uniform_grid
 
 DEFAULT_NFES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
@@ -73,11 +76,15 @@ REFERENCE_TOLERANCE = 1e-10
 REFERENCE_RK4_STEPS = 1024
 BOSS_MAX_STEPS = 128
 BOSS_SAMPLES = 128
+OPTIMISED_SAMPLES = 2048
+OPTIMISED_EVALS = 800
+OPTIMISED_NFES: tuple[int, ...] = (8, 16)
+OPTIMISED_SEED_OFFSET = 1_000_003
 NON_FINITE = "non-finite samples"
 SAME_ALGORITHM = {"flow_euler": "euler"}
 
 KINDS = ("mmflow", "diffusers", "adaptive")
-GRIDS = ("uniform", "shifted", "boss", "default")
+GRIDS = ("uniform", "shifted", "boss", "optimised", "default")
 
 
 # ----------------------------------------------------------------------------- methods
@@ -91,7 +98,8 @@ class Method:
         kind: "mmflow" (a registered sampler), "diffusers" (a scheduler in
             ``DIFFUSERS_SCHEDULERS``) or "adaptive" (a torchdiffeq adaptive method).
         name: the sampler, scheduler or adaptive method.
-        grid: "uniform", "shifted" (with ``shift``), "boss", or for diffusers "default" (the
+        grid: "uniform", "shifted" (with ``shift``), "boss", for mmflow "optimised" (fitted to
+            the sampler and NFE, :class:`FittedGrids`), or for diffusers "default" (the
             scheduler's own schedule, shifted by ``shift``).
         shift: SD3's shift ``s`` of a "shifted" or "default" grid.
         tolerance: ``rtol = atol`` of an adaptive method.
@@ -110,6 +118,8 @@ class Method:
             raise ValueError(f"`grid` must be one of {GRIDS}, got {self.grid!r}")
         if self.grid == "default" and self.kind != "diffusers":
             raise ValueError("grid 'default' (a scheduler's own schedule) is for diffusers rows")
+        if self.grid == "optimised" and self.kind != "mmflow":
+            raise ValueError("grid 'optimised' (fitted to an mmflow sampler) is for mmflow rows")
         if (self.kind == "adaptive") != (self.tolerance is not None):
             raise ValueError("an adaptive method needs a `tolerance`, and only it takes one")
 
@@ -247,11 +257,19 @@ class TimeGrids:
 
     BOSS grids need ``boss_costs``, the ``[K_max + 1, K_max + 1]`` Euler jump costs of
     :func:`mmflow.sampling.boss.boss_cost_matrix` for the model; each step count is then one
-    Bellman path through the same matrix.
+    Bellman path through the same matrix. Optimised grids need ``fitted``
+    (:class:`FittedGrids`), asked through :meth:`optimised`.
     """
 
-    def __init__(self, boss_costs: Tensor | None = None) -> None:
+    def __init__(self, boss_costs: Tensor | None = None, fitted: FittedGrids | None = None) -> None:
         self.boss_costs = boss_costs
+        self.fitted = fitted
+
+    def optimised(self, sampler: str, nfe: int) -> Tensor:
+        """The grid fitted to ``sampler`` at ``nfe``."""
+        if self.fitted is None:
+            raise ValueError("no `optimised` grid here (it needs FittedGrids for the model)")
+        return self.fitted(sampler, nfe)
 
     def __call__(self, grid: str, shift: float, steps: int) -> Tensor:
         if grid == "uniform":
@@ -300,7 +318,10 @@ def run_method(
         raise ValueError(f"NFE {nfe}: {reason}")
     if method.kind == "diffusers" and method.grid == "default":
         return sample_diffusers(model, noise, method.name, nfe, shift=method.shift, **model_kwargs)
-    times = grids(method.grid, method.shift, steps)
+    if method.grid == "optimised":
+        times = grids.optimised(method.name, nfe)
+    else:
+        times = grids(method.grid, method.shift, steps)
     if method.kind == "diffusers":
         return sample_diffusers(model, noise, method.name, nfe, grid=times, **model_kwargs)
     return sample(model, noise, method=method.name, nfe=nfe, grid=times, **model_kwargs)
@@ -552,6 +573,62 @@ def field_sweep(
     return rows
 
 
+class FittedGrids:
+    """Time grids fitted per (sampler, NFE) to a field on a fit batch of noise kept apart from
+    the evaluation noise, so that rows on them are scored on held-out samples.
+
+    Each grid minimises the fit batch's endpoint error
+    ``L = 1 / (N D) sum_n ||Phi(x0_n; t) - x1_n||^2`` (:func:`optimized_grid`, Nelder-Mead,
+    at most ``max_evals`` x NFE model calls), started from the candidate grid of lowest ``L``:
+    uniform, SD3-shifted by each of ``shifts``, and BOSS where ``candidates`` has its costs.
+    ``seconds`` records each fit's wall time (the start's selection included).
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., Tensor],
+        noise: Tensor,
+        reference: Tensor,
+        candidates: TimeGrids,
+        shifts: Sequence[float] = FIELD_SHIFTS,
+        max_evals: int = OPTIMISED_EVALS,
+    ) -> None:
+        self.model, self.noise, self.reference = model, noise, reference
+        self.candidates, self.shifts, self.max_evals = candidates, list(shifts), max_evals
+        self.grids: dict[tuple[str, int], Tensor] = {}
+        self.seconds: dict[str, float] = {}
+
+    def _fit_loss(self, sampler: str, times: Tensor) -> float:
+        result = sample(self.model, self.noise, method=sampler, nfe=None, grid=times)
+        return endpoint_mse(result.samples, self.reference)
+
+    def _start(self, sampler: str, steps: int) -> Tensor:
+        names = [("uniform", 1.0), *(("shifted", s) for s in self.shifts)]
+        if self.candidates.boss_costs is not None and steps <= BOSS_MAX_STEPS:
+            names.append(("boss", 1.0))
+        grids = [self.candidates(grid, shift, steps) for grid, shift in names]
+        return min(grids, key=lambda times: self._fit_loss(sampler, times))
+
+    def __call__(self, sampler: str, nfe: int) -> Tensor:
+        if (sampler, nfe) not in self.grids:
+            start_time = time.perf_counter()
+            steps, reason = steps_or_reason(Method("mmflow", sampler), nfe)
+            if steps is None:
+                raise ValueError(f"NFE {nfe}: {reason}")
+            self.grids[sampler, nfe] = optimized_grid(
+                self.model,
+                self.noise,
+                sampler,
+                nfe,
+                reference=self.reference,
+                init=self._start(sampler, steps),
+                max_evals=self.max_evals,
+                cache=False,
+            )
+            self.seconds[f"{sampler}@{nfe}"] = time.perf_counter() - start_time
+        return self.grids[sampler, nfe]
+
+
 @dataclass
 class FieldBenchmark:
     """Rows of an analytic-field benchmark and what they were measured against."""
@@ -569,10 +646,18 @@ def field_benchmark(
     shifts: Sequence[float] = FIELD_SHIFTS,
     tolerances: Sequence[float] = DEFAULT_TOLERANCES,
     seed: int = 0,
+    optimised_samplers: Sequence[str] = (),
+    optimised_nfes: Sequence[int] = OPTIMISED_NFES,
+    optimised_evals: int = OPTIMISED_EVALS,
 ) -> FieldBenchmark:
     """The whole analytic-field comparison: the field, seeded noise, the reference endpoints,
     BOSS grids fitted on a separate noise batch (RK4 reference trajectories, ``K_max = 128``),
-    and :func:`field_sweep` over :func:`field_methods`."""
+    and :func:`field_sweep` over :func:`field_methods`.
+
+    ``optimised_samplers`` add rows on grids fitted to each of them at each of
+    ``optimised_nfes`` (:class:`FittedGrids`, at most ``optimised_evals`` objective
+    evaluations) on ``OPTIMISED_SAMPLES`` noises drawn from the seed
+    ``seed + OPTIMISED_SEED_OFFSET``: the evaluation noise stays held out."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}")
     field_model = get_field(name)
@@ -583,13 +668,32 @@ def field_benchmark(
     methods = field_methods(samplers, schedulers, shifts, tolerances)
     reference, check = reference_endpoints(field_model, noise)
     _, costs = boss_cost_matrix(field_model, boss_noise, BOSS_MAX_STEPS, reference="rk4")
-    rows = field_sweep(field_model, noise, reference, methods, nfes, TimeGrids(costs))
+    grids = TimeGrids(costs)
+    rows = field_sweep(field_model, noise, reference, methods, nfes, grids)
+    optimised_context = None
+    if optimised_samplers:
+        fit_generator = torch.Generator().manual_seed(seed + OPTIMISED_SEED_OFFSET)
+        fit_noise = torch.randn(OPTIMISED_SAMPLES, *shape, generator=fit_generator, dtype=dtype)
+        fit_reference, _ = reference_endpoints(field_model, fit_noise)
+        grids.fitted = FittedGrids(
+            field_model, fit_noise, fit_reference, TimeGrids(costs), shifts, optimised_evals
+        )
+        optimised = [Method("mmflow", name, "optimised") for name in optimised_samplers]
+        rows += field_sweep(field_model, noise, reference, optimised, optimised_nfes, grids)
+        optimised_context = {
+            "samples": OPTIMISED_SAMPLES,
+            "seed": seed + OPTIMISED_SEED_OFFSET,
+            "max_evals": optimised_evals,
+            "start": "best of uniform, shifted and BOSS grids on the fit noise",
+            "fit_seconds": grids.fitted.seconds,
+        }
     context = {
         "field": name,
         "data": f"{num_samples} noise samples, seed {seed}, {tuple(shape)} float64",
         "metric_names": {ENDPOINT_METRIC: "endpoint RMSE vs reference"},
         "reference": check,
         "boss": {"max_steps": BOSS_MAX_STEPS, "samples": BOSS_SAMPLES, "reference": "rk4"},
+        "optimised": optimised_context,
         "note": "diffusers' schedulers step in float32 whatever the input dtype",
     }
     return FieldBenchmark(rows, context)

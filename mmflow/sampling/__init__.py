@@ -5,18 +5,19 @@
 
 Importing this package registers every named sampler (ODE solvers and Euler–Maruyama).
 Modules: ``solvers`` (Euler, Heun, midpoint, RK4), ``multistep`` (DPM-Solver++, UniPC),
-``sde`` (Euler–Maruyama, linear -> VP), ``adaptive`` (torchdiffeq), ``boss`` (optimised time
-grids), ``guidance`` (CFG, loss guidance), ``inverse`` (linear inverse problems),
-``inversion`` (data -> noise), ``likelihood`` (change of variables), ``search``
-(best-of-N, SMC, rollover budget forcing), ``diffusers_schedulers`` (diffusers' schedulers on
-an mmflow velocity model, for comparisons; needs diffusers), ``analytic`` (closed-form fields
-for tests).
+``sde`` (Euler–Maruyama, linear -> VP), ``adaptive`` (torchdiffeq), ``boss`` (Bellman-optimal
+Euler grids), ``grid_search`` (grids optimised for a given sampler), ``guidance`` (CFG, loss
+guidance), ``inverse`` (linear inverse problems), ``inversion`` (data -> noise),
+``likelihood`` (change of variables), ``search`` (best-of-N, SMC, rollover budget forcing),
+``diffusers_schedulers`` (diffusers' schedulers on an mmflow velocity model, for comparisons;
+needs diffusers), ``analytic`` (closed-form fields for tests).
 """
 
 from mmflow.sampling.adaptive import sample_adaptive
 from mmflow.sampling.analytic import GaussianLinearFlow, GaussianMixtureFlow, RiccatiFlow
 from mmflow.sampling.boss import boss_grid
 from mmflow.sampling.diffusers_schedulers import DIFFUSERS_SCHEDULERS, sample_diffusers
+from mmflow.sampling.grid_search import optimized_grid
 from mmflow.sampling.guidance import (
     ClassifierFreeGuidance,
     concat_conditions,
@@ -87,6 +88,7 @@ __all__ = [
     "invert",
     "linear_to_vp",
     "log_likelihood",
+    "optimized_grid",
     "plan_grid",
     "register_sampler",
     "rollover_budget_forcing",
