@@ -265,18 +265,15 @@ def optimized_grid(
     start = _initial_grid(init, method, nfe, options)
     if fingerprint is None and isinstance(model, nn.Module):
         fingerprint = model_fingerprint(model)
-    if not cache or fingerprint is None:
+
+    def fit() -> Tensor:
         return _fit(
-            model,
-            noise,
-            method,
-            start,
-            options,
-            max_evals,
-            reference,
-            reference_tolerance,
+            model, noise, method, start, options, max_evals, reference, reference_tolerance,
             model_kwargs,
-        )
+        )  # fmt: skip
+
+    if not cache or fingerprint is None:
+        return fit()
     fields = {
         "format": CACHE_FORMAT,
         "model": fingerprint,
@@ -296,17 +293,7 @@ def optimized_grid(
     if key not in _memory_cache and path.exists():
         _remember(key, _read_cached_times(path, start.numel() - 1))
     if key not in _memory_cache:
-        times = _fit(
-            model,
-            noise,
-            method,
-            start,
-            options,
-            max_evals,
-            reference,
-            reference_tolerance,
-            model_kwargs,
-        )
+        times = fit()
         write_json(path, {**fields, "times": times.tolist()})
         _remember(key, times.tolist())
     _memory_cache.move_to_end(key)
