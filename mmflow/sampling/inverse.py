@@ -408,6 +408,7 @@ def _check_common(
     measurement: Tensor,
     x: Tensor,
     noise_std: float,
+    data_std: float,
     noise_estimate: str,
     eta: float,
 ) -> None:
@@ -419,6 +420,8 @@ def _check_common(
         )
     if noise_std < 0:
         raise ValueError(f"`noise_std` must be >= 0, got {noise_std}")
+    if data_std <= 0:
+        raise ValueError(f"`data_std` must be positive, got {data_std}")
     if noise_estimate not in NOISE_ESTIMATES:
         raise ValueError(
             f"`noise_estimate` must be one of {NOISE_ESTIMATES}, got {noise_estimate!r}"
@@ -523,9 +526,7 @@ def sample_range_null_space(
         final_projection: end on ``||A x - y|| <= sigma_y sqrt(m)``.
     """
     _check_increasing(ts)
-    _check_common(operator, measurement, x, noise_std, noise_estimate, eta)
-    if data_std <= 0:
-        raise ValueError(f"`data_std` must be positive, got {data_std}")
+    _check_common(operator, measurement, x, noise_std, data_std, noise_estimate, eta)
 
     def correct(data: Tensor, t: Tensor) -> Tensor:
         damping = noise_std**2 / posterior_variance(t, data_std)
@@ -571,9 +572,7 @@ def sample_gradient_consistency(
     used, so it also suits operators whose inverse is expensive.
     """
     _check_increasing(ts)
-    _check_common(operator, measurement, x, noise_std, noise_estimate, eta)
-    if data_std <= 0:
-        raise ValueError(f"`data_std` must be positive, got {data_std}")
+    _check_common(operator, measurement, x, noise_std, data_std, noise_estimate, eta)
     if not 0.0 < step_size < 2.0:
         raise ValueError(f"`step_size` must be in (0, 2), got {step_size}")
     if gradient_steps < 1:
