@@ -55,6 +55,7 @@ from mmflow.sampling.search import (
     SearchResult,
     SMCResult,
     best_of_n,
+    rbf_time_grid,
     rollover_budget_forcing,
     smc,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "log_likelihood",
     "optimized_grid",
     "plan_grid",
+    "rbf_time_grid",
     "register_sampler",
     "rollover_budget_forcing",
     "sample",

@@ -33,9 +33,21 @@ The SDE is the one of :mod:`mmflow.sampling.sde` (same marginals as the flow's O
 
     dX = [u + eps(t) s] dt + sqrt(2 eps(t)) dW,      s = path.velocity_to_score(u, x, t),
 
-stepped by Euler-Maruyama with a deterministic last step; the default diffusion is Kim et al.'s
-``g = 3 (1 - t)^2``, i.e. ``diffusion="square", diffusion_scale=3``. With a
-:func:`mmflow.sampling.sde.linear_to_vp` model pass ``path=converted.target`` (their VP-SDE).
+stepped by Euler-Maruyama with a deterministic last step, the DDIM step
+``x_N = alpha(t_N) x1_hat + sigma(t_N) x0_hat`` (the Euler step on the linear path, the data
+estimate ``x1_hat`` on any path ending at ``t_N = 1``). The default diffusion is Kim et al.'s
+``g = 3 (1 - t)^2``, i.e. ``diffusion="square", diffusion_scale=3``.
+
+**Kim et al.'s headline setting (VP-SDE + RBF)** runs on the re-timed model of
+:func:`mmflow.sampling.sde.linear_to_vp` over their grid :func:`rbf_time_grid`; SMC and RBF
+take the path of a :class:`~mmflow.interpolants.ConvertedVelocity` (``converted.target``) by
+default, so the score, diffusion and data estimates are the VP path's::
+
+    converted = linear_to_vp(model)
+    x_bar = noise_to_target_start(converted, x0)
+    result = rollover_budget_forcing(converted, x_bar, rbf_time_grid(10), reward, budget=320)
+
+The chosen samples are data (``s_1 = 1`` at the end of the VP grid).
 """
 
 from __future__ import annotations
@@ -49,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmflow.interpolants import AffinePath
+from mmflow.interpolants import AffinePath, ConvertedVelocity, LinearPath
 from mmflow.sampling.registry import get_sampler, sample
 from mmflow.sampling.sde import _euler_maruyama_step, _step_diffusions, resolve_path
 from mmflow.sampling.solvers import VelocityModel, _batched_time
@@ -350,6 +362,42 @@ def _as_column(values: Tensor, like: Tensor) -> Tensor:
     return values.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def _model_path(model: VelocityModel, path: AffinePath | str | None) -> AffinePath:
+    """``path``, or by default the path ``model`` follows: a converted model's target, else linear."""
+    if path is not None:
+        return resolve_path(path)
+    return model.target if isinstance(model, ConvertedVelocity) else LinearPath()
+
+
+def _deterministic_step(
+    x: Tensor, velocity: Tensor, t: Tensor, t_next: Tensor, path: AffinePath
+) -> Tensor:
+    """DDIM step ``x' = alpha(t') x1_hat + sigma(t') x0_hat`` with both estimates at ``t``.
+
+    For the linear path it is the Euler step ``x + (t' - t) u`` (notes §0); at ``t' = 1`` it is
+    the data estimate ``x1_hat`` on any path, where an Euler step of a VP velocity is not.
+    """
+    data = path.velocity_to_data(velocity, x, t)
+    noise = path.velocity_to_noise(velocity, x, t)
+    return path.alpha(t_next) * data + path.noise_scale(t_next) * noise
+
+
+def rbf_time_grid(steps: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Kim et al.'s ``time_schedule: exp`` grid in our time: ``t_i = 1 - sqrt(1 - (i / N)^2)``.
+
+    Their code steps a query time uniformly, ``q = 1 - i / N`` (Flux time, 1 = noise), and
+    evaluates the (converted) model at ``sigma = sqrt(1 - (1 - q)^2)``, i.e. our
+    ``t = 1 - sigma``: steps are short at the noise end and long near the data
+    (``N = 10``: 0, .005, .020, .046, .083, .134, .200, .286, .400, .564, 1). RBF's search
+    ends at ``t_{N-1} = 1 - sqrt(2 / N - 1 / N^2)`` and returns the data estimate from there.
+    With a :func:`mmflow.sampling.sde.linear_to_vp` model the times are VP-path times (their
+    VP-SDE setting), with the model itself linear-path times (their linear-SDE setting).
+    """
+    _check_positive_int(steps, "steps")
+    fraction = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    return (1 - torch.sqrt(1 - fraction**2)).to(dtype)
+
+
 # -- best-of-N -------------------------------------------------------------------------------
 
 
@@ -461,7 +509,7 @@ def smc(
     resampling: str = "systematic",
     diffusion: Diffusion = KIM_DIFFUSION,
     diffusion_scale: float = KIM_DIFFUSION_SCALE,
-    path: AffinePath | str = "linear",
+    path: AffinePath | str | None = None,
     generator: torch.Generator | None = None,
     reward_kwargs: dict[str, Any] | None = None,
     **model_kwargs: Any,
@@ -471,7 +519,8 @@ def smc(
     ``K = floor(budget / N)`` particles per prompt for an ``N``-step grid (``nfe = K N``).
     At step ``i`` every particle is evaluated once, ``u_i = u(x_i, t_i)``, and scored on its
     data estimate ``r_i = r(x1_hat(x_i, t_i))`` (the last step scores the final sample
-    ``x_N = x_{N-1} + h u_{N-1}`` itself). The weights take the Feynman-Kac "difference"
+    itself, the DDIM step ``x_N = alpha(t_N) x1_hat + sigma(t_N) x0_hat``, which is
+    ``x_{N-1} + h u_{N-1}`` on the linear path). The weights take the Feynman-Kac "difference"
     potential of FK steering (Singhal et al. 2025), ``r_{-1} = 0``:
 
         log w_i = log w_{i-1} + lambda (r_i - r_{i-1}).
@@ -493,15 +542,18 @@ def smc(
         reward_scale: ``lambda >= 0``; 0 gives plain Euler-Maruyama particles.
         ess_threshold: resample when the ESS falls below this fraction of ``K``.
         resampling: ``"systematic"`` or ``"multinomial"``.
-        diffusion, diffusion_scale, path: the SDE (see
+        diffusion, diffusion_scale: the SDE (see
             :func:`mmflow.sampling.sde.sample_euler_maruyama`).
+        path: the path of ``model``'s velocity (score, diffusion and data estimates); by
+            default ``model.target`` for a :class:`~mmflow.interpolants.ConvertedVelocity`,
+            else the linear path.
         generator: initial noises, Brownian increments and resampling.
         (others: see :func:`best_of_n`)
     """
     _check_prompts(x0)
     resampler = _check_smc(reward_scale, ess_threshold, resampling)
     ts = _search_grid(ts, x0)
-    path = resolve_path(path)
+    path = _model_path(model, path)
     steps = len(ts) - 1
     particles = _check_budget(budget, steps, f"one evaluation per particle and step, {steps} steps")
     eps = _step_diffusions(diffusion, ts, path, diffusion_scale)
@@ -517,7 +569,7 @@ def smc(
             h = ts[i + 1] - ts[i]
             u = counter(x, _batched_time(ts[i], x), **kwargs)
             if i == steps - 1:
-                x = x + h * u
+                x = _deterministic_step(x, u, ts[i], ts[i + 1], path)
                 rewards = scorer(x, particles)
             else:
                 rewards = scorer(path.velocity_to_data(u, x, ts[i]), particles)
@@ -675,7 +727,7 @@ def rollover_budget_forcing(
     initial_particles: int = KIM_INITIAL_PARTICLES,
     diffusion: Diffusion = KIM_DIFFUSION,
     diffusion_scale: float = KIM_DIFFUSION_SCALE,
-    path: AffinePath | str = "linear",
+    path: AffinePath | str | None = None,
     generator: torch.Generator | None = None,
     reward_kwargs: dict[str, Any] | None = None,
     **model_kwargs: Any,
@@ -683,8 +735,9 @@ def rollover_budget_forcing(
     """Rollover budget forcing (Kim et al. 2025): a greedy SDE search with an adaptive quota.
 
     For an ``N``-step grid, ``M = N - 1`` stochastic transitions ``t_j -> t_{j+1}``
-    (``j < N - 1``) are searched; the last step ``t_{N-1} -> t_N`` is the deterministic Euler
-    step, which for the linear path ending at 1 is the data estimate ``x1_hat``:
+    (``j < N - 1``) are searched; the last step ``t_{N-1} -> t_N`` is the deterministic DDIM
+    step, which for a grid ending at 1 is the data estimate ``x1_hat`` (the reference code
+    returns this Tweedie estimate of the last transition's best proposal):
 
     1. ``initial_particles = K0`` noises per prompt are evaluated at ``t_0`` (``K0``
        evaluations); the one with the best ``r(x1_hat)`` starts the chain and sets the running
@@ -698,7 +751,7 @@ def rollover_budget_forcing(
        over to the next transition. If the quota runs out first, the chain moves to the
        transition's best proposal (``r*`` is kept, as in the reference ``rbf/rbf.py``).
     4. On the last transition the chain keeps proposing until the budget is spent; the result
-       is its best proposal, finished by the Euler step to ``t_N``.
+       is its best proposal, finished by the DDIM step to ``t_N``.
 
     A transition takes between 1 and its allowance of proposals, the last one at least ``q``,
     and ``nfe = budget`` exactly; ``RBFResult.proposals`` shows the allocation. Proposals are
@@ -707,7 +760,9 @@ def rollover_budget_forcing(
     transitions, else all proposals of a transition coincide. When ``r(x1_hat)`` rises along
     the path (sharper estimates score higher), early proposals are accepted at once and most of
     the budget rolls over to the last transition, where a diffusion vanishing at t = 1 (the
-    default) leaves little to choose from.
+    default) leaves little to choose from on a uniform grid. Kim et al.'s grid
+    (:func:`rbf_time_grid`) ends the search early (VP time 0.56 for ``N = 10``), where
+    proposals still differ, and returns the data estimate from there.
 
     Args:
         initial_particles: ``K0``; Kim et al. use 25 with a budget of 500.
@@ -718,7 +773,7 @@ def rollover_budget_forcing(
     ts = _search_grid(ts, x0)
     if len(ts) < 3:
         raise ValueError(f"`ts` needs at least 2 steps for a search, got {len(ts) - 1}")
-    path = resolve_path(path)
+    path = _model_path(model, path)
     transitions = len(ts) - 2
     needed = initial_particles + transitions
     _check_budget(budget, needed, f"{initial_particles} initial particles + 1 per transition")
@@ -741,7 +796,7 @@ def rollover_budget_forcing(
             _advance(chain, proposal, velocity, rewards, transitions - 1, quota)
             seen = torch.maximum(seen, rewards)
             trajectory.append(seen)
-        samples = chain.stage_x + (ts[-1] - ts[-2]) * chain.stage_velocity
+        samples = _deterministic_step(chain.stage_x, chain.stage_velocity, ts[-2], ts[-1], path)
         final_rewards = scorer(samples, 1)[:, 0]
     return RBFResult(
         samples=samples,
@@ -772,6 +827,7 @@ __all__ = [
     "best_of_n",
     "effective_sample_size",
     "multinomial_resample",
+    "rbf_time_grid",
     "rollover_budget_forcing",
     "smc",
     "systematic_resample",

@@ -22,7 +22,7 @@ from torch import nn
 
 from mmflow.sampling import sample
 from mmflow.sampling.analytic import GaussianLinearFlow
-from mmflow.sampling.sde import diffusion_coefficient
+from mmflow.sampling.sde import diffusion_coefficient, linear_to_vp, noise_to_target_start
 from mmflow.sampling.search import (
     ClassLogProbability,
     _advance,
@@ -30,6 +30,7 @@ from mmflow.sampling.search import (
     best_of_n,
     effective_sample_size,
     multinomial_resample,
+    rbf_time_grid,
     rollover_budget_forcing,
     smc,
     systematic_resample,
@@ -389,6 +390,50 @@ def test_rbf_needs_two_steps_and_a_positive_initial_particle_count():
         rollover_budget_forcing(field, noise(2), grid(1), closeness(0.0), 10, initial_particles=2)
     with pytest.raises(ValueError, match="initial_particles"):
         rollover_budget_forcing(field, noise(2), grid(4), closeness(0.0), 10, initial_particles=0)
+
+
+# -- Kim et al.'s VP setting -----------------------------------------------------------------
+
+
+def test_rbf_time_grid_is_kims_exp_schedule_in_our_time():
+    # Their query time q = 1 - i/10 (Flux time) gives sigma = sqrt(1 - (1 - q)^2); ours is 1 - sigma.
+    ts = rbf_time_grid(10, DTYPE)
+    query = 1 - torch.arange(11, dtype=DTYPE) / 10
+    assert torch.allclose(ts, 1 - torch.sqrt(1 - (1 - query) ** 2), rtol=0, atol=1e-15)
+    assert ts[0].item() == 0.0 and ts[-1].item() == 1.0
+    assert ts[9].item() == pytest.approx(1 - math.sqrt(0.19), abs=1e-15)  # 0.564: search ends here
+    assert bool((ts.diff() > 0).all()) and bool((ts.diff().diff() > 0).all())
+    with pytest.raises(ValueError, match="steps"):
+        rbf_time_grid(0)
+
+
+def vp_posterior_mean(x_bar, r, mean, std, path):
+    """``E[x1 | x_bar_r]`` on the VP path for ``x1 ~ N(mean, std^2)``: the exact data estimate."""
+    alpha, sigma = path.alpha(r), path.noise_scale(r)
+    return mean + alpha * std**2 / (alpha**2 * std**2 + sigma**2) * (x_bar - alpha * mean)
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        (rollover_budget_forcing, {"initial_particles": 1}),
+        (smc, {"reward_scale": 0.0}),
+    ],
+)
+def test_search_on_a_vp_converted_model_ends_at_the_exact_data_estimate(method, options):
+    # With no diffusion the chain is Euler on the VP-converted field up to t_{N-1}; the final
+    # step must be the data estimate there (the DDIM step to t_N = 1), not an Euler step.
+    mean, std = torch.tensor([1.5], dtype=DTYPE), torch.tensor([0.5], dtype=DTYPE)
+    converted = linear_to_vp(GaussianLinearFlow(mean, std))
+    ts, x_bar = rbf_time_grid(4, DTYPE), noise_to_target_start(converted, noise(3))
+    result = method(
+        converted, x_bar, ts, zero_reward, 8, diffusion_scale=0.0, generator=seeded(3), **options
+    )
+    chain = sample(converted, x_bar, method="euler", nfe=None, grid=ts[:-1]).samples
+    expected = vp_posterior_mean(chain, ts[-2], mean, std, converted.target)
+    assert torch.allclose(result.samples, expected, rtol=0, atol=1e-9)
+    euler = chain + (ts[-1] - ts[-2]) * converted(chain, ts[-2].expand(3))
+    assert (euler - expected).abs().min() > 0.05
 
 
 # -- resampling ------------------------------------------------------------------------------
