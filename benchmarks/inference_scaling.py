@@ -18,31 +18,52 @@ returns a data estimate from ``t < 1`` returns a smooth average image, which a c
 can score highly. FD-ours is not reported: it uses the reward classifier's own features.
 
 **Methods and why these settings.** Each method runs in the setting that scored best on
-*validation* images (40 images, noise seed 1000, budgets 80/160/320; the reported run uses
-seed 0), so the comparison is not tuned for one method:
+*validation* images (40 images, noise seed 1000, budgets 80/160/320, and 10/20/40 for the
+step counts of ``best_of_n_short`` and ``rbf``; the reported run uses seed 0), so the
+comparison is not tuned for one method:
 
 - ``best_of_n``: Euler ODE, 10 uniform steps (the benchmark's reference sampler).
-- ``best_of_n_short``: Euler ODE, 3 steps: best-of-N's best grid on validation (more
-  candidates, and the last step is the data estimate from t = 2/3, as blurred as RBF's).
-  Validation mean reward at 80/160/320: 3 steps -0.25/-0.05/-0.04, 5 steps -0.49/-0.14/-0.08,
-  10 steps -1.03/-0.46/-0.10.
+- ``best_of_n_short``: Euler ODE, 3 steps from 40 NFE and 2 below: best-of-N's best grid on
+  validation (more candidates, and the last step is the data estimate from t = 2/3, as
+  blurred as RBF's). Validation mean reward at 80/160/320: 3 steps -0.25/-0.05/-0.04,
+  5 steps -0.49/-0.14/-0.08, 10 steps -1.03/-0.46/-0.10; at 10/20/40 (40 images):
+  1 step -5.94/-5.61/-5.06, 2 steps -2.13/-1.26/-0.53, 3 steps -2.35/-1.50/-0.46,
+  4 steps -3.59/-2.19/-0.82.
 - ``smc``: Euler-Maruyama particles on the linear path, ``g = 3 (1 - t)^2``, lambda = 1,
   10 uniform steps (-0.54/-0.10/-0.02; 5 steps -0.37/-0.08/-0.04; on the VP-converted model
-  with Kim et al.'s grid it was worse on a 20-image check, -0.57 at 320).
+  with Kim et al.'s grid it was worse on a 20-image check, -0.57 at 320). Its steps were not
+  tuned below 80 NFE, where 5 steps validate better than 10 (-4.14/-1.38/-0.46 against
+  -5.97/-3.83/-1.17 at 10/20/40).
 - ``rbf``: rollover budget forcing on the linear-path SDE with Kim et al.'s time grid
   (:func:`mmflow.sampling.search.rbf_time_grid`, ``time_schedule: exp``) over 20 steps,
   ``g = 6 (1 - t)^2`` and 5% of the budget as initial particles (Kim et al.: 25 of 500):
   -0.18/-0.00/-0.00. Their grid ends the search at t = 0.69 (20 steps), where proposals
   still differ, instead of spending the rolled-over budget on a last transition at t = 0.9
-  where they barely do (uniform grid, c = 6: -0.42/-0.51/-0.37).
+  where they barely do (uniform grid, c = 6: -0.42/-0.51/-0.37). Below 80 NFE the grid
+  shrinks (next paragraph).
 - ``rbf_kim_vp``: Kim et al.'s headline setting as published: the linear -> VP converted
   model (:func:`mmflow.sampling.sde.linear_to_vp`), their 10-step grid, ``g = 3 (1 - t)^2``,
   5% initial particles (-1.23/-1.03/-0.64). Its search ends at VP time 0.56 (linear
   t = 0.29), so it returns a heavily blurred data estimate. VP with c = 6 reached -0.29 at 320
   and VP over 20 steps -0.34; neither beat the linear path.
 
-RBF needs its budget to pay for several proposals per transition: at 10-40 NFE its 20-step
-grid leaves one or two, and it is the weakest row there; from 80 NFE on it leads or ties.
+**RBF at small budgets.** With one proposal per transition RBF is a single SDE chain with
+nothing to choose, so at 10-40 NFE the 20-step grid made it the weakest row (validation
+-6.71/-5.21/-1.38 at 10/20/40). Its steps follow the budget,
+``steps = clamp(budget // 4, 6, 20)`` (6/6/10 steps at 10/20/40, 20 from 80 NFE on, so the
+80-320 setting is unchanged), and the diffusion scale follows the grid,
+``c = 6 sqrt(steps / 20)`` (:func:`scaled_diffusion`): Euler-Maruyama moves ``x`` by
+``h eps s`` with ``eps = c^2 (1 - t)^4 / 2`` and ``h ~ 1 / steps``, so ``c = 6`` on 4-6 steps
+overshoots (validation -25 to -37 at every budget; the best step count with c = 6 kept gave
+only -6.71/-2.87/-0.94). Validation mean reward at 10/20/40 with the scaled c (40 images,
+seed 1000): 4 steps -2.38/-1.41/-0.90, 6 steps -2.15/-1.53/-0.65, 8 steps -3.66/-1.72/-0.57,
+10 steps -5.40/-1.66/-0.57, 14 steps -5.42/-3.18/-0.71; at 80 NFE 10/14/20 steps gave
+-0.19/-0.18/-0.18. The rule's -2.15/-1.53/-0.57 ties best-of-N's validation rows at 10 and
+trails them slightly at 20 and 40 (within about one standard error). The price is blur: a
+6-step grid ends the search at t = 0.45 (``crisp`` about 0.78 against 0.87 at 20 steps).
+On the reported run (seed 0) RBF still loses at 10 NFE (-2.57 against best_of_n_short's
+-1.88), ties at 20, leads at 40, 80 and 320, and trails smc and best_of_n_short at 160
+within error.
 
 Initial RBF particles are scored on ``x1_hat`` at t = 0, which is nearly the same mean image
 for every noise (a non-distilled flow), so more of them do not help (2% vs 5%: no
@@ -98,6 +119,7 @@ class Row:
 
     method: str
     budget: int
+    steps: int
     nfe: int
     reward: float
     reward_se: float
@@ -127,9 +149,50 @@ def load_check_classifier(path: Path, seed: int) -> nn.Module:
 
 KIM_INITIAL_FRACTION = 25 / 500  # Kim et al.: 25 initial particles of a 500-NFE budget
 KIM_STEPS = 10  # Kim et al.'s FLUX.1-schnell grid
-RBF_STEPS = 20  # chosen on validation images (module docstring)
-RBF_DIFFUSION_SCALE = 6.0  # chosen on validation images (module docstring)
-SHORT_STEPS = 3  # best-of-N's best grid on validation; ends like RBF's at t ~ 0.7
+RBF_STEPS = 20  # most grid steps, reached from 80 NFE on (module docstring)
+RBF_MIN_STEPS = 6  # fewest grid steps, used up to 24 NFE
+RBF_BUDGET_PER_STEP = 4  # steps = clamp(budget // 4, 6, 20), chosen on validation images
+RBF_DIFFUSION_SCALE = 6.0  # c at RBF_STEPS, chosen on validation images (module docstring)
+SHORT_STEPS = 3  # best-of-N's best grid on validation from 40 NFE; ends like RBF's at t ~ 0.7
+SHORT_STEPS_SMALL_BUDGET = 2  # its best grid below SMALL_BUDGET NFE (more candidates)
+SMALL_BUDGET = 40
+
+StepRule = Callable[[int], int]
+
+
+def fixed_steps(steps: int) -> StepRule:
+    """The rule ``steps(budget) = steps`` for a method whose grid does not depend on its budget."""
+    return lambda budget: steps
+
+
+def rbf_steps(budget: int, args: argparse.Namespace) -> int:
+    """RBF's grid steps at ``budget``: ``clamp(budget // k, min_steps, max_steps)``.
+
+    With one proposal per transition RBF is a single SDE chain with no choice to make; ``k = 4``
+    evaluations per step leaves several proposals per transition at 20-40 NFE and keeps the
+    validated 20-step grid from 80 NFE on.
+    """
+    return min(max(budget // args.rbf_budget_per_step, args.rbf_min_steps), args.rbf_steps)
+
+
+def short_steps(budget: int, args: argparse.Namespace) -> int:
+    """``best_of_n_short``'s Euler steps: ``short_steps_small`` below 40 NFE, else ``short_steps``.
+
+    Below 40 NFE two steps give more candidates (5 against 3 at 10 NFE), which beats their
+    blur on validation; from 40 NFE three steps are sharper and enough.
+    """
+    return args.short_steps_small if budget < SMALL_BUDGET else args.short_steps
+
+
+def scaled_diffusion(scale: float, steps: int, reference_steps: int) -> float:
+    """``c' = c sqrt(steps / reference_steps)`` for ``g = c' (1 - t)^2`` on a coarser grid.
+
+    Euler-Maruyama moves ``x`` by ``h eps s`` per step with ``eps = c^2 (1 - t)^4 / 2`` and
+    ``h ~ 1 / steps``; keeping ``c^2 / steps`` fixed keeps the largest ``h eps / Var[x_t]`` of
+    Kim et al.'s grid at the validated 20-step value (0.46). With ``c = 6`` kept on 4-6 steps the
+    steps overshoot and the reward collapses (module docstring).
+    """
+    return scale * (steps / reference_steps) ** 0.5
 
 
 @dataclass(frozen=True)
@@ -138,16 +201,20 @@ class Setting:
 
     ``vp`` runs the search on ``linear_to_vp(model)`` (Kim et al.'s VP-SDE, initial noise mapped
     by ``noise_to_target_start``); ``grid`` is ``"uniform"`` or ``"rbf"`` (Kim et al.'s
-    ``time_schedule: exp``, :func:`rbf_time_grid`, in the path's own time). RBF's initial
-    particles are ``initial_fraction`` of the budget (Kim et al.: 25 of 500).
+    ``time_schedule: exp``, :func:`rbf_time_grid`, in the path's own time) with
+    ``steps(budget)`` steps. RBF's initial particles are ``initial_fraction`` of the budget
+    (Kim et al.: 25 of 500). With ``diffusion_reference_steps`` set, the option
+    ``diffusion_scale`` holds at that many steps and is scaled to the grid by
+    :func:`scaled_diffusion`.
     """
 
     search: Callable[..., SearchResult]
     vp: bool
     grid: str
-    steps: int
+    steps: StepRule
     options: dict[str, Any] = field(default_factory=dict)
     initial_fraction: float | None = None
+    diffusion_reference_steps: int | None = None
 
 
 def settings(args: argparse.Namespace) -> dict[str, Setting]:
@@ -155,15 +222,21 @@ def settings(args: argparse.Namespace) -> dict[str, Setting]:
     kim_sde = {"diffusion": "square", "diffusion_scale": KIM_DIFFUSION_SCALE}
     euler = {"solver": "euler"}
     return {
-        "best_of_n": Setting(best_of_n, vp=False, grid="uniform", steps=args.steps, options=euler),
+        "best_of_n": Setting(
+            best_of_n, vp=False, grid="uniform", steps=fixed_steps(args.steps), options=euler
+        ),
         "best_of_n_short": Setting(
-            best_of_n, vp=False, grid="uniform", steps=args.short_steps, options=euler
+            best_of_n,
+            vp=False,
+            grid="uniform",
+            steps=lambda budget: short_steps(budget, args),
+            options=euler,
         ),
         "smc": Setting(
             smc,
             vp=False,
             grid="uniform",
-            steps=args.steps,
+            steps=fixed_steps(args.steps),
             options={
                 **kim_sde,
                 "reward_scale": args.reward_scale,
@@ -174,37 +247,57 @@ def settings(args: argparse.Namespace) -> dict[str, Setting]:
             rollover_budget_forcing,
             vp=False,
             grid="rbf",
-            steps=args.rbf_steps,
+            steps=lambda budget: rbf_steps(budget, args),
             options={"diffusion": "square", "diffusion_scale": args.rbf_diffusion_scale},
             initial_fraction=args.initial_fraction,
+            diffusion_reference_steps=args.rbf_steps,
         ),
         "rbf_kim_vp": Setting(
             rollover_budget_forcing,
             vp=True,
             grid="rbf",
-            steps=KIM_STEPS,
+            steps=fixed_steps(KIM_STEPS),
             options=kim_sde,
             initial_fraction=KIM_INITIAL_FRACTION,
         ),
     }
 
 
-def search_options(setting: Setting, budget: int) -> dict[str, Any]:
-    """The setting's options at ``budget`` (RBF's initial particle count scales with it)."""
+def initial_particles(setting: Setting, budget: int) -> int | None:
+    """RBF's initial particle count at ``budget`` (``initial_fraction`` of it), else ``None``."""
     if setting.initial_fraction is None:
-        return dict(setting.options)
-    initial = max(1, round(setting.initial_fraction * budget))
-    return {**setting.options, "initial_particles": initial}
+        return None
+    return max(1, round(setting.initial_fraction * budget))
 
 
-def time_grid(setting: Setting, budget: int) -> Tensor:
-    """The setting's grid, shortened where the budget cannot pay for one pass over it.
+def grid_steps(setting: Setting, budget: int) -> int:
+    """The setting's steps at ``budget``, fewer where the budget cannot pay for one pass.
 
     One sample (best-of-N), one particle (SMC) or the initial particles plus one proposal per
     transition (RBF) must fit in ``budget``.
     """
-    initial = search_options(setting, budget).get("initial_particles", 1)
-    steps = min(setting.steps, budget - initial + 1)
+    initial = initial_particles(setting, budget) or 1
+    return min(setting.steps(budget), budget - initial + 1)
+
+
+def search_options(setting: Setting, budget: int) -> dict[str, Any]:
+    """The setting's options at ``budget``: RBF's initial particles and diffusion scale."""
+    options = dict(setting.options)
+    initial = initial_particles(setting, budget)
+    if initial is not None:
+        options["initial_particles"] = initial
+    if setting.diffusion_reference_steps is not None:
+        options["diffusion_scale"] = scaled_diffusion(
+            options["diffusion_scale"],
+            grid_steps(setting, budget),
+            setting.diffusion_reference_steps,
+        )
+    return options
+
+
+def time_grid(setting: Setting, budget: int) -> Tensor:
+    """The setting's grid of :func:`grid_steps` steps at ``budget``."""
+    steps = grid_steps(setting, budget)
     if setting.grid == "rbf":
         return rbf_time_grid(steps, dtype=torch.float64)
     return make_grid("uniform", steps, dtype=torch.float64)
@@ -264,6 +357,7 @@ def run_method(
     row = Row(
         method=method,
         budget=budget,
+        steps=grid_steps(setting, budget),
         nfe=result.nfe,
         reward=float(result.rewards.mean()),
         reward_se=float(result.rewards.std() / len(targets) ** 0.5),
@@ -280,15 +374,15 @@ def run_method(
 
 def print_header() -> None:
     print(
-        f"{'method':<15} {'budget':>6} {'nfe':>5} {'reward':>8} {'+-se':>6} {'acc':>6} "
-        f"{'check logp':>10} {'check acc':>9} {'crisp':>6} {'sec':>6}"
+        f"{'method':<15} {'budget':>6} {'steps':>5} {'nfe':>5} {'reward':>8} {'+-se':>6} "
+        f"{'acc':>6} {'check logp':>10} {'check acc':>9} {'crisp':>6} {'sec':>6}"
     )
 
 
 def print_row(row: Row) -> None:
     print(
-        f"{row.method:<15} {row.budget:>6} {row.nfe:>5} {row.reward:>8.3f} {row.reward_se:>6.3f} "
-        f"{row.accuracy:>6.3f} "
+        f"{row.method:<15} {row.budget:>6} {row.steps:>5} {row.nfe:>5} {row.reward:>8.3f} "
+        f"{row.reward_se:>6.3f} {row.accuracy:>6.3f} "
         f"{row.check_log_probability:>10.3f} {row.check_accuracy:>9.3f} "
         f"{row.crisp_pixels:>6.3f} {row.seconds:>6.1f}",
         flush=True,
@@ -352,9 +446,29 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images_per_class", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10, help="best-of-N and SMC grid steps")
     parser.add_argument(
-        "--short_steps", type=int, default=SHORT_STEPS, help="`best_of_n_short` Euler steps"
+        "--short_steps",
+        type=int,
+        default=SHORT_STEPS,
+        help=f"`best_of_n_short` Euler steps from {SMALL_BUDGET} NFE",
     )
-    parser.add_argument("--rbf_steps", type=int, default=RBF_STEPS, help="`rbf` grid steps")
+    parser.add_argument(
+        "--short_steps_small",
+        type=int,
+        default=SHORT_STEPS_SMALL_BUDGET,
+        help=f"`best_of_n_short` Euler steps below {SMALL_BUDGET} NFE",
+    )
+    parser.add_argument(
+        "--rbf_steps", type=int, default=RBF_STEPS, help="`rbf` grid steps at large budgets"
+    )
+    parser.add_argument(
+        "--rbf_min_steps", type=int, default=RBF_MIN_STEPS, help="`rbf` grid steps at least"
+    )
+    parser.add_argument(
+        "--rbf_budget_per_step",
+        type=int,
+        default=RBF_BUDGET_PER_STEP,
+        help="k of `rbf` steps = clamp(budget // k, rbf_min_steps, rbf_steps)",
+    )
     parser.add_argument("--budgets", type=int, nargs="+", default=[10, 20, 40, 80, 160, 320])
     parser.add_argument("--reward_scale", type=float, default=1.0, help="SMC lambda")
     parser.add_argument("--ess_threshold", type=float, default=0.5)
@@ -362,7 +476,8 @@ def parse_args() -> argparse.Namespace:
         "--rbf_diffusion_scale",
         type=float,
         default=RBF_DIFFUSION_SCALE,
-        help="c of g = c (1 - t)^2 for the `rbf` row (`rbf_kim_vp` keeps Kim et al.'s 3)",
+        help="c of g = c (1 - t)^2 for the `rbf` row at rbf_steps steps, scaled by "
+        "sqrt(steps / rbf_steps) on coarser grids (`rbf_kim_vp` keeps Kim et al.'s 3)",
     )
     parser.add_argument(
         "--initial_fraction",
@@ -420,12 +535,11 @@ def main() -> int:
             name: {
                 "path": "vp (linear_to_vp)" if setting.vp else "linear",
                 "grid": setting.grid,
-                "steps": setting.steps,
-                **search_options(setting, max(args.budgets)),
+                "steps_at_budget": {b: grid_steps(setting, b) for b in sorted(args.budgets)},
+                "options_at_budget": {b: search_options(setting, b) for b in sorted(args.budgets)},
             }
             for name, setting in methods.items()
         },
-        "options_at_budget": max(args.budgets),
         "seconds": time.perf_counter() - start,
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
