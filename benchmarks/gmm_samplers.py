@@ -10,7 +10,15 @@ it takes explicit sigmas, on the same grids as ours; dopri5 at a few tolerances.
 samplers (``OPTIMISED``) also run at NFE 8 and 16 on grids optimised for them
 (:mod:`mmflow.sampling.grid_search`), fitted on ``OPTIMISED_SAMPLES`` noises from another seed
 than the evaluation noise, so their errors are held out. The score is the endpoint RMSE at
-each counted NFE.
+each counted NFE; the median per-sample endpoint error is reported beside it.
+
+**Why 4096 evaluation noises.** The mixture's components are well separated, so a coarse
+solver sends a few samples to another component than the exact flow does, and those carry
+most of the squared error: at NFE 8 (UniPC-3, shift 1.5) 60 of 4096 samples have a per-sample
+error above 0.5 and carry 69% of it, at NFE 16 three samples carry 94%. The RMSE then counts
+rare events, and on 500 noises it swings with the seed (the ratio at NFE 16 was 0.24, 0.19 and
+0.12 for seeds 0-2 on 500 noises, 0.79 for seed 0 on 4096). The median shows the typical
+sample's error, which those samples do not move.
 
 Fairness rule of the acceptance: diffusers competes with its own documented options -- its
 default schedules, ``flow_shift`` values (``SHIFTS``), solver orders and explicit uniform or
@@ -35,6 +43,8 @@ from pathlib import Path
 
 from mmflow.benchmark import (
     DEFAULT_NFES,
+    ENDPOINT_MEDIAN_METRIC,
+    ENDPOINT_METRIC,
     OPTIMISED_EVALS,
     Method,
     SweepRow,
@@ -57,9 +67,9 @@ def diffusers_options_only(rows: Sequence[SweepRow]) -> list[SweepRow]:
     return [r for r in rows if not (r.source == "diffusers" and r.grid == DIFFUSERS_ON_BOSS)]
 
 
-def acceptance_ratios(rows: Sequence[SweepRow]) -> dict[int, float]:
-    """mmflow's best endpoint RMSE over diffusers' best at each acceptance NFE."""
-    return {nfe: best_error_ratio(rows, nfe) for nfe in ACCEPTANCE_NFES}
+def acceptance_ratios(rows: Sequence[SweepRow], metric: str = ENDPOINT_METRIC) -> dict[int, float]:
+    """mmflow's best ``metric`` (endpoint RMSE) over diffusers' best at each acceptance NFE."""
+    return {nfe: best_error_ratio(rows, nfe, metric) for nfe in ACCEPTANCE_NFES}
 
 
 def shown(ratios: dict[int, float]) -> str:
@@ -69,7 +79,7 @@ def shown(ratios: dict[int, float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/benchmarks/gmm_samplers")
-    parser.add_argument("--num_samples", type=int, default=500)
+    parser.add_argument("--num_samples", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--optimised", nargs="*", default=list(OPTIMISED))
     parser.add_argument("--optimised_evals", type=int, default=OPTIMISED_EVALS)
@@ -86,7 +96,10 @@ def main() -> None:
     )
     fair_rows = diffusers_options_only(result.rows)
     print(error_table(fair_rows))
+    print()
+    print(error_table(fair_rows, ENDPOINT_MEDIAN_METRIC))
     ratios = acceptance_ratios(fair_rows)
+    median_ratios = acceptance_ratios(fair_rows, ENDPOINT_MEDIAN_METRIC)
     with_boss = acceptance_ratios(result.rows)
     verdict = all(ratio <= ACCEPTANCE_RATIO for ratio in ratios.values())
     result.context["acceptance"] = {
@@ -95,6 +108,7 @@ def main() -> None:
         "ratio_limit": ACCEPTANCE_RATIO,
         "ratios": {str(nfe): ratio for nfe, ratio in ratios.items()},
         "ratios_with_diffusers_on_boss": {str(nfe): ratio for nfe, ratio in with_boss.items()},
+        "median_error_ratios": {str(nfe): ratio for nfe, ratio in median_ratios.items()},
         "met": verdict,
     }
     for path in write_report(result.rows, Path(args.out), result.context, envelope=True):
@@ -105,6 +119,7 @@ def main() -> None:
         print(f"optimised grids: {len(seconds)} fits, {sum(seconds.values()):.1f} s in all")
         print(", ".join(f"{cell} {value:.1f} s" for cell, value in seconds.items()))
     print(f"mmflow best / diffusers best ({shown(ratios)}); at most {ACCEPTANCE_RATIO}: {verdict}")
+    print(f"extra, not the acceptance -- median per-sample error: {shown(median_ratios)}")
     print(
         "extra, not the acceptance -- diffusers also on mmflow's BOSS grids "
         f"(not a diffusers option): {shown(with_boss)}"

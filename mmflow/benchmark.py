@@ -72,6 +72,7 @@ DEFAULT_TOLERANCES: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
 DEFAULT_ADAPTIVE = "dopri5"
 FIELD_SHIFTS: tuple[float, ...] = (0.5, 2.0, 3.0)
 ENDPOINT_METRIC = "endpoint_rmse"
+ENDPOINT_MEDIAN_METRIC = "endpoint_median"
 REFERENCE_TOLERANCE = 1e-10
 REFERENCE_RK4_STEPS = 1024
 BOSS_MAX_STEPS = 128
@@ -524,6 +525,17 @@ def endpoint_rmse(estimate: Tensor, reference: Tensor) -> float:
     return float((estimate.to(torch.float64) - reference.to(torch.float64)).square().mean().sqrt())
 
 
+def endpoint_median_error(estimate: Tensor, reference: Tensor) -> float:
+    """The median over samples of the per-sample RMS error ``sqrt(mean_d (estimate - reference)^2)``.
+
+    The typical sample's error. On a well-separated mixture the RMSE of a coarse solver is
+    carried by the few samples it sends to another component (on ``gmm16`` at NFE 8, under 2%
+    of them carry most of the squared error); the median is not moved by them.
+    """
+    difference = estimate.to(torch.float64) - reference.to(torch.float64)
+    return float(difference.flatten(1).square().mean(dim=1).sqrt().median())
+
+
 def reference_endpoints(
     field: Callable[..., Tensor], noise: Tensor
 ) -> tuple[Tensor, dict[str, float | int]]:
@@ -565,7 +577,8 @@ def field_sweep(
         error = endpoint_rmse(result.samples, reference)
         values: dict[str, Any] = {"seconds": seconds, "times": result.grid.tolist()}
         if math.isfinite(error):
-            values["metrics"] = {ENDPOINT_METRIC: error}
+            median = endpoint_median_error(result.samples, reference)
+            values["metrics"] = {ENDPOINT_METRIC: error, ENDPOINT_MEDIAN_METRIC: median}
             values["counted_nfe"] = _checked_count(method, nfe, [result.nfe])
         else:
             values["not_applicable"] = NON_FINITE
@@ -690,7 +703,10 @@ def field_benchmark(
     context = {
         "field": name,
         "data": f"{num_samples} noise samples, seed {seed}, {tuple(shape)} float64",
-        "metric_names": {ENDPOINT_METRIC: "endpoint RMSE vs reference"},
+        "metric_names": {
+            ENDPOINT_METRIC: "endpoint RMSE vs reference",
+            ENDPOINT_MEDIAN_METRIC: "median per-sample endpoint error",
+        },
         "reference": check,
         "boss": {"max_steps": BOSS_MAX_STEPS, "samples": BOSS_SAMPLES, "reference": "rk4"},
         "optimised": optimised_context,

@@ -13,6 +13,8 @@ from mmflow.benchmark import (
     SweepRow,
     TimeGrids,
     best_error_ratio,
+    endpoint_median_error,
+    endpoint_rmse,
     error_table,
     expand_samplers,
     field_benchmark,
@@ -244,3 +246,11 @@ def test_load_datamodule_from_a_recipe(tmp_path):
     recipe.write_text("data:\n  class_path: tests.mmflow.training.toy.NoSuchData\n")
     with pytest.raises(ValueError, match="r.yaml: cannot build `data`"):
         load_datamodule(recipe)
+
+
+def test_median_endpoint_error_ignores_the_few_far_samples_that_the_rmse_counts() -> None:
+    """Per-sample RMS errors 1, 2 and 10: median 2, RMSE sqrt((1 + 4 + 100) / 3)."""
+    reference = torch.zeros(3, 4, dtype=torch.float64)
+    estimate = torch.tensor([1.0, 2.0, 10.0], dtype=torch.float64)[:, None].expand(3, 4)
+    assert endpoint_median_error(estimate, reference) == pytest.approx(2.0)
+    assert endpoint_rmse(estimate, reference) == pytest.approx((105 / 3) ** 0.5)
