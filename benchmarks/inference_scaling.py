@@ -95,7 +95,9 @@ from torch import Tensor, nn
 from mmflow.hub import PretrainedFlow, pretrained_from_checkpoint
 from mmflow.sampling.sde import linear_to_vp, noise_to_target_start
 from mmflow.sampling.search import (
+    KIM_DIFFUSION,
     KIM_DIFFUSION_SCALE,
+    KIM_INITIAL_PARTICLES,
     ClassLogProbability,
     RBFResult,
     SearchResult,
@@ -147,7 +149,8 @@ def load_check_classifier(path: Path, seed: int) -> nn.Module:
     return load_classifier(path)
 
 
-KIM_INITIAL_FRACTION = 25 / 500  # Kim et al.: 25 initial particles of a 500-NFE budget
+KIM_BUDGET = 500  # Kim et al.'s NFE budget, of which KIM_INITIAL_PARTICLES start the chain
+KIM_INITIAL_FRACTION = KIM_INITIAL_PARTICLES / KIM_BUDGET
 KIM_STEPS = 10  # Kim et al.'s FLUX.1-schnell grid
 RBF_STEPS = 20  # most grid steps, reached from 80 NFE on (module docstring)
 RBF_MIN_STEPS = 6  # fewest grid steps, used up to 24 NFE
@@ -219,7 +222,7 @@ class Setting:
 
 def settings(args: argparse.Namespace) -> dict[str, Setting]:
     """The compared methods, each in its best validated setting (module docstring)."""
-    kim_sde = {"diffusion": "square", "diffusion_scale": KIM_DIFFUSION_SCALE}
+    kim_sde = {"diffusion": KIM_DIFFUSION, "diffusion_scale": KIM_DIFFUSION_SCALE}
     euler = {"solver": "euler"}
     return {
         "best_of_n": Setting(
@@ -248,7 +251,7 @@ def settings(args: argparse.Namespace) -> dict[str, Setting]:
             vp=False,
             grid="rbf",
             steps=lambda budget: rbf_steps(budget, args),
-            options={"diffusion": "square", "diffusion_scale": args.rbf_diffusion_scale},
+            options={"diffusion": KIM_DIFFUSION, "diffusion_scale": args.rbf_diffusion_scale},
             initial_fraction=args.initial_fraction,
             diffusion_reference_steps=args.rbf_steps,
         ),
