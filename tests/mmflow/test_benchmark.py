@@ -13,6 +13,7 @@ from mmflow.benchmark import (
     SweepRow,
     TimeGrids,
     best_error_ratio,
+    endpoint_mean_error,
     endpoint_median_error,
     endpoint_rmse,
     error_table,
@@ -249,8 +250,9 @@ def test_load_datamodule_from_a_recipe(tmp_path):
 
 
 def test_median_endpoint_error_ignores_the_few_far_samples_that_the_rmse_counts() -> None:
-    """Per-sample RMS errors 1, 2 and 10: median 2, RMSE sqrt((1 + 4 + 100) / 3)."""
+    """Per-sample RMS errors 1, 2 and 10: median 2, mean 13 / 3, RMSE sqrt((1 + 4 + 100) / 3)."""
     reference = torch.zeros(3, 4, dtype=torch.float64)
     estimate = torch.tensor([1.0, 2.0, 10.0], dtype=torch.float64)[:, None].expand(3, 4)
     assert endpoint_median_error(estimate, reference) == pytest.approx(2.0)
+    assert endpoint_mean_error(estimate, reference) == pytest.approx(13 / 3)
     assert endpoint_rmse(estimate, reference) == pytest.approx((105 / 3) ** 0.5)
