@@ -30,10 +30,11 @@ comparison is not tuned for one method:
   1 step -5.94/-5.61/-5.06, 2 steps -2.13/-1.26/-0.53, 3 steps -2.35/-1.50/-0.46,
   4 steps -3.59/-2.19/-0.82.
 - ``smc``: Euler-Maruyama particles on the linear path, ``g = 3 (1 - t)^2``, lambda = 1,
-  10 uniform steps (-0.54/-0.10/-0.02; 5 steps -0.37/-0.08/-0.04; on the VP-converted model
-  with Kim et al.'s grid it was worse on a 20-image check, -0.57 at 320). Its steps were not
-  tuned below 80 NFE, where 5 steps validate better than 10 (-4.14/-1.38/-0.46 against
-  -5.97/-3.83/-1.17 at 10/20/40).
+  10 uniform steps from 80 NFE (-0.54/-0.10/-0.02; 5 steps -0.37/-0.08/-0.04; on the
+  VP-converted model with Kim et al.'s grid it was worse on a 20-image check, -0.57 at 320)
+  and 5 below (at 10/20/40: -4.14/-1.38/-0.46, against 10 steps -5.97/-3.83/-1.17, 4 steps
+  -3.60/-1.55/-0.71, 3 steps -7.90/-7.21/-5.42; with ``c = 1`` 2-3 steps reach -2.33 at 10
+  NFE but -1.02/-0.49 at 40, and one rule for every budget below 80 is kept).
 - ``rbf``: rollover budget forcing on the linear-path SDE with Kim et al.'s time grid
   (:func:`mmflow.sampling.search.rbf_time_grid`, ``time_schedule: exp``) over 20 steps,
   ``g = 6 (1 - t)^2`` and 5% of the budget as initial particles (Kim et al.: 25 of 500):
@@ -159,6 +160,8 @@ RBF_DIFFUSION_SCALE = 6.0  # c at RBF_STEPS, chosen on validation images (module
 SHORT_STEPS = 3  # best-of-N's best grid on validation from 40 NFE; ends like RBF's at t ~ 0.7
 SHORT_STEPS_SMALL_BUDGET = 2  # its best grid below SMALL_BUDGET NFE (more candidates)
 SMALL_BUDGET = 40
+SMC_STEPS_SMALL_BUDGET = 5  # SMC's grid below SMC_SMALL_BUDGET NFE (more particles)
+SMC_SMALL_BUDGET = 80
 
 StepRule = Callable[[int], int]
 
@@ -185,6 +188,15 @@ def short_steps(budget: int, args: argparse.Namespace) -> int:
     blur on validation; from 40 NFE three steps are sharper and enough.
     """
     return args.short_steps_small if budget < SMALL_BUDGET else args.short_steps
+
+
+def smc_steps(budget: int, args: argparse.Namespace) -> int:
+    """SMC's grid steps: ``smc_steps_small`` below 80 NFE, else ``steps``.
+
+    Below 80 NFE ten steps leave one to seven particles; five steps double them, which beats
+    the coarser SDE steps on validation images (module docstring).
+    """
+    return args.smc_steps_small if budget < SMC_SMALL_BUDGET else args.steps
 
 
 def scaled_diffusion(scale: float, steps: int, reference_steps: int) -> float:
@@ -239,7 +251,7 @@ def settings(args: argparse.Namespace) -> dict[str, Setting]:
             smc,
             vp=False,
             grid="uniform",
-            steps=fixed_steps(args.steps),
+            steps=lambda budget: smc_steps(budget, args),
             options={
                 **kim_sde,
                 "reward_scale": args.reward_scale,
@@ -447,7 +459,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--check_seed", type=int, default=1)
     parser.add_argument("--classes", type=int, nargs="+", default=[0, 3, 5, 7, 9])
     parser.add_argument("--images_per_class", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=10, help="best-of-N and SMC grid steps")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=10,
+        help=f"best-of-N and SMC (from {SMC_SMALL_BUDGET} NFE) grid steps",
+    )
+    parser.add_argument(
+        "--smc_steps_small",
+        type=int,
+        default=SMC_STEPS_SMALL_BUDGET,
+        help=f"SMC grid steps below {SMC_SMALL_BUDGET} NFE",
+    )
     parser.add_argument(
         "--short_steps",
         type=int,
