@@ -10,7 +10,7 @@ it takes explicit sigmas, on the same grids as ours; dopri5 at a few tolerances.
 samplers (``OPTIMISED``) also run at NFE 8 and 16 on grids optimised for them
 (:mod:`mmflow.sampling.grid_search`), fitted on ``OPTIMISED_SAMPLES`` noises from another seed
 than the evaluation noise, so their errors are held out. The score is the endpoint RMSE at
-each counted NFE; the median per-sample endpoint error is reported beside it.
+each counted NFE; the mean and the median per-sample endpoint error are reported beside it.
 
 **Why 4096 evaluation noises.** The mixture's components are well separated, so a coarse
 solver sends a few samples to another component than the exact flow does, and those carry
