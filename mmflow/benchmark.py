@@ -64,7 +64,12 @@ from mmflow.sampling.diffusers_schedulers import (
     require_diffusers,
     sample_diffusers,
 )
-from mmflow.sampling.grid_search import endpoint_mse, optimized_grid
+from mmflow.sampling.grid_search import (
+    endpoint_mean_error,
+    objective_loss,
+    optimized_grid,
+    per_sample_errors,
+)
 from mmflow.timesteps import shifted_grid, uniform_grid
 
 DEFAULT_NFES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
@@ -526,21 +531,6 @@ def endpoint_rmse(estimate: Tensor, reference: Tensor) -> float:
     return float((estimate.to(torch.float64) - reference.to(torch.float64)).square().mean().sqrt())
 
 
-def _per_sample_errors(estimate: Tensor, reference: Tensor) -> Tensor:
-    """``[N]`` per-sample RMS errors ``sqrt(mean_d (estimate - reference)^2)``, in float64."""
-    difference = estimate.to(torch.float64) - reference.to(torch.float64)
-    return difference.flatten(1).square().mean(dim=1).sqrt()
-
-
-def endpoint_mean_error(estimate: Tensor, reference: Tensor) -> float:
-    """The mean over samples of the per-sample RMS error (the average endpoint error).
-
-    Between the median and the RMSE: a sample sent to another mixture component counts with
-    its distance, not with its squared distance as in the RMSE.
-    """
-    return float(_per_sample_errors(estimate, reference).mean())
-
-
 def endpoint_median_error(estimate: Tensor, reference: Tensor) -> float:
     """The median over samples of the per-sample RMS error ``sqrt(mean_d (estimate - reference)^2)``.
 
@@ -548,7 +538,7 @@ def endpoint_median_error(estimate: Tensor, reference: Tensor) -> float:
     carried by the few samples it sends to another component (on ``gmm16`` at NFE 8, under 2%
     of them carry most of the squared error); the median is not moved by them.
     """
-    return float(_per_sample_errors(estimate, reference).median())
+    return float(per_sample_errors(estimate, reference).median())
 
 
 def reference_endpoints(
@@ -608,11 +598,12 @@ class FittedGrids:
     """Time grids fitted per (sampler, NFE) to a field on a fit batch of noise kept apart from
     the evaluation noise, so that rows on them are scored on held-out samples.
 
-    Each grid minimises the fit batch's endpoint error
-    ``L = 1 / (N D) sum_n ||Phi(x0_n; t) - x1_n||^2`` (:func:`optimized_grid`, Nelder-Mead,
-    at most ``max_evals`` x NFE model calls), started from the candidate grid of lowest ``L``:
-    uniform, SD3-shifted by each of ``shifts``, and BOSS where ``candidates`` has its costs.
-    ``seconds`` records each fit's wall time (the start's selection included).
+    Each grid minimises the fit batch's endpoint error ``L`` of ``objective`` (the squared
+    RMSE ``1 / (N D) sum_n ||Phi(x0_n; t) - x1_n||^2`` for ``"mse"``, the mean per-sample
+    error for ``"mean_error"``; :func:`optimized_grid`, Nelder-Mead, at most ``max_evals`` x
+    NFE model calls), started from the candidate grid of lowest ``L``: uniform, SD3-shifted by
+    each of ``shifts``, and BOSS where ``candidates`` has its costs. ``seconds`` records each
+    fit's wall time (the start's selection included).
     """
 
     def __init__(
@@ -623,15 +614,18 @@ class FittedGrids:
         candidates: TimeGrids,
         shifts: Sequence[float] = FIELD_SHIFTS,
         max_evals: int = OPTIMISED_EVALS,
+        objective: str = "mse",
     ) -> None:
+        self.loss = objective_loss(objective)
         self.model, self.noise, self.reference = model, noise, reference
         self.candidates, self.shifts, self.max_evals = candidates, list(shifts), max_evals
+        self.objective = objective
         self.grids: dict[tuple[str, int], Tensor] = {}
         self.seconds: dict[str, float] = {}
 
     def _fit_loss(self, sampler: str, times: Tensor) -> float:
         result = sample(self.model, self.noise, method=sampler, nfe=None, grid=times)
-        return endpoint_mse(result.samples, self.reference)
+        return self.loss(result.samples, self.reference)
 
     def _start(self, sampler: str, steps: int) -> Tensor:
         names = [("uniform", 1.0), *(("shifted", s) for s in self.shifts)]
@@ -653,6 +647,7 @@ class FittedGrids:
                 nfe,
                 reference=self.reference,
                 init=self._start(sampler, steps),
+                objective=self.objective,
                 max_evals=self.max_evals,
                 cache=False,
             )
@@ -680,14 +675,15 @@ def field_benchmark(
     optimised_samplers: Sequence[str] = (),
     optimised_nfes: Sequence[int] = OPTIMISED_NFES,
     optimised_evals: int = OPTIMISED_EVALS,
+    optimised_objective: str = "mse",
 ) -> FieldBenchmark:
     """The whole analytic-field comparison: the field, seeded noise, the reference endpoints,
     BOSS grids fitted on a separate noise batch (RK4 reference trajectories, ``K_max = 128``),
     and :func:`field_sweep` over :func:`field_methods`.
 
     ``optimised_samplers`` add rows on grids fitted to each of them at each of
-    ``optimised_nfes`` (:class:`FittedGrids`, at most ``optimised_evals`` objective
-    evaluations) on ``OPTIMISED_SAMPLES`` noises drawn from the seed
+    ``optimised_nfes`` (:class:`FittedGrids`, at most ``optimised_evals`` evaluations of
+    ``optimised_objective``) on ``OPTIMISED_SAMPLES`` noises drawn from the seed
     ``seed + OPTIMISED_SEED_OFFSET``: the evaluation noise stays held out."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}")
@@ -707,7 +703,13 @@ def field_benchmark(
         fit_noise = torch.randn(OPTIMISED_SAMPLES, *shape, generator=fit_generator, dtype=dtype)
         fit_reference, _ = reference_endpoints(field_model, fit_noise)
         grids.fitted = FittedGrids(
-            field_model, fit_noise, fit_reference, TimeGrids(costs), shifts, optimised_evals
+            field_model,
+            fit_noise,
+            fit_reference,
+            TimeGrids(costs),
+            shifts,
+            optimised_evals,
+            optimised_objective,
         )
         optimised = [Method("mmflow", name, "optimised") for name in optimised_samplers]
         rows += field_sweep(field_model, noise, reference, optimised, optimised_nfes, grids)
@@ -715,6 +717,7 @@ def field_benchmark(
             "samples": OPTIMISED_SAMPLES,
             "seed": seed + OPTIMISED_SEED_OFFSET,
             "max_evals": optimised_evals,
+            "objective": optimised_objective,
             "start": "best of uniform, shifted and BOSS grids on the fit noise",
             "fit_seconds": grids.fitted.seconds,
         }

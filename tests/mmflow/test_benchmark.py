@@ -173,6 +173,27 @@ def test_fitted_grids_start_from_the_best_candidate_and_serve_optimised_rows():
         TimeGrids().optimised("heun", 8)
     with pytest.raises(ValueError, match="grid 'optimised'"):
         Method("diffusers", "flow_euler", grid="optimised")
+    with pytest.raises(ValueError, match="unknown `objective` 'l1'"):
+        FittedGrids(field, fit, field.flow(fit, 1.0), TimeGrids(), objective="l1")
+
+
+def test_fitted_grids_minimise_the_objective_they_are_given():
+    """Fitted for the mean per-sample error, Heun's grid has a lower mean error on its fit
+    noise than the grid fitted for the MSE, and a higher MSE: each objective wins its own."""
+    field = gaussian_mixture_field()
+    fit = torch.randn(256, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    reference, _ = reference_endpoints(field, fit)
+    losses = {}
+    for objective in ("mse", "mean_error"):
+        fitted = FittedGrids(field, fit, reference, TimeGrids(), [2.0], 120, objective)
+        result = run_method(Method("mmflow", "heun", "optimised"), field, fit, 8,
+                            TimeGrids(fitted=fitted))  # fmt: skip
+        losses[objective] = (
+            endpoint_rmse(result.samples, reference) ** 2,
+            endpoint_mean_error(result.samples, reference),
+        )
+    assert losses["mse"][0] < losses["mean_error"][0]
+    assert losses["mean_error"][1] < losses["mse"][1]
 
 
 def test_reference_endpoints_agree_with_rk4():

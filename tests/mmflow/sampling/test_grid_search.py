@@ -1,5 +1,7 @@
 """Grids optimised for one sampler against fields whose flows are known in closed form."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -8,7 +10,9 @@ from mmflow.sampling import sample
 from mmflow.sampling.analytic import GaussianLinearFlow
 from mmflow.sampling.grid_search import (
     MIN_STEP,
+    OBJECTIVES,
     clear_grid_search_memory_cache,
+    endpoint_mean_error,
     endpoint_mse,
     grid_from_logits,
     logits_from_grid,
@@ -42,9 +46,21 @@ def noise(count: int, seed: int) -> torch.Tensor:
     return torch.randn(count, 2, generator=generator, dtype=torch.float64)
 
 
-def held_out_mse(field, method, times, x0):
+def held_out_mse(field, method, times, x0, objective="mse"):
     estimate = sample(field, x0, method=method, nfe=None, grid=times).samples
-    return endpoint_mse(estimate, field.flow(x0, 1.0))
+    return OBJECTIVES[objective](estimate, field.flow(x0, 1.0))
+
+
+def test_objectives_in_closed_form():
+    """Per-sample RMS errors 1, 2 and 10 over 4 coordinates: MSE (1 + 4 + 100) / 3, mean
+    error 13 / 3; a non-finite estimate costs ``inf`` under both."""
+    reference = torch.zeros(3, 4, dtype=torch.float64)
+    estimate = torch.tensor([1.0, 2.0, 10.0], dtype=torch.float64)[:, None].expand(3, 4)
+    assert endpoint_mse(estimate, reference) == pytest.approx(35.0)
+    assert endpoint_mean_error(estimate, reference) == pytest.approx(13 / 3)
+    broken = estimate.clone()
+    broken[0, 0] = float("nan")
+    assert endpoint_mse(broken, reference) == endpoint_mean_error(broken, reference) == math.inf
 
 
 def test_logits_give_strictly_increasing_grids_and_invert():
@@ -56,10 +72,16 @@ def test_logits_give_strictly_increasing_grids_and_invert():
 
 
 @pytest.mark.parametrize(
-    ("method", "nfe", "init"),
-    [("heun", 8, "uniform"), ("unipc_bh2_2", 6, shifted_grid(6, 2.0, torch.float64))],
+    ("method", "nfe", "init", "objective"),
+    [
+        ("heun", 8, "uniform", "mse"),
+        ("unipc_bh2_2", 6, shifted_grid(6, 2.0, torch.float64), "mse"),
+        ("unipc_bh2_2", 6, shifted_grid(6, 2.0, torch.float64), "mean_error"),
+    ],
 )
-def test_optimised_grid_never_does_worse_than_its_start_on_the_fit_noise(method, nfe, init):
+def test_optimised_grid_never_does_worse_than_its_start_on_the_fit_noise(
+    method, nfe, init, objective
+):
     field, fit = narrow_gaussian(), noise(32, seed=0)
     start = uniform_grid(nfe // 2 if method == "heun" else nfe, torch.float64)
     start = start if isinstance(init, str) else init
@@ -70,12 +92,14 @@ def test_optimised_grid_never_does_worse_than_its_start_on_the_fit_noise(method,
         nfe,
         reference=field.flow(fit, 1.0),
         init=init,
+        objective=objective,
         max_evals=60,
         cache=False,
     )
     assert times.shape == start.shape and times[0] == 0 and times[-1] == 1
     assert bool((times.diff() > 0).all())
-    assert held_out_mse(field, method, times, fit) <= held_out_mse(field, method, start, fit)
+    fitted = held_out_mse(field, method, times, fit, objective)
+    assert fitted < held_out_mse(field, method, start, fit, objective)
 
 
 def test_optimised_grid_beats_uniform_on_held_out_noise():
@@ -104,6 +128,10 @@ def test_the_cache_avoids_model_calls(tmp_path):
     assert field.calls == 0
     optimized_grid(field, fit, "midpoint", 6, **{**arguments, "max_evals": 21})
     assert field.calls > 0  # another budget is another grid
+    field.calls = 0
+    optimized_grid(field, fit, "midpoint", 6, **{**arguments, "objective": "mean_error"})
+    assert field.calls > 0  # another objective is another grid
+    assert len(list(tmp_path.glob("grid-midpoint-nfe6-*.json"))) == 3
 
 
 @pytest.mark.parametrize(
@@ -117,6 +145,7 @@ def test_the_cache_avoids_model_calls(tmp_path):
         ({"method": "euler", "nfe": 4, "init": [0.0, 0.5, 1.0]}, "`init` must run"),
         ({"method": "euler", "nfe": 4, "reference": torch.zeros(3, 2)}, "`reference`"),
         ({"method": "euler", "nfe": 4, "solver_options": {"order": 2}}, "no option 'order'"),
+        ({"method": "euler", "nfe": 4, "objective": "mae"}, "unknown `objective` 'mae'"),
     ],
 )
 def test_bad_arguments_are_named(arguments, message):
