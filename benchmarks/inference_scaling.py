@@ -64,7 +64,11 @@ trails them slightly at 20 and 40 (within about one standard error). The price i
 6-step grid ends the search at t = 0.45 (``crisp`` about 0.78 against 0.87 at 20 steps).
 On the reported run (seed 0) RBF still loses at 10 NFE (-2.57 against best_of_n_short's
 -1.88), ties at 20, leads at 40, 80 and 320, and trails smc and best_of_n_short at 160
-within error.
+within error. The cause at 10 NFE is measured by ``benchmarks/rbf_proposals.py``: RBF's
+proposals share their chain's state, and on this model the data estimate at t = 0 still
+varies by about a quarter over noises, so even proposals with fresh noise from t = 0 are
+correlated. The best of 9 of them scores -2.13 against -1.85 for the best of 5 independent
+two-step samples (100 validation images).
 
 Initial RBF particles are scored on ``x1_hat`` at t = 0, which is nearly the same mean image
 for every noise (a non-distilled flow), so more of them do not help (2% vs 5%: no
