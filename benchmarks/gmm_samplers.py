@@ -9,8 +9,11 @@ grids and the BOSS grid of the field; every diffusers scheduler (FlowMatchEuler,
 it takes explicit sigmas, on the same grids as ours; dopri5 at a few tolerances. A few strong
 samplers (``OPTIMISED``) also run at NFE 8 and 16 on grids optimised for them
 (:mod:`mmflow.sampling.grid_search`), fitted on ``OPTIMISED_SAMPLES`` noises from another seed
-than the evaluation noise, so their errors are held out. The score is the endpoint RMSE at
-each counted NFE; the mean and the median per-sample endpoint error are reported beside it.
+than the evaluation noise, so their errors are held out. Three endpoint errors are reported
+at each counted NFE: the mean per-sample error ``1/N sum_n ||x_n - x1_n|| / sqrt(D)`` (the
+average endpoint error, "EPE"), the RMSE and the median per-sample error. ``--metric`` picks
+the one the acceptance judges and the optimised grids are fitted to (``mean``, the default, or
+``rmse``); diffusers' best row is chosen under that same metric.
 
 **Why 4096 evaluation noises.** The mixture's components are well separated, so a coarse
 solver sends a few samples to another component than the exact flow does, and those carry
@@ -41,8 +44,13 @@ grids too, and ``metrics.json`` keeps every row.
 
 Prints the table (each sampler's best grid per NFE, each side's best row, their ratio) and
 writes ``metrics.json`` and ``metrics_vs_nfe.png`` (one line per sampler through its best
-grid; diffusers dashed) to ``--out``. The issue's acceptance: mmflow's best error at NFE 8 and
-16 at most half of diffusers' best.
+grid; diffusers dashed; a panel per error) to ``--out``. The issue's acceptance: mmflow's best
+endpoint error at NFE 8 and 16 at most half of diffusers' best under the same metric.
+
+**Why the mean per-sample error is the default.** "Endpoint error" is, by its common use (the
+EPE of optical flow), the average Euclidean distance between estimated and true endpoints;
+the RMSE is the root of the *mean squared* distance. The RMSE verdict stays one flag away:
+``--metric rmse`` fits the grids to the MSE and judges the RMSE.
 
     python benchmarks/gmm_samplers.py --out outputs/benchmarks/gmm_samplers
 """
@@ -80,8 +88,20 @@ def diffusers_options_only(rows: Sequence[SweepRow]) -> list[SweepRow]:
     return [r for r in rows if not (r.source == "diffusers" and r.grid == DIFFUSERS_ON_BOSS)]
 
 
-def acceptance_ratios(rows: Sequence[SweepRow], metric: str = ENDPOINT_METRIC) -> dict[int, float]:
-    """mmflow's best ``metric`` (endpoint RMSE) over diffusers' best at each acceptance NFE."""
+ACCEPTANCE_METRICS = {
+    "mean": (ENDPOINT_MEAN_METRIC, "mean_error"),
+    "rmse": (ENDPOINT_METRIC, "mse"),
+}
+"""``--metric``: the endpoint error judged, and the objective the optimised grids are fitted to."""
+METRIC_LABELS = {
+    ENDPOINT_MEAN_METRIC: "mean per-sample endpoint error",
+    ENDPOINT_METRIC: "endpoint RMSE",
+    ENDPOINT_MEDIAN_METRIC: "median per-sample endpoint error",
+}
+
+
+def acceptance_ratios(rows: Sequence[SweepRow], metric: str) -> dict[int, float]:
+    """mmflow's best ``metric`` over diffusers' best at each acceptance NFE."""
     return {nfe: best_error_ratio(rows, nfe, metric) for nfe in ACCEPTANCE_NFES}
 
 
@@ -89,14 +109,20 @@ def shown(ratios: dict[int, float]) -> str:
     return ", ".join(f"NFE {nfe}: {ratio:.3f}" for nfe, ratio in ratios.items())
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/benchmarks/gmm_samplers")
     parser.add_argument("--num_samples", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--metric", choices=sorted(ACCEPTANCE_METRICS), default="mean")
     parser.add_argument("--optimised", nargs="*", default=list(OPTIMISED))
     parser.add_argument("--optimised_evals", type=int, default=OPTIMISED_EVALS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    metric, objective = ACCEPTANCE_METRICS[args.metric]
     result = field_benchmark(
         "gmm16",
         args.num_samples,
@@ -106,26 +132,23 @@ def main() -> None:
         optimised_samplers=args.optimised,
         optimised_nfes=ACCEPTANCE_NFES,
         optimised_evals=args.optimised_evals,
+        optimised_objective=objective,
     )
     fair_rows = diffusers_options_only(result.rows)
-    print(error_table(fair_rows))
-    print()
-    print(error_table(fair_rows, ENDPOINT_MEAN_METRIC))
-    print()
-    print(error_table(fair_rows, ENDPOINT_MEDIAN_METRIC))
-    ratios = acceptance_ratios(fair_rows)
-    mean_ratios = acceptance_ratios(fair_rows, ENDPOINT_MEAN_METRIC)
-    median_ratios = acceptance_ratios(fair_rows, ENDPOINT_MEDIAN_METRIC)
-    with_boss = acceptance_ratios(result.rows)
-    verdict = all(ratio <= ACCEPTANCE_RATIO for ratio in ratios.values())
+    for shown_metric, label in METRIC_LABELS.items():
+        print(f"{label}:")
+        print(error_table(fair_rows, shown_metric))
+        print()
+    ratios = {m: acceptance_ratios(fair_rows, m) for m in METRIC_LABELS}
+    with_boss = acceptance_ratios(result.rows, metric)
+    verdict = all(ratio <= ACCEPTANCE_RATIO for ratio in ratios[metric].values())
     result.context["acceptance"] = {
         "rule": "diffusers on its own options (schedules, shifts, orders, uniform/shifted "
         "sigmas), not on mmflow's BOSS grids",
+        "metric": metric,
         "ratio_limit": ACCEPTANCE_RATIO,
-        "ratios": {str(nfe): ratio for nfe, ratio in ratios.items()},
+        "ratios": {m: {str(n): r for n, r in by_nfe.items()} for m, by_nfe in ratios.items()},
         "ratios_with_diffusers_on_boss": {str(nfe): ratio for nfe, ratio in with_boss.items()},
-        "mean_error_ratios": {str(nfe): ratio for nfe, ratio in mean_ratios.items()},
-        "median_error_ratios": {str(nfe): ratio for nfe, ratio in median_ratios.items()},
         "met": verdict,
     }
     for path in write_report(result.rows, Path(args.out), result.context, envelope=True):
@@ -133,15 +156,16 @@ def main() -> None:
     fitted = result.context["optimised"]
     if fitted:
         seconds = fitted["fit_seconds"]
-        print(f"optimised grids: {len(seconds)} fits, {sum(seconds.values()):.1f} s in all")
+        print(f"optimised grids ({objective}): {len(seconds)} fits, {sum(seconds.values()):.1f} s")
         print(", ".join(f"{cell} {value:.1f} s" for cell, value in seconds.items()))
-    print(f"mmflow best / diffusers best ({shown(ratios)}); at most {ACCEPTANCE_RATIO}: {verdict}")
-    print(f"extra, not the acceptance -- mean per-sample error: {shown(mean_ratios)}")
-    print(f"extra, not the acceptance -- median per-sample error: {shown(median_ratios)}")
     print(
-        "extra, not the acceptance -- diffusers also on mmflow's BOSS grids "
-        f"(not a diffusers option): {shown(with_boss)}"
+        f"{METRIC_LABELS[metric]}, mmflow best / diffusers best ({shown(ratios[metric])}); "
+        f"at most {ACCEPTANCE_RATIO}: {verdict}"
     )
+    for other, label in METRIC_LABELS.items():
+        if other != metric:
+            print(f"  {label} of the same rows: {shown(ratios[other])}")
+    print(f"  diffusers also on mmflow's BOSS grids (not a diffusers option): {shown(with_boss)}")
 
 
 if __name__ == "__main__":
