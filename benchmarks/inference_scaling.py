@@ -161,6 +161,8 @@ RBF_STEPS = 20  # most grid steps, reached from 80 NFE on (module docstring)
 RBF_MIN_STEPS = 6  # fewest grid steps, used up to 24 NFE
 RBF_BUDGET_PER_STEP = 4  # steps = clamp(budget // 4, 6, 20), chosen on validation images
 RBF_DIFFUSION_SCALE = 6.0  # c at RBF_STEPS, chosen on validation images (module docstring)
+RBF_SMALL_BUDGET = 20  # below it RBF searches the first transition of a 2-step uniform grid
+RBF_SMALL_DIFFUSION_FACTOR = 0.5  # its c, relative to the scaled one (validation images)
 SHORT_STEPS = 3  # best-of-N's best grid on validation from 40 NFE; ends like RBF's at t ~ 0.7
 SHORT_STEPS_SMALL_BUDGET = 2  # its best grid below SMALL_BUDGET NFE (more candidates)
 SMALL_BUDGET = 40
@@ -216,7 +218,8 @@ class Setting:
     ``steps(budget)`` steps. RBF's initial particles are ``initial_fraction`` of the budget
     (Kim et al.: 25 of 500). With ``diffusion_reference_steps`` set, the option
     ``diffusion_scale`` holds at that many steps and is scaled to the grid by
-    :func:`scaled_diffusion`.
+    :func:`scaled_diffusion`. With ``small_budget = (limit, other)`` the method runs as
+    ``other`` at budgets below ``limit`` (:func:`setting_at`).
     """
 
     search: Callable[..., SearchResult]
@@ -226,12 +229,32 @@ class Setting:
     options: dict[str, Any] = field(default_factory=dict)
     initial_fraction: float | None = None
     diffusion_reference_steps: int | None = None
+    small_budget: tuple[int, Setting] | None = None
+
+
+def setting_at(setting: Setting, budget: int) -> Setting:
+    """The setting a method runs in at ``budget``: its ``small_budget`` one below the limit."""
+    if setting.small_budget is not None and budget < setting.small_budget[0]:
+        return setting.small_budget[1]
+    return setting
 
 
 def settings(args: argparse.Namespace) -> dict[str, Setting]:
     """The compared methods, each in its best validated setting (module docstring)."""
     kim_sde = {"diffusion": KIM_DIFFUSION, "diffusion_scale": KIM_DIFFUSION_SCALE}
     euler = {"solver": "euler"}
+    rbf_first_transition = Setting(
+        rollover_budget_forcing,
+        vp=False,
+        grid="uniform",
+        steps=fixed_steps(2),
+        options={
+            "diffusion": KIM_DIFFUSION,
+            "diffusion_scale": RBF_SMALL_DIFFUSION_FACTOR * args.rbf_diffusion_scale,
+        },
+        initial_fraction=args.initial_fraction,
+        diffusion_reference_steps=args.rbf_steps,
+    )
     return {
         "best_of_n": Setting(
             best_of_n, vp=False, grid="uniform", steps=fixed_steps(args.steps), options=euler
@@ -262,6 +285,7 @@ def settings(args: argparse.Namespace) -> dict[str, Setting]:
             options={"diffusion": KIM_DIFFUSION, "diffusion_scale": args.rbf_diffusion_scale},
             initial_fraction=args.initial_fraction,
             diffusion_reference_steps=args.rbf_steps,
+            small_budget=(RBF_SMALL_BUDGET, rbf_first_transition),
         ),
         "rbf_kim_vp": Setting(
             rollover_budget_forcing,
@@ -528,15 +552,17 @@ def main() -> int:
     x0 = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
     out_path = Path(args.out)
     methods = settings(args)
+    budgets = sorted(args.budgets)
     rows: list[Row] = []
     shown: dict[str, Tensor] = {}
     start = time.perf_counter()
     print_header()
-    for budget in sorted(args.budgets):
+    for budget in budgets:
         for method, setting in methods.items():
             row, result = run_method(
-                method, setting, budget, flow, rewarder, checker, x0, targets, args
-            )
+                method, setting_at(setting, budget), budget, flow, rewarder, checker, x0, targets,
+                args,
+            )  # fmt: skip
             rows.append(row)
             shown[method] = result.samples
             print_row(row)
@@ -556,9 +582,11 @@ def main() -> int:
         "settings": {
             name: {
                 "path": "vp (linear_to_vp)" if setting.vp else "linear",
-                "grid": setting.grid,
-                "steps_at_budget": {b: grid_steps(setting, b) for b in sorted(args.budgets)},
-                "options_at_budget": {b: search_options(setting, b) for b in sorted(args.budgets)},
+                "grid_at_budget": {b: setting_at(setting, b).grid for b in budgets},
+                "steps_at_budget": {b: grid_steps(setting_at(setting, b), b) for b in budgets},
+                "options_at_budget": {
+                    b: search_options(setting_at(setting, b), b) for b in budgets
+                },
             }
             for name, setting in methods.items()
         },
