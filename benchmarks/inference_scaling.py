@@ -51,8 +51,8 @@ comparison is not tuned for one method:
 **RBF at small budgets.** With one proposal per transition RBF is a single SDE chain with
 nothing to choose, so at 10-40 NFE the 20-step grid made it the weakest row (validation
 -6.71/-5.21/-1.38 at 10/20/40). Its steps follow the budget,
-``steps = clamp(budget // 4, 6, 20)`` (6/6/10 steps at 10/20/40, 20 from 80 NFE on, so the
-80-320 setting is unchanged), and the diffusion scale follows the grid,
+``steps = clamp(budget // 4, 6, 20)`` from 20 NFE (6/10 steps at 20/40, 20 from 80 NFE on,
+so the 80-320 setting is unchanged; below 20 NFE see the next paragraph), and the diffusion scale follows the grid,
 ``c = 6 sqrt(steps / 20)`` (:func:`scaled_diffusion`): Euler-Maruyama moves ``x`` by
 ``h eps s`` with ``eps = c^2 (1 - t)^4 / 2`` and ``h ~ 1 / steps``, so ``c = 6`` on 4-6 steps
 overshoots (validation -25 to -37 at every budget; the best step count with c = 6 kept gave
@@ -62,17 +62,24 @@ seed 1000): 4 steps -2.38/-1.41/-0.90, 6 steps -2.15/-1.53/-0.65, 8 steps -3.66/
 -0.19/-0.18/-0.18. The rule's -2.15/-1.53/-0.57 ties best-of-N's validation rows at 10 and
 trails them slightly at 20 and 40 (within about one standard error). The price is blur: a
 6-step grid ends the search at t = 0.45 (``crisp`` about 0.78 against 0.87 at 20 steps).
-On the reported run (seed 0) RBF still loses at 10 NFE (-2.57 against best_of_n_short's
--1.88), ties at 20, leads at 40, 80 and 320, and trails smc and best_of_n_short at 160
-within error. The cause at 10 NFE is measured by ``benchmarks/rbf_proposals.py``: RBF's
-proposals share their chain's state, and on this model the data estimate at t = 0 still
-varies by about a quarter over noises, so even proposals with fresh noise from t = 0 are
-correlated. The best of 9 of them scores -2.13 against -1.85 for the best of 5 independent
-two-step samples (100 validation images).
 
-Initial RBF particles are scored on ``x1_hat`` at t = 0, which is nearly the same mean image
-for every noise (a non-distilled flow), so more of them do not help (2% vs 5%: no
-difference within error). Grids are shortened where a budget cannot pay for one pass
+**Below 20 NFE** RBF searches only the first transition of a 2-step uniform grid, with half
+the scaled diffusion (``c = 0.5 * 6 sqrt(2 / 20) = 0.95``): after one initial particle its 9
+proposals are 9 two-step samples that share their first evaluation. On 200 validation images
+(seed 1000) at 10 NFE: 2 uniform steps with ``c`` at 0.2-1.5 times the scaled value scored
+-2.81/-2.53/-2.33/-2.18/-2.05/-1.97/-1.94/-1.96/-2.02/-2.24/-3.47/-6.46 (0.2, 0.25, ...,
+0.6, 0.7, 0.85, 1.0), the best other grid -2.39 (Kim et al.'s, 4 steps, 0.85) and the
+6-step rule -2.47, against best-of-N's -1.88. At 20 NFE the 6-step rule stays best (-1.34;
+2 steps at 0.5: -1.53; best-of-N -1.15). Even the best setting only ties best-of-N at 10 NFE.
+The cause is measured by ``benchmarks/rbf_proposals.py``: RBF's proposals share their
+chain's state, and on this model the data estimate at t = 0 still varies by about a quarter
+over noises, so even proposals with fresh noise from t = 0 are correlated. The best of 9 of
+them scores -2.13 against -1.85 for the best of 5 independent two-step samples (100
+validation images).
+
+Initial RBF particles are scored on ``x1_hat`` at t = 0, which for an exact flow is the data
+mean whatever the noise, so ranking them says little about the final sample; more of them do
+not help (2% vs 5%: no difference within error). Grids are shortened where a budget cannot pay for one pass
 (``time_grid``).
 
 Every method starts from the same initial noise per image (the first candidate / particle),
