@@ -52,10 +52,10 @@ comparison is not tuned for one method:
 nothing to choose, so at 10-40 NFE the 20-step grid made it the weakest row (validation
 -6.71/-5.21/-1.38 at 10/20/40). Its steps follow the budget,
 ``steps = clamp(budget // 4, 6, 20)`` from 20 NFE (6/10 steps at 20/40, 20 from 80 NFE on,
-so the 80-320 setting is unchanged; below 20 NFE see the next paragraph), and the diffusion scale follows the grid,
-``c = 6 sqrt(steps / 20)`` (:func:`scaled_diffusion`): Euler-Maruyama moves ``x`` by
-``h eps s`` with ``eps = c^2 (1 - t)^4 / 2`` and ``h ~ 1 / steps``, so ``c = 6`` on 4-6 steps
-overshoots (validation -25 to -37 at every budget; the best step count with c = 6 kept gave
+so the 80-320 setting is unchanged; below 20 NFE see the next paragraph), and the diffusion
+scale follows the grid, ``c = 6 sqrt(steps / 20)`` (:func:`scaled_diffusion`): Euler-Maruyama
+moves ``x`` by ``h eps s`` with ``eps = c^2 (1 - t)^4 / 2`` and ``h ~ 1 / steps``, so ``c = 6``
+on 4-6 steps overshoots (validation -25 to -37 at every budget; the best step count with c = 6 kept gave
 only -6.71/-2.87/-0.94). Validation mean reward at 10/20/40 with the scaled c (40 images,
 seed 1000): 4 steps -2.38/-1.41/-0.90, 6 steps -2.15/-1.53/-0.65, 8 steps -3.66/-1.72/-0.57,
 10 steps -5.40/-1.66/-0.57, 14 steps -5.42/-3.18/-0.71; at 80 NFE 10/14/20 steps gave
@@ -79,8 +79,8 @@ validation images).
 
 Initial RBF particles are scored on ``x1_hat`` at t = 0, which for an exact flow is the data
 mean whatever the noise, so ranking them says little about the final sample; more of them do
-not help (2% vs 5%: no difference within error). Grids are shortened where a budget cannot pay for one pass
-(``time_grid``).
+not help (2% vs 5%: no difference within error). Grids are shortened where a budget cannot
+pay for one pass (``time_grid``).
 
 Every method starts from the same initial noise per image (the first candidate / particle),
 so rows differ by the search only. Writes ``metrics.json``, ``scaling.png`` (reward and
@@ -567,9 +567,16 @@ def main() -> int:
     for budget in budgets:
         for method, setting in methods.items():
             row, result = run_method(
-                method, setting_at(setting, budget), budget, flow, rewarder, checker, x0, targets,
+                method,
+                setting_at(setting, budget),
+                budget,
+                flow,
+                rewarder,
+                checker,
+                x0,
+                targets,
                 args,
-            )  # fmt: skip
+            )
             rows.append(row)
             shown[method] = result.samples
             print_row(row)
