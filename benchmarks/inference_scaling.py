@@ -50,15 +50,15 @@ comparison is not tuned for one method:
 
 **RBF at small budgets.** With one proposal per transition RBF is a single SDE chain with
 nothing to choose, so at 10-40 NFE the 20-step grid made it the weakest row (validation
--6.71/-5.21/-1.38 at 10/20/40). Its steps follow the budget,
-``steps = clamp(budget // 4, 6, 20)`` from 20 NFE (6/10 steps at 20/40, 20 from 80 NFE on,
-so the 80-320 setting is unchanged; below 20 NFE see the next paragraph), and the diffusion
-scale follows the grid, ``c = 6 sqrt(steps / 20)`` (:func:`scaled_diffusion`): Euler-Maruyama
-moves ``x`` by ``h eps s`` with ``eps = c^2 (1 - t)^4 / 2`` and ``h ~ 1 / steps``, so ``c = 6``
-on 4-6 steps overshoots (validation -25 to -37 at every budget; the best step count with c = 6 kept gave
-only -6.71/-2.87/-0.94). Validation mean reward at 10/20/40 with the scaled c (40 images,
-seed 1000): 4 steps -2.38/-1.41/-0.90, 6 steps -2.15/-1.53/-0.65, 8 steps -3.66/-1.72/-0.57,
-10 steps -5.40/-1.66/-0.57, 14 steps -5.42/-3.18/-0.71; at 80 NFE 10/14/20 steps gave
+-6.71/-5.21/-1.38 at 10/20/40). Its steps follow the budget, ``steps = clamp(budget // 4, 6,
+20)`` from 20 NFE (6/10 steps at 20/40, 20 from 80 NFE on, so the 80-320 setting is unchanged;
+below 20 NFE see the next paragraph), and the diffusion scale follows the grid, ``c = 6
+sqrt(steps / 20)`` (:func:`scaled_diffusion`): Euler-Maruyama moves ``x`` by ``h eps s`` with
+``eps = c^2 (1 - t)^4 / 2`` and ``h ~ 1 / steps``, so ``c = 6`` on 4-6 steps overshoots
+(validation -25 to -37 at every budget; the best step count with c = 6 kept gave only
+-6.71/-2.87/-0.94). Validation mean reward at 10/20/40 with the scaled c (40 images, seed
+1000): 4 steps -2.38/-1.41/-0.90, 6 steps -2.15/-1.53/-0.65, 8 steps -3.66/-1.72/-0.57, 10
+steps -5.40/-1.66/-0.57, 14 steps -5.42/-3.18/-0.71; at 80 NFE 10/14/20 steps gave
 -0.19/-0.18/-0.18. The rule's -2.15/-1.53/-0.57 ties best-of-N's validation rows at 10 and
 trails them slightly at 20 and 40 (within about one standard error). The price is blur: a
 6-step grid ends the search at t = 0.45 (``crisp`` about 0.78 against 0.87 at 20 steps).
