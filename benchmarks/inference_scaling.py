@@ -97,7 +97,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -194,16 +194,6 @@ def rbf_steps(budget: int, args: argparse.Namespace) -> int:
     return min(max(budget // args.rbf_budget_per_step, args.rbf_min_steps), args.rbf_steps)
 
 
-def fewer_steps_below(budget_limit: int, small: int, large: int) -> StepRule:
-    """The rule ``steps(budget) = small if budget < budget_limit else large``.
-
-    A coarser grid at small budgets leaves more candidates (best-of-N: 5 two-step samples
-    against 3 at 10 NFE) or particles (SMC: five steps double them below 80 NFE), which outweighs
-    their coarser steps on validation images (module docstring).
-    """
-    return lambda budget: small if budget < budget_limit else large
-
-
 def scaled_diffusion(scale: float, steps: int, reference_steps: int) -> float:
     """``c' = c sqrt(steps / reference_steps)`` for ``g = c' (1 - t)^2`` on a coarser grid.
 
@@ -246,53 +236,69 @@ def setting_at(setting: Setting, budget: int) -> Setting:
     return setting
 
 
+def with_small_budget(setting: Setting, budget_limit: int, **changes: Any) -> Setting:
+    """``setting``, run with ``changes`` (fields of :class:`Setting`) below ``budget_limit``.
+
+    A coarser grid at small budgets leaves more candidates (best-of-N: 5 two-step samples
+    against 3 at 10 NFE), particles (SMC: five steps double them below 80 NFE) or proposals
+    per searched transition (RBF: 9 on a two-step grid at 10 NFE), which outweighs their
+    coarser steps on validation images (module docstring).
+    """
+    return replace(setting, small_budget=(budget_limit, replace(setting, **changes)))
+
+
 def settings(args: argparse.Namespace) -> dict[str, Setting]:
     """The compared methods, each in its best validated setting (module docstring)."""
     kim_sde = {"diffusion": KIM_DIFFUSION, "diffusion_scale": KIM_DIFFUSION_SCALE}
     euler = {"solver": "euler"}
-    rbf_first_transition = Setting(
-        rollover_budget_forcing,
-        vp=False,
-        grid="uniform",
-        steps=fixed_steps(2),
-        options={
-            "diffusion": KIM_DIFFUSION,
-            "diffusion_scale": RBF_SMALL_DIFFUSION_FACTOR * args.rbf_diffusion_scale,
-        },
-        initial_fraction=args.initial_fraction,
-        diffusion_reference_steps=args.rbf_steps,
-    )
+    rbf_sde = {"diffusion": KIM_DIFFUSION, "diffusion_scale": args.rbf_diffusion_scale}
     return {
         "best_of_n": Setting(
             best_of_n, vp=False, grid="uniform", steps=fixed_steps(args.steps), options=euler
         ),
-        "best_of_n_short": Setting(
-            best_of_n,
-            vp=False,
-            grid="uniform",
-            steps=fewer_steps_below(SMALL_BUDGET, args.short_steps_small, args.short_steps),
-            options=euler,
+        "best_of_n_short": with_small_budget(
+            Setting(
+                best_of_n,
+                vp=False,
+                grid="uniform",
+                steps=fixed_steps(args.short_steps),
+                options=euler,
+            ),
+            SMALL_BUDGET,
+            steps=fixed_steps(args.short_steps_small),
         ),
-        "smc": Setting(
-            smc,
-            vp=False,
+        "smc": with_small_budget(
+            Setting(
+                smc,
+                vp=False,
+                grid="uniform",
+                steps=fixed_steps(args.steps),
+                options={
+                    **kim_sde,
+                    "reward_scale": args.reward_scale,
+                    "ess_threshold": args.ess_threshold,
+                },
+            ),
+            SMC_SMALL_BUDGET,
+            steps=fixed_steps(args.smc_steps_small),
+        ),
+        "rbf": with_small_budget(
+            Setting(
+                rollover_budget_forcing,
+                vp=False,
+                grid="rbf",
+                steps=lambda budget: rbf_steps(budget, args),
+                options=rbf_sde,
+                initial_fraction=args.initial_fraction,
+                diffusion_reference_steps=args.rbf_steps,
+            ),
+            RBF_SMALL_BUDGET,
             grid="uniform",
-            steps=fewer_steps_below(SMC_SMALL_BUDGET, args.smc_steps_small, args.steps),
+            steps=fixed_steps(2),
             options={
-                **kim_sde,
-                "reward_scale": args.reward_scale,
-                "ess_threshold": args.ess_threshold,
+                **rbf_sde,
+                "diffusion_scale": RBF_SMALL_DIFFUSION_FACTOR * rbf_sde["diffusion_scale"],
             },
-        ),
-        "rbf": Setting(
-            rollover_budget_forcing,
-            vp=False,
-            grid="rbf",
-            steps=lambda budget: rbf_steps(budget, args),
-            options={"diffusion": KIM_DIFFUSION, "diffusion_scale": args.rbf_diffusion_scale},
-            initial_fraction=args.initial_fraction,
-            diffusion_reference_steps=args.rbf_steps,
-            small_budget=(RBF_SMALL_BUDGET, rbf_first_transition),
         ),
         "rbf_kim_vp": Setting(
             rollover_budget_forcing,
