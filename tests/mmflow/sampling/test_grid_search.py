@@ -46,7 +46,7 @@ def noise(count: int, seed: int) -> torch.Tensor:
     return torch.randn(count, 2, generator=generator, dtype=torch.float64)
 
 
-def held_out_mse(field, method, times, x0, objective="mse"):
+def endpoint_loss(field, method, times, x0, objective="mse"):
     estimate = sample(field, x0, method=method, nfe=None, grid=times).samples
     return OBJECTIVES[objective](estimate, field.flow(x0, 1.0))
 
@@ -98,8 +98,8 @@ def test_optimised_grid_never_does_worse_than_its_start_on_the_fit_noise(
     )
     assert times.shape == start.shape and times[0] == 0 and times[-1] == 1
     assert bool((times.diff() > 0).all())
-    fitted = held_out_mse(field, method, times, fit, objective)
-    assert fitted < held_out_mse(field, method, start, fit, objective)
+    fitted = endpoint_loss(field, method, times, fit, objective)
+    assert fitted < endpoint_loss(field, method, start, fit, objective)
 
 
 def test_optimised_grid_beats_uniform_on_held_out_noise():
@@ -108,8 +108,8 @@ def test_optimised_grid_beats_uniform_on_held_out_noise():
     field = narrow_gaussian()
     times = optimized_grid(field, noise(64, seed=1), "euler", 6, max_evals=300, cache=False)
     held_out = noise(256, seed=2)
-    optimised = held_out_mse(field, "euler", times, held_out)
-    uniform = held_out_mse(field, "euler", uniform_grid(6, torch.float64), held_out)
+    optimised = endpoint_loss(field, "euler", times, held_out)
+    uniform = endpoint_loss(field, "euler", uniform_grid(6, torch.float64), held_out)
     assert optimised < 0.25 * uniform
     assert times[-1] - times[-2] < 1 / 6  # the steps crowd towards the data
 
