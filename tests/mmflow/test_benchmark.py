@@ -13,6 +13,7 @@ from mmflow.benchmark import (
     SweepRow,
     TimeGrids,
     best_error_ratio,
+    component_switches,
     endpoint_mean_error,
     endpoint_median_error,
     endpoint_rmse,
@@ -30,7 +31,7 @@ from mmflow.cli import main
 from mmflow.data import load_datamodule, take_batches
 from mmflow.hub import PretrainedFlow
 from mmflow.sampling import SAMPLERS
-from mmflow.sampling.analytic import GaussianLinearFlow
+from mmflow.sampling.analytic import GaussianLinearFlow, GaussianMixtureFlow
 
 from .training.toy import CLASS_MEANS, CLASS_STD, ToyAdapter, ToyData
 
@@ -219,6 +220,7 @@ def test_field_benchmark_table_and_ratio(tmp_path):
     euler = by_cell[("euler", "uniform", 8)].metrics["endpoint_rmse"]
     theirs = by_cell[("diffusers:flow_euler", "ours: uniform", 8)].metrics["endpoint_rmse"]
     assert theirs == pytest.approx(euler, rel=1e-4)
+    assert all(0 <= r.metrics["component_switches"] <= 1 for r in result.rows if r.metrics)
     assert by_cell[("euler", "boss", 8)].times[0] == 0.0
     assert ("diffusers:flow_euler", "diffusers default(shift=3)", 4) in by_cell
     ratio = best_error_ratio(result.rows, 8)
@@ -277,3 +279,17 @@ def test_median_endpoint_error_ignores_the_few_far_samples_that_the_rmse_counts(
     assert endpoint_median_error(estimate, reference) == pytest.approx(2.0)
     assert endpoint_mean_error(estimate, reference) == pytest.approx(13 / 3)
     assert endpoint_rmse(estimate, reference) == pytest.approx((105 / 3) ** 0.5)
+
+
+def test_component_switches_count_endpoints_in_another_component_not_far_ones() -> None:
+    """Two narrow 1-D components at -3 and +3: of four estimates, one crosses to the other
+    component (a switch) and one overshoots far past its own mean (no switch), so 1/4."""
+    mixture = GaussianMixtureFlow(
+        torch.ones(2, dtype=torch.float64),
+        torch.tensor([[-3.0], [3.0]], dtype=torch.float64),
+        torch.full((2, 1), 0.2, dtype=torch.float64),
+    )
+    reference = torch.tensor([[-3.1], [2.9], [3.2], [-2.8]], dtype=torch.float64)
+    estimate = torch.tensor([[-3.0], [-2.9], [9.0], [-2.7]], dtype=torch.float64)
+    assert component_switches(mixture, estimate, reference) == pytest.approx(0.25)
+    assert component_switches(mixture, reference, reference) == 0.0
