@@ -115,7 +115,15 @@ def _sample(argv: Sequence[str]) -> int:
 
 
 def _benchmark_parser() -> ArgumentParser:
-    from mmflow.benchmark import DEFAULT_NFES, DEFAULT_TOLERANCES, FIELD_SHIFTS
+    from mmflow.benchmark import (
+        DEFAULT_NFES,
+        DEFAULT_TOLERANCES,
+        FIELD_SHIFTS,
+        OPTIMISED_EVALS,
+        OPTIMISED_NFES,
+        OPTIMISED_SAMPLES,
+    )
+    from mmflow.sampling.grid_search import OBJECTIVES
 
     parser = ArgumentParser(
         prog="mmflow benchmark samplers",
@@ -157,6 +165,28 @@ def _benchmark_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--shifts", type=list[float], default=list(FIELD_SHIFTS), help="--field: shifted grids"
+    )
+    parser.add_argument(
+        "--optimised",
+        type=list[str],
+        default=[],
+        help=f"--field: samplers that also run on time grids fitted to them, on "
+        f"{OPTIMISED_SAMPLES} other noises (e.g. [unipc_bh1_3,unipc_bh2_2])",
+    )
+    parser.add_argument(
+        "--optimised_nfe", type=list[int], default=list(OPTIMISED_NFES), help="--field: their NFE"
+    )
+    parser.add_argument(
+        "--optimised_evals",
+        type=int,
+        default=OPTIMISED_EVALS,
+        help="--field: most evaluations of the fit's objective per grid",
+    )
+    parser.add_argument(
+        "--optimised_objective",
+        type=str,
+        default="mse",
+        help=f"--field: the error the grids are fitted to, one of {', '.join(OBJECTIVES)}",
     )
     parser.add_argument("--num_samples", type=int, default=500)
     parser.add_argument("--cfg_scale", type=float | None, default=None, help="default: the model's")
@@ -202,6 +232,10 @@ def _benchmark_field(args: Any) -> int:
         args.shifts,
         args.tolerances,
         args.seed,
+        optimised_samplers=args.optimised,
+        optimised_nfes=args.optimised_nfe,
+        optimised_evals=args.optimised_evals,
+        optimised_objective=args.optimised_objective,
     )
     print(error_table(result.rows))
     for path in write_report(result.rows, Path(args.out), result.context, envelope=True):
@@ -211,6 +245,9 @@ def _benchmark_field(args: Any) -> int:
 
 def _benchmark_flow(args: Any) -> int:
     from mmflow.benchmark import sampler_sweep, write_report
+
+    if args.optimised:
+        raise ValueError("--optimised fits grids to an analytic field: use it with --field")
     from mmflow.data import load_datamodule, take_batches
 
     if args.config is None:

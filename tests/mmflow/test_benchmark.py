@@ -251,6 +251,12 @@ def test_field_mode_refuses_a_checkpoint(tmp_path, capsys):
     assert "--field runs on an analytic field" in capsys.readouterr().err
 
 
+def test_optimised_grids_are_refused_without_a_field(tmp_path, capsys):
+    argv = ["benchmark", "samplers", "--checkpoint", "x.ckpt", "--optimised", "[heun]"]
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert "--optimised fits grids to an analytic field" in capsys.readouterr().err
+
+
 def test_take_batches_counts_examples_exactly():
     batches = take_batches(ToyData(size=256, batch_size=64), "test", 100)
     assert [len(b["label"]) for b in batches] == [64, 36]

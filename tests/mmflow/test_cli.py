@@ -296,12 +296,21 @@ def test_benchmark_samplers_on_the_gaussian_mixture_field(tmp_path):
         "[2.0]",
         "--num_samples",
         "8",
+        "--optimised",
+        "[rk4]",
+        "--optimised_nfe",
+        "[8]",
+        "--optimised_evals",
+        "4",
         "--out",
         str(out),
     )
     assert "best endpoint_rmse over grids" in result.stdout and "NFE   8: mmflow" in result.stdout
     report = json.loads((out / "metrics.json").read_text())
     assert report["field"] == "gmm16" and report["reference"]["rk4_gap_rmse"] < 1e-9
-    assert {r["grid"] for r in report["rows"]} == {"uniform", "shifted(2)", "boss"}
+    assert report["optimised"]["max_evals"] == 4 and report["optimised"]["objective"] == "mse"
+    assert {r["grid"] for r in report["rows"]} == {"uniform", "shifted(2)", "boss", "optimised"}
+    fitted = next(r for r in report["rows"] if r["grid"] == "optimised")
+    assert (fitted["sampler"], fitted["nfe"]) == ("rk4", 8) and fitted["metrics"]
     assert {r["source"] for r in report["rows"]} == {"mmflow"}
     assert (out / "metrics_vs_nfe.png").stat().st_size > 0
