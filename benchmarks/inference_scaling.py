@@ -70,7 +70,9 @@ proposals are 9 two-step samples that share their first evaluation. On 200 valid
 -2.81/-2.53/-2.33/-2.18/-2.05/-1.97/-1.94/-1.96/-2.02/-2.24/-3.47/-6.46 (0.2, 0.25, ...,
 0.6, 0.7, 0.85, 1.0), the best other grid -2.39 (Kim et al.'s, 4 steps, 0.85) and the
 6-step rule -2.47, against best-of-N's -1.88. At 20 NFE the 6-step rule stays best (-1.34;
-2 steps at 0.5: -1.53; best-of-N -1.15). Even the best setting only ties best-of-N at 10 NFE.
+2 steps at 0.5: -1.53; best-of-N -1.15); the next best of uniform 2-4 steps and Kim et al.'s
+grid on 3-8 steps, with c at 0.3-2 times the scaled value, were -1.40 (8 steps) and -1.49
+(4-5 steps), all at 1.0. Even the best setting only ties best-of-N at 10 NFE.
 The cause is measured by ``benchmarks/rbf_proposals.py``: RBF's proposals share their
 chain's state, and on this model the data estimate at t = 0 still varies by about a quarter
 over noises, so even proposals with fresh noise from t = 0 are correlated. The best of 9 of
