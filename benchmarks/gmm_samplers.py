@@ -178,16 +178,16 @@ def method_of(row: SweepRow, optimised: Sequence[str]) -> Method:
 
 def recheck(
     rows: Sequence[SweepRow], metric: str, samples: int, seed: int, optimised: Sequence[str]
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, float | str]]:
     """Each side's best row under ``metric`` at each acceptance NFE, rerun on ``samples``
-    further noises (seed ``seed + RECHECK_SEED_OFFSET``) against dopri5 references: their
-    RMSE, mean error and fraction of component switches, and the ratios of the two sides."""
+    further noises (seed ``seed + RECHECK_SEED_OFFSET``) against dopri5 references: its label,
+    RMSE, mean error and fraction of component switches, keyed ``"{nfe} {source}"``."""
     field = get_field("gmm16")
     generator = torch.Generator().manual_seed(seed + RECHECK_SEED_OFFSET)
     noise = torch.randn(samples, *field.event_shape, generator=generator, dtype=torch.float64)
     tolerance = REFERENCE_TOLERANCE
     reference = sample_adaptive(field, noise, rtol=tolerance, atol=tolerance).samples
-    found: dict[str, dict[str, float]] = {}
+    found: dict[str, dict[str, float | str]] = {}
     for nfe in ACCEPTANCE_NFES:
         for source in ("mmflow", "diffusers"):
             row = best_row(rows, source, nfe, metric)
@@ -202,7 +202,8 @@ def recheck(
     return found
 
 
-def recheck_lines(found: dict[str, dict[str, float]], samples: int) -> list[str]:
+def recheck_lines(found: dict[str, dict[str, float | str]], samples: int) -> list[str]:
+    """:func:`recheck`'s rows, switch counts and the mmflow / diffusers ratios, as lines."""
     lines = [f"best rows rerun on {samples} further noises:"]
     for nfe in ACCEPTANCE_NFES:
         ours, theirs = found[f"{nfe} mmflow"], found[f"{nfe} diffusers"]
