@@ -705,6 +705,9 @@ def field_benchmark(
     ``seed + OPTIMISED_SEED_OFFSET``: the evaluation noise stays held out."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}")
+    objective_loss(optimised_objective)  # a bad objective or sampler fails before the sweep
+    for sampler in optimised_samplers:
+        get_sampler(sampler)
     field_model = get_field(name)
     dtype, shape = field_model.means.dtype, field_model.event_shape
     generator = torch.Generator().manual_seed(seed)

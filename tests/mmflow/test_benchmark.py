@@ -251,6 +251,18 @@ def test_field_mode_refuses_a_checkpoint(tmp_path, capsys):
     assert "--field runs on an analytic field" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"optimised_objective": "rmse"}, "unknown `objective` 'rmse'"),
+        ({"optimised_samplers": ["unipc"]}, "unknown sampler `unipc`"),
+    ],
+)
+def test_field_benchmark_names_a_bad_optimised_option_before_the_sweep(options, message):
+    with pytest.raises(ValueError, match=message):
+        field_benchmark("gmm16", num_samples=4, **options)
+
+
 def test_optimised_grids_are_refused_without_a_field(tmp_path, capsys):
     argv = ["benchmark", "samplers", "--checkpoint", "x.ckpt", "--optimised", "[heun]"]
     assert main([*argv, "--out", str(tmp_path)]) == 2
