@@ -551,9 +551,8 @@ def component_switches(field: GaussianMixtureFlow, estimate: Tensor, reference: 
     a given NFE makes some of these) and one that stays in its component but lands far from
     the exact endpoint (an overshooting step).
     """
-    ones = torch.ones(estimate.shape[0], dtype=estimate.dtype, device=estimate.device)
-    estimated = field.responsibilities(estimate.to(field.means.dtype), ones).argmax(dim=1)
-    exact = field.responsibilities(reference.to(field.means.dtype), ones).argmax(dim=1)
+    estimated = field.responsibilities(estimate.to(field.means.dtype), 1.0).argmax(dim=1)
+    exact = field.responsibilities(reference.to(field.means.dtype), 1.0).argmax(dim=1)
     return float((estimated != exact).to(torch.float64).mean())
 
 

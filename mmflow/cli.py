@@ -244,10 +244,9 @@ def _benchmark_field(args: Any) -> int:
 
 
 def _benchmark_flow(args: Any) -> int:
-    from mmflow.benchmark import sampler_sweep, write_report
-
     if args.optimised:
         raise ValueError("--optimised fits grids to an analytic field: use it with --field")
+    from mmflow.benchmark import sampler_sweep, write_report
     from mmflow.data import load_datamodule, take_batches
 
     if args.config is None:

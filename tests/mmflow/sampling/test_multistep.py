@@ -615,9 +615,8 @@ def test_lower_order_final_removes_the_last_steps_overshoot_on_a_coarse_grid():
             field, noise, method="unipc_bh2_3", nfe=None, grid=grid, solver_options=options
         )
         far = per_sample_errors(estimate.samples, reference) > 0.5
-        ones = torch.ones(len(noise), dtype=torch.float64)
-        same = field.responsibilities(estimate.samples, ones).argmax(1) == (
-            field.responsibilities(reference, ones).argmax(1)
+        same = field.responsibilities(estimate.samples, 1.0).argmax(1) == (
+            field.responsibilities(reference, 1.0).argmax(1)
         )
         return int((far & same).sum())
 
