@@ -188,6 +188,8 @@ def test_best_of_n_keeps_the_first_candidate_and_the_highest_reward():
         ("rbf", 37, {"initial_particles": 5}, 37),
         ("rbf", 12, {"initial_particles": 5}, 12),
         ("rbf", 64, {"initial_particles": 25}, 64),
+        ("rbf", 37, {"initial_particles": 5, "initial_step": True}, 37),
+        ("rbf", 16, {"initial_particles": 5, "initial_step": True}, 16),
     ],
 )
 def test_nfe_is_counted_exactly_and_stays_within_budget(method, budget, options, expected_nfe):
@@ -210,10 +212,13 @@ def test_nfe_is_counted_exactly_and_stays_within_budget(method, budget, options,
     assert bool((result.trajectory_rewards.diff(dim=0) >= 0).all())
     assert bool((result.trajectory_rewards[-1] >= result.rewards - 1e-12).all())
     if method == "rbf":
-        initial, transitions = options["initial_particles"], 7
+        stepped = int(options.get("initial_step", False))
+        initial, transitions = options["initial_particles"] * (1 + stepped), 7 - stepped
+        searched = result.proposals[:, stepped:]
         assert bool((result.proposals.sum(dim=1) == budget - initial).all())
-        assert bool((result.proposals >= 1).all())
-        assert bool((result.proposals[:, -1] >= (budget - initial) // transitions).all())
+        assert bool((result.proposals[:, :stepped] == 0).all())
+        assert bool((searched >= 1).all())
+        assert bool((searched[:, -1] >= (budget - initial) // transitions).all())
 
 
 @pytest.mark.parametrize(
@@ -224,6 +229,7 @@ def test_nfe_is_counted_exactly_and_stays_within_budget(method, budget, options,
         ("smc", 7, {}),
         ("rbf", 11, {"initial_particles": 5}),
         ("rbf", 40.0, {"initial_particles": 5}),
+        ("rbf", 15, {"initial_particles": 5, "initial_step": True}),
     ],
 )
 def test_a_budget_too_small_for_one_sample_is_refused(method, budget, options):
@@ -343,6 +349,30 @@ def test_rbf_beats_best_of_n_at_the_same_nfe():
     assert gap > STANDARD_ERRORS * spread, (rbf.rewards.mean(), bon.rewards.mean())
 
 
+def test_rbf_initial_particles_rank_nothing_at_t0_and_their_best_of_k_one_step_later():
+    # For the exact flow x1_hat(x, 0) = m for every noise, so Kim et al.'s initial ranking
+    # sees one reward, -(m - c)^2. After the step to t_1 the data estimate is the Euler map
+    # over [0, t_1, 1], a + b x0, and the chain starts from the best of K0 such rewards.
+    mean, target, prompts, particles = 0.5, 1.3, 4000, 6
+    field = GaussianLinearFlow(torch.tensor([mean], dtype=DTYPE), torch.tensor([0.8], dtype=DTYPE))
+    ts, reward = grid(8), closeness(target)
+    options = {"initial_particles": particles, "generator": seeded(4)}
+    at_start = rollover_budget_forcing(field, noise(prompts), ts, reward, 20, **options)
+    torch.testing.assert_close(
+        at_start.trajectory_rewards[0], torch.full((prompts,), -((mean - target) ** 2), dtype=DTYPE)
+    )
+    stepped = rollover_budget_forcing(
+        field, noise(prompts), ts, reward, 20, initial_step=True, **options
+    )
+    offset, scale = euler_affine_map(field, ts[[0, 1, -1]])
+    first = stepped.trajectory_rewards[0]
+    truth = expected_best_reward(offset, scale, target, particles)
+    standard_error = first.std().item() / math.sqrt(prompts)
+    assert abs(first.mean().item() - truth) < STANDARD_ERRORS * standard_error, (first, truth)
+    assert truth > -((mean - target) ** 2)
+    assert int(stepped.trajectory_nfe[0]) == 2 * particles
+
+
 def chain(stage, best, allowance, used, stage_reward) -> _Chain:
     count = len(stage)
     return _Chain(
@@ -390,6 +420,10 @@ def test_rbf_needs_two_steps_and_a_positive_initial_particle_count():
         rollover_budget_forcing(field, noise(2), grid(1), closeness(0.0), 10, initial_particles=2)
     with pytest.raises(ValueError, match="initial_particles"):
         rollover_budget_forcing(field, noise(2), grid(4), closeness(0.0), 10, initial_particles=0)
+    with pytest.raises(ValueError, match="at least 3 steps for a search with `initial_step`"):
+        rollover_budget_forcing(
+            field, noise(2), grid(2), closeness(0.0), 10, initial_particles=2, initial_step=True
+        )
 
 
 # -- Kim et al.'s VP setting -----------------------------------------------------------------
