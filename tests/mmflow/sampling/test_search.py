@@ -373,6 +373,40 @@ def test_rbf_initial_particles_rank_nothing_at_t0_and_their_best_of_k_one_step_l
     assert int(stepped.trajectory_nfe[0]) == 2 * particles
 
 
+def test_rbf_return_best_keeps_the_best_scored_estimate_of_the_same_search():
+    # Both runs draw the same noises, so they are one search returned two ways. Kim et al.'s
+    # rule returns the last transition's best proposal, which can score below an earlier
+    # estimate; `return_best` returns the trajectory's best, at least the best of the K0
+    # initial particles, whose mean has the closed form of the previous test.
+    mean, target, prompts, particles = 0.5, 1.3, 4000, 4
+    field = GaussianLinearFlow(torch.tensor([mean], dtype=DTYPE), torch.tensor([0.8], dtype=DTYPE))
+    ts, reward = grid(4), closeness(target)
+
+    def search(return_best: bool):
+        return rollover_budget_forcing(
+            field,
+            noise(prompts),
+            ts,
+            reward,
+            14,
+            initial_particles=particles,
+            initial_step=True,
+            return_best=return_best,
+            generator=seeded(6),
+        )
+
+    last, best = search(False), search(True)
+    torch.testing.assert_close(best.trajectory_rewards, last.trajectory_rewards)
+    torch.testing.assert_close(best.rewards, best.trajectory_rewards[-1])
+    torch.testing.assert_close(best.rewards, reward(best.samples))
+    assert bool((best.rewards >= last.rewards - 1e-12).all())
+    assert bool((best.rewards > last.rewards + 1e-6).any())
+    offset, scale = euler_affine_map(field, ts[[0, 1, -1]])
+    floor = expected_best_reward(offset, scale, target, particles)
+    assert best.rewards.mean().item() > floor
+    assert best.nfe == last.nfe == 14
+
+
 def chain(stage, best, allowance, used, stage_reward) -> _Chain:
     count = len(stage)
     return _Chain(
