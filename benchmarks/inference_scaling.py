@@ -41,7 +41,7 @@ comparison is not tuned for one method:
   -0.18/-0.00/-0.00. Their grid ends the search at t = 0.69 (20 steps), where proposals
   still differ, instead of spending the rolled-over budget on a last transition at t = 0.9
   where they barely do (uniform grid, c = 6: -0.42/-0.51/-0.37). Below 80 NFE the grid
-  shrinks (next paragraph).
+  shrinks (next paragraphs).
 - ``rbf_kim_vp``: Kim et al.'s headline setting as published: the linear -> VP converted
   model (:func:`mmflow.sampling.sde.linear_to_vp`), their 10-step grid, ``g = 3 (1 - t)^2``,
   5% initial particles (-1.23/-1.03/-0.64). Its search ends at VP time 0.56 (linear
@@ -51,8 +51,8 @@ comparison is not tuned for one method:
 **RBF at small budgets.** With one proposal per transition RBF is a single SDE chain with
 nothing to choose, so at 10-40 NFE the 20-step grid made it the weakest row (validation
 -6.71/-5.21/-1.38 at 10/20/40). Its steps follow the budget, ``steps = clamp(budget // 4, 6,
-20)`` from 20 NFE (6/10 steps at 20/40, 20 from 80 NFE on, so the 80-320 setting is unchanged;
-below 20 NFE see the next paragraph), and the diffusion scale follows the grid, ``c = 6
+20)`` from 40 NFE (10 steps at 40, 20 from 80 NFE on, so the 80-320 setting is unchanged;
+below 40 NFE see the next paragraph), and the diffusion scale follows the grid, ``c = 6
 sqrt(steps / 20)`` (:func:`scaled_diffusion`): Euler-Maruyama moves ``x`` by ``h eps s`` with
 ``eps = c^2 (1 - t)^4 / 2`` and ``h ~ 1 / steps``, so ``c = 6`` on 4-6 steps overshoots
 (validation -25 to -37 at every budget; the best step count with c = 6 kept gave only
@@ -63,34 +63,43 @@ steps -5.40/-1.66/-0.57, 14 steps -5.42/-3.18/-0.71; at 80 NFE 10/14/20 steps ga
 trails them slightly at 20 and 40 (within about one standard error). The price is blur: a
 6-step grid ends the search at t = 0.45 (``crisp`` about 0.78 against 0.87 at 20 steps).
 
-**Below 20 NFE** RBF searches only the first transition of a 2-step uniform grid, with half
-the scaled diffusion (``c = 0.5 * 6 sqrt(2 / 20) = 0.95``): after one initial particle its 9
-proposals are 9 two-step samples that share their first evaluation. On 200 validation images
-(seed 1000) at 10 NFE: 2 uniform steps with ``c`` at 0.2-1.5 times the scaled value scored
--2.81/-2.53/-2.33/-2.18/-2.05/-1.97/-1.94/-1.96/-2.02/-2.24/-3.47/-6.46 (0.2, 0.25, ...,
-0.6, 0.7, 0.85, 1.0), the best other grid -2.39 (Kim et al.'s, 4 steps, 0.85) and the
-6-step rule -2.47, against best-of-N's -1.88. At 20 NFE the 6-step rule stays best (-1.34;
-2 steps at 0.5: -1.53; best-of-N -1.15); the next best of uniform 2-4 steps and Kim et al.'s
-grid on 3-8 steps, with c at 0.3-2 times the scaled value, were -1.40 (8 steps) and -1.49
-(4-5 steps), all at 1.0. Even the best setting only ties best-of-N at 10 NFE.
-The cause is measured by ``benchmarks/rbf_proposals.py``: RBF's proposals share their
-chain's state, and on this model the data estimate at t = 0 still varies by about a quarter
-over noises, so even proposals with fresh noise from t = 0 are correlated. The best of 9 of
-them scores -2.13 against -1.85 for the best of 5 independent two-step samples (100
-validation images).
+**Below 40 NFE** RBF departs from Kim et al. in two options of
+:func:`mmflow.sampling.search.rollover_budget_forcing`. Its initial particles, 35% of the
+budget (4 at 10 NFE, 7 at 20), each take the Euler step to t = 1/3 of a 3-step uniform grid
+and are scored there (``initial_step``): for a perfect flow every noise's data estimate at
+t = 0 is the data mean, so ranking there chooses nothing. The best one's transition
+1/3 -> 2/3 gets the other proposals (2 at 10 NFE, 6 at 20), and the search returns the
+best-scored data estimate it saw (``return_best``), where Kim et al. return the last
+transition's best proposal even when it scores below the chosen initial particle; every
+estimate scored here is a two- or three-step sample like best-of-N's. With ``c`` at the
+scaled value (2.32), the paired gain over best-of-N on 200 validation images (seed 1000,
+standard errors 0.10-0.14) was, for 3/4 initial particles at 10 NFE, +0.11/+0.13 with
+``return_best`` and -0.09/-0.34 without, and for 5/6/7 at 20 NFE +0.13/+0.17/+0.26 with and
++0.07/+0.10/+0.16 without; c = 3 lost (-0.40/-0.26 at 10 NFE) and the grids
+[0, 0.4, 0.7, 1] and [0, 0.5, 0.67 or 0.75, 1] were within the noise of the uniform one. On
+1000 fresh images (seed 4) the rule gains +0.12 +- 0.06 at 10 NFE and +0.25 +- 0.04 at 20, and
+the check classifier agrees (accuracy 0.37 against 0.34, 0.58 against 0.51).
 
-Initial RBF particles are scored on ``x1_hat`` at t = 0, which for an exact flow is the data
-mean whatever the noise, so ranking them says little about the final sample; more of them do
-not help (2% vs 5%: no difference within error). Nor at 10 NFE, where each costs a proposal:
-1, 2, 3 and 4 initial particles on the 2-step rule scored -1.94/-1.96/-1.93/-2.16 on 200
-validation images (seed 1000; best-of-N -1.88), and -2.24/-2.28/-2.40/-2.59 with c at 0.7
-times the scaled value. Grids are shortened where a budget cannot pay for one pass
-(``time_grid``).
+**The rules it replaced** ranked initial particles at t = 0, as Kim et al. do (more of them
+did not help: 2% vs 5% of the budget, and 1-4 at 10 NFE). At 10 NFE the first transition of
+a 2-step uniform grid was searched at half the scaled c, 9 proposals sharing their first
+evaluation; on 200 validation images c at 0.2-1.5 times the scaled value scored -2.81 to
+-1.94 (best at 0.5) against best-of-N's -1.88, and on 1000 fresh images (seed 3) it trailed
+best-of-N by 0.16 +- 0.05. At 20 NFE the 6-step rule scored -1.34 against -1.15, the best of
+uniform 2-4 steps and Kim et al.'s grid on 3-8 steps with c at 0.3-2 times the scaled value.
+``benchmarks/rbf_proposals.py`` measures why: proposals of one chain share its state, and
+this model's data estimate at t = 0 varies by about a quarter over noises, so even proposals
+with fresh noise from t = 0 are correlated (the best of 9 scores -2.13 against -1.85 for the
+best of 5 independent two-step samples). Independent initial particles scored after a step,
+and keeping the best estimate, remove that handicap. Grids are shortened where a budget
+cannot pay for one pass (``time_grid``).
 
 Every method starts from the same initial noise per image (the first candidate / particle),
-so rows differ by the search only. Writes ``metrics.json``, ``scaling.png`` (reward and
-check accuracy vs NFE) and ``samples.png`` (chosen images at the largest budget, two per
-target class, one row per method) to ``outputs/inference_scaling/``.
+so rows differ by the search only, and each row's reward gain over ``best_of_n_short`` is a
+paired difference on the same images (printed with its standard error, saved as ``gain``).
+Writes ``metrics.json``, ``scaling.png`` (reward and check accuracy vs NFE) and
+``samples.png`` (chosen images at the largest budget, two per target class, one row per
+method) to ``outputs/inference_scaling/``.
 
     OMP_NUM_THREADS=1 python benchmarks/inference_scaling.py
 """
@@ -148,6 +157,8 @@ class Row:
     crisp_pixels: float
     seconds: float
     proposals_per_transition: list[float] | None = None
+    gain: float | None = None
+    gain_se: float | None = None
 
 
 def load_reward_classifier(path: Path) -> nn.Module:
@@ -173,11 +184,13 @@ RBF_STEPS = 20  # most grid steps, reached from 80 NFE on (module docstring)
 RBF_MIN_STEPS = 6  # fewest grid steps, used up to 24 NFE
 RBF_BUDGET_PER_STEP = 4  # steps = clamp(budget // 4, 6, 20), chosen on validation images
 RBF_DIFFUSION_SCALE = 6.0  # c at RBF_STEPS, chosen on validation images (module docstring)
-RBF_SMALL_BUDGET = 20  # below it RBF searches the first transition of a 2-step uniform grid
-RBF_SMALL_DIFFUSION_FACTOR = 0.5  # its c, relative to the scaled one (validation images)
+RBF_STEPPED_BUDGET = 40  # below it RBF scores its initial particles at t_1 (initial_step)
+RBF_STEPPED_STEPS = 3  # its uniform grid: initial particles to t = 1/3, one searched transition
+RBF_STEPPED_FRACTION = 0.35  # its initial particles / budget (4 at 10, 7 at 20 NFE)
 SHORT_STEPS = 3  # best-of-N's best grid on validation from 40 NFE; ends like RBF's at t ~ 0.7
 SHORT_STEPS_SMALL_BUDGET = 2  # its best grid below SMALL_BUDGET NFE (more candidates)
 SMALL_BUDGET = 40
+PAIRED_BASELINE = "best_of_n_short"  # the strongest best-of-N: every row's paired gain over it
 SMC_STEPS_SMALL_BUDGET = 5  # SMC's grid below SMC_SMALL_BUDGET NFE (more particles)
 SMC_SMALL_BUDGET = 80
 
@@ -246,17 +259,44 @@ def with_small_budget(setting: Setting, budget_limit: int, **changes: Any) -> Se
 
     A coarser grid at small budgets leaves more candidates (best-of-N: 5 two-step samples
     against 3 at 10 NFE), particles (SMC: five steps double them below 80 NFE) or proposals
-    per searched transition (RBF: 9 on a two-step grid at 10 NFE), which outweighs their
-    coarser steps on validation images (module docstring).
+    per searched transition, which outweighs their coarser steps on validation images
+    (module docstring).
     """
     return replace(setting, small_budget=(budget_limit, replace(setting, **changes)))
+
+
+def rbf_setting(args: argparse.Namespace) -> Setting:
+    """RBF's two regimes (module docstring), each chosen on validation images.
+
+    From ``RBF_STEPPED_BUDGET`` NFE: Kim et al.'s grid with ``clamp(budget // 4, 6, 20)``
+    steps. Below it: initial particles scored at ``t = 1/3`` of a 3-step uniform grid
+    (``initial_step``), one searched transition, and the best-scored estimate returned
+    (``return_best``).
+    """
+    rbf_sde = {"diffusion": KIM_DIFFUSION, "diffusion_scale": args.rbf_diffusion_scale}
+    large = Setting(
+        rollover_budget_forcing,
+        vp=False,
+        grid="rbf",
+        steps=lambda budget: rbf_steps(budget, args),
+        options=rbf_sde,
+        initial_fraction=args.initial_fraction,
+        diffusion_reference_steps=args.rbf_steps,
+    )
+    stepped = replace(
+        large,
+        grid="uniform",
+        steps=fixed_steps(RBF_STEPPED_STEPS),
+        options={**rbf_sde, "initial_step": True, "return_best": True},
+        initial_fraction=RBF_STEPPED_FRACTION,
+    )
+    return replace(large, small_budget=(RBF_STEPPED_BUDGET, stepped))
 
 
 def settings(args: argparse.Namespace) -> dict[str, Setting]:
     """The compared methods, each in its best validated setting (module docstring)."""
     kim_sde = {"diffusion": KIM_DIFFUSION, "diffusion_scale": KIM_DIFFUSION_SCALE}
     euler = {"solver": "euler"}
-    rbf_sde = {"diffusion": KIM_DIFFUSION, "diffusion_scale": args.rbf_diffusion_scale}
     return {
         "best_of_n": Setting(
             best_of_n, vp=False, grid="uniform", steps=fixed_steps(args.steps), options=euler
@@ -287,24 +327,7 @@ def settings(args: argparse.Namespace) -> dict[str, Setting]:
             SMC_SMALL_BUDGET,
             steps=fixed_steps(args.smc_steps_small),
         ),
-        "rbf": with_small_budget(
-            Setting(
-                rollover_budget_forcing,
-                vp=False,
-                grid="rbf",
-                steps=lambda budget: rbf_steps(budget, args),
-                options=rbf_sde,
-                initial_fraction=args.initial_fraction,
-                diffusion_reference_steps=args.rbf_steps,
-            ),
-            RBF_SMALL_BUDGET,
-            grid="uniform",
-            steps=fixed_steps(2),
-            options={
-                **rbf_sde,
-                "diffusion_scale": RBF_SMALL_DIFFUSION_FACTOR * rbf_sde["diffusion_scale"],
-            },
-        ),
+        "rbf": rbf_setting(args),
         "rbf_kim_vp": Setting(
             rollover_budget_forcing,
             vp=True,
@@ -326,11 +349,12 @@ def initial_particles(setting: Setting, budget: int) -> int | None:
 def grid_steps(setting: Setting, budget: int) -> int:
     """The setting's steps at ``budget``, fewer where the budget cannot pay for one pass.
 
-    One sample (best-of-N), one particle (SMC) or the initial particles plus one proposal per
-    transition (RBF) must fit in ``budget``.
+    One sample (best-of-N), one particle (SMC) or the initial particles' evaluations plus one
+    proposal per transition (RBF) must fit in ``budget``.
     """
-    initial = initial_particles(setting, budget) or 1
-    return min(setting.steps(budget), budget - initial + 1)
+    stepped = int(setting.options.get("initial_step", False))
+    initial = (initial_particles(setting, budget) or 1) * (1 + stepped)
+    return min(setting.steps(budget), budget - initial + 1 + stepped)
 
 
 def search_options(setting: Setting, budget: int) -> dict[str, Any]:
@@ -440,6 +464,34 @@ def print_row(row: Row) -> None:
         f"{row.crisp_pixels:>6.3f} {row.seconds:>6.1f}",
         flush=True,
     )
+
+
+def add_paired_gains(rows: list[Row], rewards: dict[str, Tensor]) -> None:
+    """Each row's mean reward gain over ``PAIRED_BASELINE`` on the same images, with its error.
+
+    Every method starts image ``i`` from the same noise and target, so ``r_i - r_i^base`` is a
+    paired difference: its standard error is far below that of either mean when the two
+    searches agree on which images are hard.
+    """
+    baseline = rewards[PAIRED_BASELINE]
+    for row in rows:
+        difference = rewards[row.method] - baseline
+        row.gain = float(difference.mean())
+        row.gain_se = float(difference.std() / len(difference) ** 0.5)
+
+
+def print_gains(rows: list[Row], methods: list[str]) -> None:
+    """The paired gains over ``PAIRED_BASELINE`` (mean +- standard error), one line per method."""
+    budgets = sorted({row.budget for row in rows})
+    print(f"\nmean reward gain over {PAIRED_BASELINE} on the same images (+- se):")
+    print(f"{'method':<15} " + " ".join(f"{budget:>14}" for budget in budgets))
+    for method in methods:
+        cells = {
+            row.budget: f"{row.gain:+.3f} +- {row.gain_se:.3f}"
+            for row in rows
+            if row.method == method
+        }
+        print(f"{method:<15} " + " ".join(f"{cells.get(budget, ''):>14}" for budget in budgets))
 
 
 def print_allocation(rows: list[Row], budget: int) -> None:
@@ -576,6 +628,7 @@ def main() -> int:
     start = time.perf_counter()
     print_header()
     for budget in budgets:
+        budget_rows, rewards = [], {}
         for method, setting in methods.items():
             row, result = run_method(
                 method,
@@ -588,9 +641,13 @@ def main() -> int:
                 targets,
                 args,
             )
-            rows.append(row)
+            budget_rows.append(row)
+            rewards[method] = result.rewards
             shown[method] = result.samples
             print_row(row)
+        add_paired_gains(budget_rows, rewards)
+        rows.extend(budget_rows)
+    print_gains(rows, list(methods))
     print_allocation(rows, max(args.budgets))
     plot(rows, list(methods), out_path.parent / "scaling.png")
     columns = shown_columns(len(args.classes), args.images_per_class)
