@@ -212,6 +212,16 @@ def rbf_steps(budget: int, args: argparse.Namespace) -> int:
     return min(max(budget // args.rbf_budget_per_step, args.rbf_min_steps), args.rbf_steps)
 
 
+def fewer_steps_below(budget_limit: int, small: int, large: int) -> StepRule:
+    """The rule ``steps(budget) = small if budget < budget_limit else large``.
+
+    A coarser grid at small budgets leaves more candidates (best-of-N: 5 two-step samples
+    against 3 at 10 NFE) or particles (SMC: five steps double them below 80 NFE), which outweighs
+    their coarser steps on validation images (module docstring).
+    """
+    return lambda budget: small if budget < budget_limit else large
+
+
 def scaled_diffusion(scale: float, steps: int, reference_steps: int) -> float:
     """``c' = c sqrt(steps / reference_steps)`` for ``g = c' (1 - t)^2`` on a coarser grid.
 
@@ -254,17 +264,6 @@ def setting_at(setting: Setting, budget: int) -> Setting:
     return setting
 
 
-def with_small_budget(setting: Setting, budget_limit: int, **changes: Any) -> Setting:
-    """``setting``, run with ``changes`` (fields of :class:`Setting`) below ``budget_limit``.
-
-    A coarser grid at small budgets leaves more candidates (best-of-N: 5 two-step samples
-    against 3 at 10 NFE), particles (SMC: five steps double them below 80 NFE) or proposals
-    per searched transition, which outweighs their coarser steps on validation images
-    (module docstring).
-    """
-    return replace(setting, small_budget=(budget_limit, replace(setting, **changes)))
-
-
 def rbf_setting(args: argparse.Namespace) -> Setting:
     """RBF's two regimes (module docstring), each chosen on validation images.
 
@@ -301,31 +300,23 @@ def settings(args: argparse.Namespace) -> dict[str, Setting]:
         "best_of_n": Setting(
             best_of_n, vp=False, grid="uniform", steps=fixed_steps(args.steps), options=euler
         ),
-        "best_of_n_short": with_small_budget(
-            Setting(
-                best_of_n,
-                vp=False,
-                grid="uniform",
-                steps=fixed_steps(args.short_steps),
-                options=euler,
-            ),
-            SMALL_BUDGET,
-            steps=fixed_steps(args.short_steps_small),
+        "best_of_n_short": Setting(
+            best_of_n,
+            vp=False,
+            grid="uniform",
+            steps=fewer_steps_below(SMALL_BUDGET, args.short_steps_small, args.short_steps),
+            options=euler,
         ),
-        "smc": with_small_budget(
-            Setting(
-                smc,
-                vp=False,
-                grid="uniform",
-                steps=fixed_steps(args.steps),
-                options={
-                    **kim_sde,
-                    "reward_scale": args.reward_scale,
-                    "ess_threshold": args.ess_threshold,
-                },
-            ),
-            SMC_SMALL_BUDGET,
-            steps=fixed_steps(args.smc_steps_small),
+        "smc": Setting(
+            smc,
+            vp=False,
+            grid="uniform",
+            steps=fewer_steps_below(SMC_SMALL_BUDGET, args.smc_steps_small, args.steps),
+            options={
+                **kim_sde,
+                "reward_scale": args.reward_scale,
+                "ess_threshold": args.ess_threshold,
+            },
         ),
         "rbf": rbf_setting(args),
         "rbf_kim_vp": Setting(
