@@ -10,7 +10,7 @@ this scores, with the separation metrics of the audio modality,
 
 and prints and saves ``{name: {"si_sdri", "sdri"}}`` plus the VAE's test mel L1.
 
-    python benchmarks/audio_ceilings.py --vae outputs/audio/mel_vae/pretrained \
+    python -m benchmarks.audio_ceilings --vae outputs/audio/mel_vae/pretrained \
         --vocoder outputs/audio/vocoder/pretrained --out outputs/audio/ceilings.json
 """
 

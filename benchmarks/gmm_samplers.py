@@ -1,7 +1,7 @@
 """mmflow's samplers against diffusers' schedulers on an analytic Gaussian-mixture flow.
 
 The field is ``GaussianMixtureFlow`` in 16 dimensions (8 seeded components with distinct
-means and per-dimension stds, :func:`mmflow.benchmark.gaussian_mixture_field`); its exact
+means and per-dimension stds, :func:`mmflow.sampling.analytic.random_gaussian_mixture`); its exact
 endpoints from fixed noise come from dopri5 at ``rtol = atol = 1e-10`` in float64 (checked
 against RK4 on 1024 steps). Every registered ODE sampler runs on the uniform grid, SD3-shifted
 grids and the BOSS grid of the field; every diffusers scheduler (FlowMatchEuler, DPM-Solver++
@@ -17,7 +17,7 @@ the one the acceptance judges and the optimised grids are fitted to (``mean``, t
 
 **Why 4096 evaluation noises, and a recheck on 32768 more.** The mixture's components are
 well separated, so a coarse solver sends a few samples to another component than the exact
-flow does (a *switch*, counted by :func:`mmflow.benchmark.component_switches`), each about
+flow does (a *switch*, counted by :func:`benchmarks.samplers.component_switches`), each about
 2.3 (RMS) from its exact endpoint, and those carry most of the squared error: at NFE 8 the
 best rows switch 0.4-1.2% of the samples, at NFE 16 0.05-0.1%, i.e. 2-4 of 4096. The RMSE
 then counts rare events and swings with the noise (on 500 noises the NFE-16 ratio was 0.24,
@@ -67,7 +67,7 @@ the RMSE is the root of the *mean squared* distance. The RMSE verdict stays one 
 0.24 / 0.27 / 0.22 at NFE 8 and 0.16 / 0.19 / 0.16 at NFE 16 for seeds 0 / 1 / 2; with
 ``--metric rmse`` (seed 0) RMSE ratios 0.67 and 0.79, for the reason above.
 
-    python benchmarks/gmm_samplers.py --out outputs/benchmarks/gmm_samplers
+    python -m benchmarks.gmm_samplers --out outputs/benchmarks/gmm_samplers
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ from pathlib import Path
 
 import torch
 
-from mmflow.benchmark import (
+from benchmarks.samplers import (
     DEFAULT_NFES,
     ENDPOINT_MEAN_METRIC,
     ENDPOINT_MEDIAN_METRIC,
@@ -101,7 +101,7 @@ from mmflow.benchmark import (
     run_method,
     write_report,
 )
-from mmflow.sampling.adaptive import sample_adaptive
+from mmflow.sampling import sample
 
 ACCEPTANCE_NFES = (8, 16)
 ACCEPTANCE_RATIO = 0.5
@@ -185,8 +185,8 @@ def recheck(
     field = get_field("gmm16")
     generator = torch.Generator().manual_seed(seed + RECHECK_SEED_OFFSET)
     noise = torch.randn(samples, *field.event_shape, generator=generator, dtype=torch.float64)
-    tolerance = REFERENCE_TOLERANCE
-    reference = sample_adaptive(field, noise, rtol=tolerance, atol=tolerance).samples
+    tolerances = {"rtol": REFERENCE_TOLERANCE, "atol": REFERENCE_TOLERANCE}
+    reference = sample(field, noise, "dopri5", solver_options=tolerances).samples
     found: dict[str, dict[str, float | str]] = {}
     for nfe in ACCEPTANCE_NFES:
         for source in ("mmflow", "diffusers"):

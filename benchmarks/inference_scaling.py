@@ -3,7 +3,7 @@
 The trained MNIST flow (recipe ``recipes/image/mnist.yaml``) generates with the **null
 (unconditional) class** and no guidance, so that only the reward steers the search towards a
 target digit. The reward is ``r(x1_hat) = log p(target | x1_hat)`` under the project's MNIST
-classifier (``.cache/classifiers/mnist5k.safetensors``, the one behind FD-ours and class
+classifier (``.cache/classifiers/mnist5k``, the one behind FD-ours and class
 accuracy), evaluated on the path's data estimate ``x1_hat`` (``x + (1 - t) u`` on the linear
 path), decoded to [0, 1].
 
@@ -87,7 +87,7 @@ evaluation; on 200 validation images c at 0.2-1.5 times the scaled value scored 
 -1.94 (best at 0.5) against best-of-N's -1.88, and on 1000 fresh images (seed 3) it trailed
 best-of-N by 0.16 +- 0.05. At 20 NFE the 6-step rule scored -1.34 against -1.15, the best of
 uniform 2-4 steps and Kim et al.'s grid on 3-8 steps with c at 0.3-2 times the scaled value.
-``benchmarks/rbf_proposals.py`` measures why: proposals of one chain share its state, and
+``benchmarks.rbf_proposals`` measures why: proposals of one chain share its state, and
 this model's data estimate at t = 0 varies by about a quarter over noises, so even proposals
 with fresh noise from t = 0 are correlated (the best of 9 scores -2.13 against -1.85 for the
 best of 5 independent two-step samples). Independent initial particles scored after a step,
@@ -101,7 +101,7 @@ Writes ``metrics.json``, ``scaling.png`` (reward and check accuracy vs NFE) and
 ``samples.png`` (chosen images at the largest budget, two per target class, one row per
 method) to ``outputs/inference_scaling/``.
 
-    OMP_NUM_THREADS=1 python benchmarks/inference_scaling.py
+    OMP_NUM_THREADS=1 python -m benchmarks.inference_scaling
 """
 
 from __future__ import annotations
@@ -119,25 +119,21 @@ import torch
 from torch import Tensor, nn
 
 from mmflow.hub import PretrainedFlow, pretrained_from_checkpoint
+from mmflow.sampling import SampleResult, sample
 from mmflow.sampling.sde import linear_to_vp, noise_to_target_start
 from mmflow.sampling.search import (
     KIM_DIFFUSION,
     KIM_DIFFUSION_SCALE,
     KIM_INITIAL_PARTICLES,
     ClassLogProbability,
-    RBFResult,
-    SearchResult,
-    best_of_n,
     rbf_time_grid,
-    rollover_budget_forcing,
-    smc,
 )
 from mmflow.timesteps import make_grid
-from modalities.image import MNIST5k, load_classifier, save_image_grid, train_classifier
+from modalities.image import MNIST5k, SmallCNN, save_image_grid, train_classifier
 
 CLASSIFIER_HELP = (
     "create it with `python -m modalities.image.classifier --dataset mnist5k "
-    "--out .cache/classifiers/mnist5k.safetensors` (about 40 s)"
+    "--out .cache/classifiers/mnist5k` (about 40 s)"
 )
 
 
@@ -162,19 +158,19 @@ class Row:
 
 
 def load_reward_classifier(path: Path) -> nn.Module:
-    if not path.is_file():
+    if not path.is_dir():
         raise SystemExit(f"error: reward classifier {path} not found; {CLASSIFIER_HELP}")
-    return load_classifier(path)
+    return SmallCNN.from_pretrained(path)
 
 
 def load_check_classifier(path: Path, seed: int) -> nn.Module:
     """The independent classifier, trained once with ``seed`` into ``path`` if missing."""
-    if not path.is_file():
+    if not path.is_dir():
         print(f"training the check classifier (seed {seed}) into {path} ...", flush=True)
         start = time.perf_counter()
         _, accuracy = train_classifier(MNIST5k(batch_size=64), path, seed=seed)
         print(f"  validation accuracy {accuracy:.4f} ({time.perf_counter() - start:.0f} s)")
-    return load_classifier(path)
+    return SmallCNN.from_pretrained(path)
 
 
 KIM_BUDGET = 500  # Kim et al.'s NFE budget, of which KIM_INITIAL_PARTICLES start the chain
@@ -237,7 +233,8 @@ def scaled_diffusion(scale: float, steps: int, reference_steps: int) -> float:
 class Setting:
     """How one method searches: on which path and grid, with which options.
 
-    ``vp`` runs the search on ``linear_to_vp(model)`` (Kim et al.'s VP-SDE, initial noise mapped
+    ``search`` is the registered search method (``best_of_n``, ``smc`` or ``rbf``) run by
+    :func:`mmflow.sampling.sample`; ``vp`` runs the search on ``linear_to_vp(model)`` (Kim et al.'s VP-SDE, initial noise mapped
     by ``noise_to_target_start``); ``grid`` is ``"uniform"`` or ``"rbf"`` (Kim et al.'s
     ``time_schedule: exp``, :func:`rbf_time_grid`, in the path's own time) with
     ``steps(budget)`` steps. RBF's initial particles are ``initial_fraction`` of the budget
@@ -247,7 +244,7 @@ class Setting:
     ``other`` at budgets below ``limit`` (:func:`setting_at`).
     """
 
-    search: Callable[..., SearchResult]
+    search: str
     vp: bool
     grid: str
     steps: StepRule
@@ -274,7 +271,7 @@ def rbf_setting(args: argparse.Namespace) -> Setting:
     """
     rbf_sde = {"diffusion": KIM_DIFFUSION, "diffusion_scale": args.rbf_diffusion_scale}
     large = Setting(
-        rollover_budget_forcing,
+        "rbf",
         vp=False,
         grid="rbf",
         steps=lambda budget: rbf_steps(budget, args),
@@ -298,17 +295,17 @@ def settings(args: argparse.Namespace) -> dict[str, Setting]:
     euler = {"solver": "euler"}
     return {
         "best_of_n": Setting(
-            best_of_n, vp=False, grid="uniform", steps=fixed_steps(args.steps), options=euler
+            "best_of_n", vp=False, grid="uniform", steps=fixed_steps(args.steps), options=euler
         ),
         "best_of_n_short": Setting(
-            best_of_n,
+            "best_of_n",
             vp=False,
             grid="uniform",
             steps=fewer_steps_below(SMALL_BUDGET, args.short_steps_small, args.short_steps),
             options=euler,
         ),
         "smc": Setting(
-            smc,
+            "smc",
             vp=False,
             grid="uniform",
             steps=fewer_steps_below(SMC_SMALL_BUDGET, args.smc_steps_small, args.steps),
@@ -320,7 +317,7 @@ def settings(args: argparse.Namespace) -> dict[str, Setting]:
         ),
         "rbf": rbf_setting(args),
         "rbf_kim_vp": Setting(
-            rollover_budget_forcing,
+            "rbf",
             vp=True,
             grid="rbf",
             steps=fixed_steps(KIM_STEPS),
@@ -403,23 +400,27 @@ def run_method(
     x0: Tensor,
     targets: Tensor,
     args: argparse.Namespace,
-) -> tuple[Row, SearchResult]:
+) -> tuple[Row, SampleResult]:
     null = flow.adapter.null_condition({"class_labels": targets})
     model = linear_to_vp(flow.network) if setting.vp else flow.network
     start_noise = noise_to_target_start(model, x0) if setting.vp else x0
     start = time.perf_counter()
-    result = setting.search(
+    result = sample(
         model,
         start_noise,
-        time_grid(setting, budget),
-        rewarder,
-        budget,
-        generator=torch.Generator().manual_seed(args.seed + budget),
-        reward_kwargs={"class_labels": targets},
-        **search_options(setting, budget),
+        setting.search,
+        nfe=budget,
+        grid=time_grid(setting, budget),
+        solver_options={
+            "reward": rewarder,
+            "generator": torch.Generator().manual_seed(args.seed + budget),
+            "reward_kwargs": {"class_labels": targets},
+            **search_options(setting, budget),
+        },
         **null,
     )
     seconds = time.perf_counter() - start
+    rewards = result.info["rewards"]
     _, accuracy = score(flow, rewarder, result.samples, targets)
     check_log_probability, check_accuracy = score(flow, checker, result.samples, targets)
     row = Row(
@@ -427,16 +428,16 @@ def run_method(
         budget=budget,
         steps=grid_steps(setting, budget),
         nfe=result.nfe,
-        reward=float(result.rewards.mean()),
-        reward_se=float(result.rewards.std() / len(targets) ** 0.5),
+        reward=float(rewards.mean()),
+        reward_se=float(rewards.std() / len(targets) ** 0.5),
         accuracy=accuracy,
         check_log_probability=check_log_probability,
         check_accuracy=check_accuracy,
         crisp_pixels=crisp_pixels(flow, result.samples),
         seconds=seconds,
     )
-    if isinstance(result, RBFResult):
-        row.proposals_per_transition = result.proposals.float().mean(dim=0).tolist()
+    if "proposals" in result.info:
+        row.proposals_per_transition = result.info["proposals"].float().mean(dim=0).tolist()
     return row, result
 
 
@@ -532,10 +533,9 @@ def shown_columns(classes: int, per_class: int, shown: int = 2) -> Tensor:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="outputs/mnist/checkpoints/last.ckpt")
-    parser.add_argument("--classifier", default=".cache/classifiers/mnist5k.safetensors")
+    parser.add_argument("--classifier", default=".cache/classifiers/mnist5k")
     parser.add_argument(
-        "--check_classifier",
-        default="outputs/inference_scaling/check_classifier_seed1.safetensors",
+        "--check_classifier", default="outputs/inference_scaling/check_classifier_seed1"
     )
     parser.add_argument("--check_seed", type=int, default=1)
     parser.add_argument("--classes", type=int, nargs="+", default=[0, 3, 5, 7, 9])
@@ -633,7 +633,7 @@ def main() -> int:
                 args,
             )
             budget_rows.append(row)
-            rewards[method] = result.rewards
+            rewards[method] = result.info["rewards"]
             shown[method] = result.samples
             print_row(row)
         add_paired_gains(budget_rows, rewards)

@@ -6,8 +6,8 @@ a measurement ``y = A x1 + sigma_y n`` is restored by
 
 - a naive baseline: mean fill (inpainting), bicubic upsampling (super-resolution), the noisy
   image (denoising), the blurred image and a Tikhonov (Wiener-type) inverse (deblurring);
-- the flow prior with :func:`mmflow.sampling.inverse.solve_inverse_problem`: the range-null-space
-  projection with the model's noise estimate (DDNM, "projection/model") and with the corrected
+- the flow prior with :func:`mmflow.sampling.sample` and the methods ``inverse_projection``
+  and ``inverse_gradient`` (:mod:`mmflow.sampling.inverse`): the range-null-space projection with the model's noise estimate (DDNM, "projection/model") and with the corrected
   noise estimate ("projection/corrected"), and gradient data-consistency steps
   ("gradient/corrected"). The network is the class-conditional MMDiT run without guidance,
   conditioned on the digit's true label ("true") or on the null class ("null").
@@ -18,7 +18,7 @@ distance in our MNIST classifier's features, against the same N true digits; not
 class accuracy of our classifier. Writes a JSON file and, per task, a PNG grid whose rows are
 truth, measurement (``A^+ y``), baseline and flow ("projection/corrected", true label).
 
-    OMP_NUM_THREADS=1 python benchmarks/inverse_problems.py \
+    OMP_NUM_THREADS=1 python -m benchmarks.inverse_problems \
         --checkpoint outputs/mnist/checkpoints/last.ckpt --config recipes/image/mnist.yaml
 """
 
@@ -40,15 +40,9 @@ from torch import Tensor
 from mmflow.data import load_datamodule, take_batches
 from mmflow.hub import PretrainedFlow, pretrained_from_checkpoint
 from mmflow.metrics import metric_entries
-from mmflow.sampling.inverse import (
-    Denoising,
-    GaussianDeblur,
-    Inpainting,
-    LinearOperator,
-    SuperResolution,
-    solve_inverse_problem,
-)
+from mmflow.sampling import Denoising, LinearOperator, sample
 from modalities.image import save_image_grid
+from modalities.image.operators import GaussianDeblur, Inpainting, SuperResolution
 
 IMAGE_SIZE = (28, 28)
 GRID_COLUMNS = 8
@@ -169,24 +163,17 @@ def run_flow(
     nfe: int,
 ) -> tuple[Tensor, int, float]:
     start = time.perf_counter()
-    result = solve_inverse_problem(
-        flow.network,
-        noise,
-        task.operator,
-        y,
-        method,
-        nfe=nfe,
-        noise_std=task.noise_std,
-        solver_options=options,
-        **condition,
+    problem = {"operator": task.operator, "measurement": y, "noise_std": task.noise_std}
+    result = sample(
+        flow.network, noise, method, nfe=nfe, solver_options={**problem, **options}, **condition
     )
     return result.samples, result.nfe, time.perf_counter() - start
 
 
 FLOW_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "projection/model": ("projection", {"noise_estimate": "model"}),
-    "projection/corrected": ("projection", {"noise_estimate": "corrected"}),
-    "gradient/corrected": ("gradient", {"noise_estimate": "corrected"}),
+    "projection/model": ("inverse_projection", {"noise_estimate": "model"}),
+    "projection/corrected": ("inverse_projection", {"noise_estimate": "corrected"}),
+    "gradient/corrected": ("inverse_gradient", {"noise_estimate": "corrected"}),
 }
 SHOWN_METHOD = "projection/corrected"
 

@@ -20,12 +20,12 @@ and the mean reward of the best of ``k`` candidates, for ``k`` proposals of one 
 1000) the spread is 0.25 and the best of 9 chain proposals (RBF's 10-NFE budget minus the
 chain's first evaluation) scores -2.13, below the best of 5 independent samples (-1.85,
 best-of-N at 10 NFE). RBF's own Euler-Maruyama proposals on that grid (the earlier 10-NFE
-rule of ``benchmarks/inference_scaling.py``) trailed best-of-N. The benchmark's RBF now
+rule of ``benchmarks.inference_scaling``) trailed best-of-N. The benchmark's RBF now
 starts from independent initial particles scored after one step and keeps the best-scored
 estimate (the ``initial_step`` and ``return_best`` options of ``rollover_budget_forcing``),
 which gains over best-of-N at 10 and 20 NFE. Writes ``metrics.json`` to ``--out``.
 
-    python benchmarks/rbf_proposals.py
+    python -m benchmarks.rbf_proposals
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from torch import Tensor
 from mmflow.hub import pretrained_from_checkpoint
 from mmflow.interpolants import LinearPath
 from mmflow.sampling.search import ClassLogProbability
-from modalities.image import load_classifier
+from modalities.image import SmallCNN
 
 TARGETS = (0, 3, 5, 7, 9)
 SHOWN = (1, 2, 3, 5, 9, 10, 19)
@@ -50,7 +50,7 @@ MIDPOINT = 0.5
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="outputs/mnist/checkpoints/last.ckpt")
-    parser.add_argument("--classifier", default=".cache/classifiers/mnist5k.safetensors")
+    parser.add_argument("--classifier", default=".cache/classifiers/mnist5k")
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--candidates", type=int, default=max(SHOWN))
     parser.add_argument("--seed", type=int, default=1000)
@@ -66,10 +66,11 @@ def best_of_first(rewards: Tensor, k: int) -> float:
 def main() -> None:
     args = parse_args()
     for path in (Path(args.checkpoint), Path(args.classifier)):
-        if not path.is_file():
+        if not path.exists():
             raise SystemExit(f"error: {path} not found; run `make demo` first")
     flow = pretrained_from_checkpoint(args.checkpoint)
-    reward = ClassLogProbability(load_classifier(Path(args.classifier)), flow.adapter.decode)
+    classifier = SmallCNN.from_pretrained(args.classifier)
+    reward = ClassLogProbability(classifier, flow.adapter.decode)
     per_class = max(1, args.images // len(TARGETS))
     targets = torch.tensor(TARGETS).repeat_interleave(per_class)
     null = flow.adapter.null_condition({"class_labels": targets})

@@ -7,8 +7,8 @@
 - ``mmflow sample``: a checkpoint or a pretrained folder -> media files;
 - ``mmflow evaluate``: validate a checkpoint on a recipe's data and write the metrics as JSON;
 - ``mmflow export``: a checkpoint -> a pretrained folder (safetensors + JSON config);
-- ``mmflow benchmark samplers``: quality against counted NFE for several samplers;
-- ``mmflow info``: the samplers, time distributions and interpolants, by the names recipes use.
+- ``mmflow info``: every sampling method with its NFE rule, the time grids, time
+  distributions and interpolants, by the names recipes use.
 
 Lightning is imported only by the subcommands that train or validate, so the others start fast.
 """
@@ -27,36 +27,42 @@ import torch
 from jsonargparse import ArgumentParser
 
 import mmflow
-from mmflow.hub import PretrainedFlow, from_pretrained, pretrained_from_checkpoint, save_pretrained
+from mmflow.hub import PretrainedFlow, load_flow, pretrained_from_checkpoint, save_pretrained
 from mmflow.modality import to_device
 
 # Lightning's CLI still calls jsonargparse APIs deprecated in 4.49; users cannot act on that.
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 
+def sampling_methods_table() -> str:
+    """Every registered sampling method by kind: name, order, description and NFE rule."""
+    from mmflow.sampling import KINDS, SAMPLERS
+
+    width = max(len(name) for name in SAMPLERS) + 2
+    lines = []
+    for kind, title in KINDS.items():
+        specs = [spec for spec in SAMPLERS.values() if spec.kind == kind]
+        if not specs:
+            continue
+        lines.append(f"  {title}:")
+        for spec in specs:
+            order = f", order {spec.order}" if kind in ("ode", "multistep") else ""
+            lines.append(f"    {spec.name:<{width}}{spec.description}; NFE: {spec.nfe_rule}{order}")
+    return "\n".join(lines)
+
+
 def _info(_: Sequence[str]) -> int:
     from mmflow.interpolants import PATHS
-    from mmflow.sampling import SAMPLERS
     from mmflow.timesteps import GRID_NAMES, TIME_DISTRIBUTIONS
 
-    samplers = ", ".join(
-        f"{s.name} (order {s.order}, {s.evals_per_step} NFE/step)" for s in SAMPLERS.values()
-    )
     print(f"mmflow {mmflow.__version__}")
     print("convention: t=0 noise, t=1 data; networks predict the velocity")
-    print(f"samplers: {samplers}")
+    print("sampling methods, sample(model, x0, method, nfe, grid, solver_options=...):")
+    print(sampling_methods_table())
     print(f"time grids: {', '.join(GRID_NAMES)}")
     print(f"time distributions: {', '.join(TIME_DISTRIBUTIONS)}")
     print(f"interpolants: {', '.join(PATHS)}")
     return 0
-
-
-def _load_flow(checkpoint: str | None, pretrained: str | None, device: str) -> PretrainedFlow:
-    if (checkpoint is None) == (pretrained is None):
-        raise ValueError("give exactly one of --checkpoint and --pretrained")
-    if checkpoint is not None:
-        return pretrained_from_checkpoint(checkpoint, map_location=device)
-    return from_pretrained(pretrained, map_location=device)
 
 
 def _sample_parser() -> ArgumentParser:
@@ -102,7 +108,7 @@ def sample_media(
 
 def _sample(argv: Sequence[str]) -> int:
     args = _sample_parser().parse_args(list(argv))
-    flow = _load_flow(args.checkpoint, args.pretrained, args.device)
+    flow = load_flow(args.checkpoint, args.pretrained, args.device)
     media, nfe = sample_media(
         flow, args.num_samples, args.batch_size, args.seed, args.sampler, args.nfe, args.cfg_scale
     )
@@ -111,168 +117,6 @@ def _sample(argv: Sequence[str]) -> int:
         print(path)
     batches = -(-args.num_samples // args.batch_size)
     print(f"{args.num_samples} samples in {batches} batches, {nfe // batches} counted NFE each")
-    return 0
-
-
-def _benchmark_parser() -> ArgumentParser:
-    from mmflow.benchmark import (
-        DEFAULT_NFES,
-        DEFAULT_TOLERANCES,
-        FIELD_SHIFTS,
-        OPTIMISED_EVALS,
-        OPTIMISED_NFES,
-        OPTIMISED_SAMPLES,
-    )
-    from mmflow.sampling.grid_search import OBJECTIVES
-
-    parser = ArgumentParser(
-        prog="mmflow benchmark samplers",
-        description="Quality against counted NFE for mmflow's samplers and diffusers' schedulers, "
-        "on a trained flow (--config with --checkpoint or --pretrained) or an analytic field "
-        "(--field gmm16, endpoint error against a tight reference solution).",
-    )
-    parser.add_argument("--checkpoint", type=str | None, default=None, help="Lightning checkpoint")
-    parser.add_argument(
-        "--pretrained", type=str | None, default=None, help="folder from `mmflow export`"
-    )
-    parser.add_argument(
-        "--config", type=str | None, default=None, help="recipe whose `data` gives the real batches"
-    )
-    parser.add_argument(
-        "--field", type=str | None, default=None, help="analytic field instead of a model: gmm16"
-    )
-    parser.add_argument("--split", type=str, default="test", help="test or val")
-    parser.add_argument(
-        "--samplers",
-        type=list[str] | str,
-        default=["all"],
-        help="registered samplers and adaptive methods (dopri5); all: every ODE sampler + dopri5",
-    )
-    parser.add_argument(
-        "--diffusers",
-        type=list[str] | str,
-        default=["all"],
-        help="diffusers schedulers run on the same model (all, or [] for none; needs `pip "
-        "install diffusers`): flow_euler, dpmpp_2m, dpmpp_2m_heun, dpmpp_3m, "
-        "unipc_{bh1,bh2}_{1,2,3}",
-    )
-    parser.add_argument("--nfe", type=list[int], default=list(DEFAULT_NFES))
-    parser.add_argument(
-        "--tolerances",
-        type=list[float],
-        default=list(DEFAULT_TOLERANCES),
-        help="adaptive rtol=atol",
-    )
-    parser.add_argument(
-        "--shifts", type=list[float], default=list(FIELD_SHIFTS), help="--field: shifted grids"
-    )
-    parser.add_argument(
-        "--optimised",
-        type=list[str],
-        default=[],
-        help=f"--field: samplers that also run on time grids fitted to them, on "
-        f"{OPTIMISED_SAMPLES} other noises (e.g. [unipc_bh1_3,unipc_bh2_2])",
-    )
-    parser.add_argument(
-        "--optimised_nfe", type=list[int], default=list(OPTIMISED_NFES), help="--field: their NFE"
-    )
-    parser.add_argument(
-        "--optimised_evals",
-        type=int,
-        default=OPTIMISED_EVALS,
-        help="--field: most evaluations of the fit's objective per grid",
-    )
-    parser.add_argument(
-        "--optimised_objective",
-        type=str,
-        default="mse",
-        help=f"--field: the error the grids are fitted to, one of {', '.join(OBJECTIVES)}",
-    )
-    parser.add_argument("--num_samples", type=int, default=500)
-    parser.add_argument("--cfg_scale", type=float | None, default=None, help="default: the model's")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", type=str, default="cpu")
-    parser.add_argument("--out", type=str, required=True)
-    return parser
-
-
-def _benchmark(argv: Sequence[str]) -> int:
-    argv = list(argv)
-    if not argv or argv[0] != "samplers":
-        raise ValueError(
-            "usage: mmflow benchmark samplers --checkpoint CKPT --config RECIPE --out DIR "
-            "| --field gmm16 --out DIR"
-        )
-    args = _benchmark_parser().parse_args(argv[1:])
-    args.samplers, args.diffusers = _names(args.samplers), _names(args.diffusers)
-    from mmflow.sampling.diffusers_schedulers import DiffusersMissingError
-
-    try:
-        return _benchmark_field(args) if args.field is not None else _benchmark_flow(args)
-    except DiffusersMissingError as error:
-        raise ValueError(f"{error} (or pass --diffusers [] to leave diffusers out)") from None
-
-
-def _names(value: str | list[str]) -> list[str]:
-    """``--samplers all`` or ``--samplers euler`` as a one-name list; a list as given."""
-    return [value] if isinstance(value, str) else list(value)
-
-
-def _benchmark_field(args: Any) -> int:
-    from mmflow.benchmark import error_table, field_benchmark, write_report
-
-    if args.checkpoint or args.pretrained or args.config:
-        raise ValueError("--field runs on an analytic field: leave out --checkpoint/--config")
-    result = field_benchmark(
-        args.field,
-        args.num_samples,
-        args.samplers,
-        args.diffusers,
-        args.nfe,
-        args.shifts,
-        args.tolerances,
-        args.seed,
-        optimised_samplers=args.optimised,
-        optimised_nfes=args.optimised_nfe,
-        optimised_evals=args.optimised_evals,
-        optimised_objective=args.optimised_objective,
-    )
-    print(error_table(result.rows))
-    for path in write_report(result.rows, Path(args.out), result.context, envelope=True):
-        print(path)
-    return 0
-
-
-def _benchmark_flow(args: Any) -> int:
-    if args.optimised:
-        raise ValueError("--optimised fits grids to an analytic field: use it with --field")
-    from mmflow.benchmark import sampler_sweep, write_report
-    from mmflow.data import load_datamodule, take_batches
-
-    if args.config is None:
-        raise ValueError("--config (the recipe whose data gives real batches) is required")
-    flow = _load_flow(args.checkpoint, args.pretrained, args.device)
-    datamodule = load_datamodule(args.config)
-    batches = take_batches(datamodule, args.split, args.num_samples)
-    out = Path(args.out)
-    rows = sampler_sweep(
-        flow,
-        batches,
-        args.samplers,
-        args.nfe,
-        args.cfg_scale,
-        args.seed,
-        out / "samples",
-        schedulers=args.diffusers,
-        tolerances=args.tolerances,
-    )
-    context = {
-        "source": args.checkpoint or args.pretrained,
-        "data": f"{type(datamodule).__name__} {args.split} split, {args.num_samples} samples",
-        "metric_names": flow.adapter.metric_names(),
-    }
-    for path in write_report(rows, out, context):
-        print(path)
     return 0
 
 
@@ -327,7 +171,6 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "sample": _sample,
     "evaluate": _evaluate,
     "export": _export,
-    "benchmark": _benchmark,
     "info": _info,
 }
 
@@ -335,30 +178,36 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status.
+def run_command(name: str, command: Callable[[], int]) -> int:
+    """Run ``command``; an error a user causes (a missing or corrupt file, a bad value) ends in
+    one line naming the file or key and exit status 2. ``MMFLOW_DEBUG=1`` shows the traceback."""
+    try:
+        return command()
+    except USER_ERRORS as error:
+        if os.environ.get("MMFLOW_DEBUG"):
+            raise
+        print(f"{name}: error: {_root_cause(error)}", file=sys.stderr)
+        return 2
 
-    Errors a user causes (a missing or corrupt file, a bad value) end in one line naming the
-    file or key and exit status 2; set ``MMFLOW_DEBUG=1`` to see the traceback instead.
-    """
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status (2 for a user's error)."""
     from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--version":
         print(f"mmflow {mmflow.__version__}")
         return 0
     command = argv[0] if argv else "mmflow"
-    try:
-        if command in COMMANDS:
-            return COMMANDS[command](argv[1:])
+    if command in COMMANDS:
+        return run_command(f"mmflow {command}", lambda: COMMANDS[command](argv[1:]))
+
+    def fit_or_validate() -> int:
         from mmflow.training.cli import MMFlowCLI
 
         MMFlowCLI(args=None if from_console else argv)
         return 0
-    except USER_ERRORS as error:
-        if os.environ.get("MMFLOW_DEBUG"):
-            raise
-        print(f"mmflow {command}: error: {_root_cause(error)}", file=sys.stderr)
-        return 2
+
+    return run_command(f"mmflow {command}", fit_or_validate)
 
 
 def _root_cause(error: BaseException) -> BaseException:

@@ -1,6 +1,7 @@
 """Adaptive-step (and torchdiffeq fixed-grid) integration of the flow ``dx/dt = u(x, t)``.
 
-:func:`sample_adaptive` hands the ODE to torchdiffeq (Chen et al., 2018): with ``dopri5``
+:func:`sample_adaptive` (registered as ``dopri5``, ``dopri8``, ``bosh3``, ``fehlberg2`` and
+``adaptive_heun``) hands the ODE to torchdiffeq (Chen et al., 2018): with ``dopri5``
 (Dormand-Prince 5(4)) the solver picks its own steps so that the estimated local error of
 every step stays below ``atol + rtol * |x|`` (RMS over the state), which spends model
 evaluations where the velocity changes fast. The NFE is not known in advance, so it is
@@ -16,14 +17,15 @@ integrates a tuple state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from mmflow.sampling.registry import NFECounter, SampleResult
+from mmflow.sampling._shared import Callback, NFECounter, velocity_at, with_fixed_options
+from mmflow.sampling.registry import SampleResult, register_method
 
 ADAPTIVE_METHODS: tuple[str, ...] = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_GRID_METHODS: tuple[str, ...] = (
@@ -134,56 +136,85 @@ def velocity_function(model: Callable[..., Tensor], **model_kwargs: Any) -> OdeF
     scalar time turned into the ``[B]`` time tensor mmflow models take."""
 
     def func(t: Tensor, x: Tensor) -> Tensor:
-        return model(x, t.to(x.dtype).expand(x.shape[0]), **model_kwargs)
+        return velocity_at(model, x, t, model_kwargs)
 
     return func
+
+
+def _end_times(grid: str | Sequence[float] | Tensor | None, method: str) -> tuple[float, float]:
+    """``(t0, t1)``: ``(0, 1)`` by default, else the two times of an explicit grid."""
+    if grid is None:
+        return 0.0, 1.0
+    times = None if isinstance(grid, str) else torch.as_tensor(grid, dtype=torch.float64)
+    if times is None or times.shape != (2,):
+        raise ValueError(
+            f"`{method}` chooses its own steps: give no `grid`, or the two times [t0, t1] "
+            f"to integrate between, got {grid!r}"
+        )
+    return float(times[0]), float(times[1])
 
 
 def sample_adaptive(
     model: Callable[..., Tensor],
     x0: Tensor,
-    t0: float = 0.0,
-    t1: float = 1.0,
+    nfe: int | None,
+    grid: str | Sequence[float] | Tensor | None,
+    grid_kwargs: dict[str, Any],
+    callback: Callback | None,
+    *,
+    method: str = "dopri5",
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    method: str = "dopri5",
-    steps: int | None = None,
-    solver_options: dict[str, Any] | None = None,
-    enable_grad: bool = False,
+    first_step: float | None = None,
+    max_num_steps: int | None = None,
     **model_kwargs: Any,
 ) -> SampleResult:
-    """Integrate ``dx/dt = model(x, t, **model_kwargs)`` from ``t0`` to ``t1`` with torchdiffeq.
+    """Integrate ``dx/dt = model(x, t, **model_kwargs)`` with a torchdiffeq adaptive solver.
 
-    The default ``dopri5`` adapts its steps to keep each step's estimated error below
-    ``atol + rtol * |x|``; any other torchdiffeq Runge-Kutta method works too (fixed-grid ones
-    with ``steps``). ``t0 = 0, t1 = 1`` generates (noise -> data); ``t0 = 1, t1 = 0`` inverts
-    (data -> noise).
+    ``method`` (fixed by the registered name) adapts its steps to keep each step's estimated
+    error below ``atol + rtol * |x|``; the NFE is counted, so ``nfe`` must be ``None``. The
+    default grid integrates from ``t0 = 0`` to ``t1 = 1`` (noise -> data); ``grid=[1, 0]``
+    inverts (data -> noise).
 
     Args:
-        model: velocity model called as ``model(x, t, **model_kwargs)`` with ``t`` of shape ``[B]``.
-        x0: the state at ``t0``.
-        t0, t1: start and end times in [0, 1].
-        rtol, atol: relative and absolute tolerances of adaptive methods.
-        method: a name in ``ADAPTIVE_METHODS`` or ``FIXED_GRID_METHODS``.
-        steps: the number of equal steps of a fixed-grid method (refused for adaptive ones).
-        solver_options: further torchdiffeq options, e.g. ``{"max_num_steps": 1000}``.
-        enable_grad: keep the autograd graph through the solve.
+        rtol, atol: the relative and absolute tolerances.
+        first_step: the first step size (torchdiffeq's estimate by default).
+        max_num_steps: the most steps before giving up (torchdiffeq's default: unbounded).
 
     Returns:
-        A :class:`SampleResult` with the state at ``t1``, the counted model calls (``nfe``) and
-        the accepted step times followed by ``t1`` (``grid``).
+        A :class:`SampleResult` with the state at ``t1``, the counted model calls and the
+        accepted step times followed by ``t1`` (``grid``).
     """
+    if nfe is not None:
+        raise ValueError(f"`{method}` chooses its own steps and counts its NFE: pass nfe=None")
+    if callback is not None or grid_kwargs:
+        raise ValueError(f"`{method}` takes no `callback` or `grid_kwargs`")
+    t0, t1 = _end_times(grid, method)
+    options = {
+        key: value
+        for key, value in (("first_step", first_step), ("max_num_steps", max_num_steps))
+        if value is not None
+    }
     counted = NFECounter(model)
-    with torch.set_grad_enabled(enable_grad):
-        samples, grid = integrate_ode(
-            velocity_function(counted, **model_kwargs),
-            x0,
-            t0,
-            t1,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            steps=steps,
-            solver_options=solver_options,
-        )
-    return SampleResult(samples=samples, nfe=counted.count, grid=grid)
+    samples, times = integrate_ode(
+        velocity_function(counted, **model_kwargs),
+        x0,
+        t0,
+        t1,
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        solver_options=options,
+    )
+    return SampleResult(samples=samples, nfe=counted.count, grid=times)
+
+
+for _name in ADAPTIVE_METHODS:
+    register_method(
+        _name,
+        with_fixed_options(sample_adaptive, method=_name),
+        kind="adaptive",
+        description=f"torchdiffeq's {_name} with error control (options rtol, atol)",
+        nfe_rule="chosen by the solver and counted (pass nfe=None)",
+        takes_nfe=False,
+    )

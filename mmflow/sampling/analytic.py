@@ -193,3 +193,19 @@ class GaussianMixtureFlow(nn.Module):
             device=self.means.device,
         )
         return self.means[component] + self.stds[component] * noise
+
+
+def random_gaussian_mixture(
+    dim: int = 16, components: int = 8, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> GaussianMixtureFlow:
+    """A fixed, seeded mixture of diagonal Gaussians, ``x1 ~ sum_k w_k N(mu_k, diag(s_k^2))``.
+
+    ``mu_k ~ N(0, 2^2 I)`` (well separated: the responsibilities switch mid-flight and the
+    trajectories bend), per-dimension ``s_k ~ U[0.1, 0.6]`` (narrow components bend them again
+    near the data) and ``w_k ~ U[0.5, 1.5]``, normalised.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    means = 2.0 * torch.randn(components, dim, generator=generator, dtype=dtype)
+    stds = 0.1 + 0.5 * torch.rand(components, dim, generator=generator, dtype=dtype)
+    weights = 0.5 + torch.rand(components, generator=generator, dtype=dtype)
+    return GaussianMixtureFlow(weights, means, stds)

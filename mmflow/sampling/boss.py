@@ -37,10 +37,8 @@ so grids are cached per model and ``K`` (in memory and as JSON files).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,13 +46,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmflow.files import default_cache_dir, read_json, write_json
+from mmflow.files import read_json
+from mmflow.sampling._shared import GridCache, check_positive_int, digest, model_fingerprint
 from mmflow.sampling.registry import get_sampler, sample
 from mmflow.timesteps import uniform_grid
 
 CACHE_FORMAT = 1
-_MEMORY_CACHE_SIZE = 64
-_memory_cache: OrderedDict[str, list[int]] = OrderedDict()
+_cache = GridCache("boss")
 
 
 def _reference_trajectory(
@@ -114,7 +112,7 @@ def boss_cost_matrix(
     ``reference`` names the registered solver that computes the trajectories; its callback
     must report ``u(x_i, t_i)`` as the step's velocity, as every solver here does.
     """
-    _check_count("max_steps", max_steps)
+    check_positive_int("max_steps", max_steps)
     if noise.ndim < 2 or noise.shape[0] < 1:
         raise ValueError(f"`noise` must be a batch [N, ...], got shape {tuple(noise.shape)}")
     get_sampler(reference)
@@ -140,7 +138,7 @@ def bellman_path(cost: Tensor, steps: int) -> tuple[Tensor, float]:
     if cost.ndim != 2 or cost.shape[0] != cost.shape[1] or cost.shape[0] < 2:
         raise ValueError(f"`cost` must be a square matrix of 2+ nodes, got {tuple(cost.shape)}")
     last = cost.shape[0] - 1
-    _check_count("steps", steps)
+    check_positive_int("steps", steps)
     if steps > last:
         raise ValueError(f"`steps` ({steps}) cannot exceed the {last} jumps between the nodes")
     forward = torch.ones_like(cost, dtype=torch.bool).triu(diagonal=1)
@@ -157,57 +155,6 @@ def bellman_path(cost: Tensor, steps: int) -> tuple[Tensor, float]:
     return torch.tensor(path), float(to_end[0])
 
 
-def _check_count(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-
-
-def _hash_value(digest: Any, value: Any) -> None:
-    """Feed tensors (dtype, shape, bytes), containers (recursively) and reprs into ``digest``."""
-    if isinstance(value, Tensor):
-        flat = value.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"tensor:{flat.dtype}:{tuple(value.shape)}:".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    elif isinstance(value, dict):
-        for key in sorted(value, key=str):
-            digest.update(f"key:{key}:".encode())
-            _hash_value(digest, value[key])
-    elif isinstance(value, (list, tuple)):
-        digest.update(f"sequence:{len(value)}:".encode())
-        for item in value:
-            _hash_value(digest, item)
-    else:
-        digest.update(f"value:{value!r}:".encode())
-
-
-def _digest(value: Any) -> str:
-    digest = hashlib.sha256()
-    _hash_value(digest, value)
-    return digest.hexdigest()
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of a module's state dict (names, dtypes, shapes, bytes) and plain settings.
-
-    Besides the tensors, the class name and the public ``bool``/``int``/``float``/``str``
-    attributes of every submodule are hashed, so configuration kept outside the state dict
-    (a rate, a guidance scale, train/eval mode) changes the fingerprint too.
-    """
-    settings = [
-        (name, type(module).__qualname__, _plain_attributes(module))
-        for name, module in model.named_modules()
-    ]
-    return _digest({"settings": settings, "state": dict(model.state_dict())})
-
-
-def _plain_attributes(module: nn.Module) -> dict[str, Any]:
-    return {
-        key: value
-        for key, value in vars(module).items()
-        if not key.startswith("_") and isinstance(value, (bool, int, float, str))
-    }
-
-
 def _cache_fields(
     fingerprint: str,
     noise: Tensor,
@@ -222,9 +169,9 @@ def _cache_fields(
         "steps": steps,
         "max_steps": max_steps,
         "num_samples": noise.shape[0],
-        "noise": _digest(noise),
+        "noise": digest(noise),
         "reference": reference,
-        "model_kwargs": _digest(model_kwargs),
+        "model_kwargs": digest(model_kwargs),
     }
 
 
@@ -246,16 +193,9 @@ def _read_cached_path(path: Path, steps: int, max_steps: int) -> list[int]:
     return [int(node) for node in path_nodes]
 
 
-def _remember(key: str, path_nodes: list[int]) -> None:
-    _memory_cache[key] = path_nodes
-    _memory_cache.move_to_end(key)
-    while len(_memory_cache) > _MEMORY_CACHE_SIZE:
-        _memory_cache.popitem(last=False)
-
-
 def clear_boss_memory_cache() -> None:
     """Forget the grids kept in memory (files in the cache folder stay)."""
-    _memory_cache.clear()
+    _cache.clear()
 
 
 def boss_grid(
@@ -295,8 +235,8 @@ def boss_grid(
         Increasing float64 times from 0 to 1, length ``steps + 1``, ready for
         ``sample(..., grid=times, nfe=None)``.
     """
-    _check_count("steps", steps)
-    _check_count("max_steps", max_steps)
+    check_positive_int("steps", steps)
+    check_positive_int("max_steps", max_steps)
     if steps > max_steps:
         raise ValueError(f"`steps` ({steps}) cannot exceed `max_steps` ({max_steps})")
     if fingerprint is None and isinstance(model, nn.Module):
@@ -304,15 +244,11 @@ def boss_grid(
     if not cache or fingerprint is None:
         return _solve_grid(model, noise, steps, max_steps, reference, model_kwargs)[0]
     fields = _cache_fields(fingerprint, noise, steps, max_steps, reference, model_kwargs)
-    key = _digest(json.dumps(fields, sort_keys=True))
-    path = _cache_path(
-        Path(cache_dir) if cache_dir is not None else default_cache_dir() / "boss", fields, key
-    )
-    if key not in _memory_cache and path.exists():
-        _remember(key, _read_cached_path(path, steps, max_steps))
-    if key in _memory_cache:
-        _memory_cache.move_to_end(key)
-        return uniform_grid(max_steps, torch.float64)[_memory_cache[key]]
+    key = digest(json.dumps(fields, sort_keys=True))
+    path = _cache_path(_cache.directory(cache_dir), fields, key)
+    cached = _cache.lookup(key, path, lambda file: _read_cached_path(file, steps, max_steps))
+    if cached is not None:
+        return uniform_grid(max_steps, torch.float64)[cached]
     times, path_nodes, total, uniform_total = _solve_grid(
         model, noise, steps, max_steps, reference, model_kwargs
     )
@@ -323,8 +259,7 @@ def boss_grid(
         "cost": total,
         "uniform_cost": uniform_total,
     }
-    write_json(path, entry)
-    _remember(key, path_nodes)
+    _cache.store(key, path, path_nodes, entry)
     return times
 
 

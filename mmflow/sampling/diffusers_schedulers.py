@@ -7,7 +7,7 @@ diffusers (SD3, Flux) writes the noise level ``sigma = 1 - t`` and a model outpu
 
 Every step feeds the model ``t = 1 - scheduler.sigmas[i]``, never ``scheduler.timesteps``
 (``1000 sigma``, which the DPM-Solver and UniPC schedulers cast to int64: a time error of up to
-1e-3; notes/samplers.md, pitfalls of sections 1 and 3). Each scheduler here spends one model
+1e-3). Each scheduler here spends one model
 evaluation per step, counted by :class:`NFECounter` exactly as for mmflow's samplers, so
 ``nfe`` steps cost ``nfe`` evaluations.
 
@@ -33,7 +33,7 @@ relative. diffusers is an optional dependency, imported only when a scheduler is
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -42,8 +42,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmflow.sampling.registry import NFECounter, SampleResult
-from mmflow.timesteps import custom_grid
+from mmflow.sampling._shared import Callback, NFECounter, report_step, with_fixed_options
+from mmflow.sampling.registry import SampleResult, register_method
+from mmflow.timesteps import custom_grid, make_grid
 
 _FLOW = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
 
@@ -185,39 +186,59 @@ def build_scheduler(name: str, nfe: int, grid: Tensor | None = None, shift: floa
 def sample_diffusers(
     model: Callable[..., Tensor],
     x0: Tensor,
+    nfe: int | None,
+    grid: str | Sequence[float] | Tensor | None,
+    grid_kwargs: dict[str, Any],
+    callback: Callback | None,
+    *,
     scheduler: str,
-    nfe: int,
-    grid: Tensor | None = None,
     shift: float = 1.0,
     **model_kwargs: Any,
 ) -> SampleResult:
     """Integrate ``dx/dt = model(x, t, **model_kwargs)`` from noise ``x0`` with a diffusers scheduler.
 
-    Each step evaluates ``v = -u(x, 1 - sigma_i)`` once and hands it to ``scheduler.step``,
-    which moves ``x`` from ``sigma_i`` to ``sigma_{i+1}`` (for FlowMatchEuler
+    Registered as ``diffusers_<name>`` for every name of :data:`DIFFUSERS_SCHEDULERS`. Each
+    step evaluates ``v = -u(x, 1 - sigma_i)`` once and hands it to ``scheduler.step``, which
+    moves ``x`` from ``sigma_i`` to ``sigma_{i+1}`` (for FlowMatchEuler
     ``x + (sigma_{i+1} - sigma_i) v``, our ``x + (t_{i+1} - t_i) u``).
 
     Args:
-        model: velocity model called as ``model(x, t, **model_kwargs)``, ``t`` of shape ``[B]``.
-        x0: the noise, treated as the state at the schedule's first time.
-        scheduler: a name in ``DIFFUSERS_SCHEDULERS``.
         nfe: the number of steps, one model evaluation each.
-        grid: ``None`` for the scheduler's own schedule, or our increasing times ending at 1.
+        grid: ``None`` for the scheduler's own schedule (with ``shift``), or our times
+            increasing to 1: a grid name of :func:`mmflow.timesteps.make_grid` (with
+            ``grid_kwargs``) or explicit times.
+        scheduler: a name in ``DIFFUSERS_SCHEDULERS`` (fixed by the registered name).
         shift: SD3's shift of the scheduler's own schedule.
 
     Returns:
         A :class:`SampleResult` with the counted evaluations and the times actually used,
         ``1 - scheduler.sigmas`` (float64).
     """
+    if nfe is None:
+        raise ValueError(f"give `nfe`, the number of steps of `diffusers_{scheduler}`")
+    if isinstance(grid, str):
+        grid = make_grid(grid, nfe, dtype=torch.float64, **grid_kwargs)
+    elif grid_kwargs:
+        raise ValueError("`grid_kwargs` go with a grid name")
     steps = build_scheduler(scheduler, nfe, grid, shift)
     counted = NFECounter(model)
-    x = x0
-    with torch.no_grad():
-        for i, timestep in enumerate(steps.timesteps):
-            output = diffusers_output(counted, x, steps.sigmas[i], model_kwargs)
-            x = steps.step(output, timestep, x).prev_sample
     times = time_from_sigma(steps.sigmas.to(torch.float64))
+    x = x0
+    for i, timestep in enumerate(steps.timesteps):
+        output = diffusers_output(counted, x, steps.sigmas[i], model_kwargs)
+        x = steps.step(output, timestep, x).prev_sample
+        report_step(callback, i, times, x, -output)
     return SampleResult(samples=x, nfe=counted.count, grid=times)
+
+
+for _name, _spec in DIFFUSERS_SCHEDULERS.items():
+    register_method(
+        f"diffusers_{_name}",
+        with_fixed_options(sample_diffusers, scheduler=_name),
+        kind="diffusers",
+        description=f"diffusers' {_spec.class_name} ({_name}; option shift) on the mmflow velocity",
+        nfe_rule="1 per step",
+    )
 
 
 __all__ = [

@@ -17,7 +17,7 @@ or the mean per-sample (average) endpoint error, ``objective="mean_error"``::
 Fit the grid to the error you will judge it by. Where a few samples end in another mode than
 the exact flow (a well-separated mixture), the MSE is dominated by them and its grid trades
 the typical sample's accuracy for fewer of them; the mean error counts each with its distance.
-The references come from ``sample_adaptive`` (dopri5) at a tight tolerance on the same noises,
+The references come from dopri5 at a tight tolerance on the same noises,
 or are given.
 
 **Parametrisation.** The ``K`` increments are a softmax of free logits ``z`` (the first one
@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,10 +68,9 @@ import torch
 from scipy.optimize import minimize
 from torch import Tensor, nn
 
-from mmflow.files import default_cache_dir, read_json, write_json
-from mmflow.sampling.adaptive import sample_adaptive
-from mmflow.sampling.boss import _check_count, _digest, model_fingerprint
-from mmflow.sampling.registry import _checked_options, get_sampler, plan_grid, sample
+from mmflow.files import read_json
+from mmflow.sampling._shared import GridCache, check_positive_int, digest, model_fingerprint
+from mmflow.sampling.registry import checked_options, get_sampler, plan_grid, sample
 from mmflow.timesteps import custom_grid
 
 CACHE_FORMAT = 1
@@ -80,8 +78,7 @@ MIN_STEP = 1e-6
 REFERENCE_TOLERANCE = 1e-9
 DEFAULT_MAX_EVALS = 400
 SIMPLEX_STEP = 0.5
-_MEMORY_CACHE_SIZE = 64
-_memory_cache: OrderedDict[str, list[float]] = OrderedDict()
+_cache = GridCache("grid_search")
 
 
 def grid_from_logits(logits: Tensor) -> Tensor:
@@ -169,7 +166,8 @@ def _reference_endpoints(
     model_kwargs: dict[str, Any],
 ) -> Tensor:
     if reference is None:
-        return sample_adaptive(model, noise, rtol=tolerance, atol=tolerance, **model_kwargs).samples
+        options = {"rtol": tolerance, "atol": tolerance}
+        return sample(model, noise, "dopri5", solver_options=options, **model_kwargs).samples
     return reference
 
 
@@ -221,7 +219,7 @@ def _search(
 
 
 def _cache_key(fields: dict[str, Any]) -> str:
-    return _digest(json.dumps(fields, sort_keys=True))
+    return digest(json.dumps(fields, sort_keys=True))
 
 
 def _read_cached_times(path: Path, steps: int) -> list[float]:
@@ -238,16 +236,9 @@ def _read_cached_times(path: Path, steps: int) -> list[float]:
     return [float(t) for t in times]
 
 
-def _remember(key: str, times: list[float]) -> None:
-    _memory_cache[key] = times
-    _memory_cache.move_to_end(key)
-    while len(_memory_cache) > _MEMORY_CACHE_SIZE:
-        _memory_cache.popitem(last=False)
-
-
 def clear_grid_search_memory_cache() -> None:
     """Forget the optimised grids kept in memory (files in the cache folder stay)."""
-    _memory_cache.clear()
+    _cache.clear()
 
 
 def optimized_grid(
@@ -296,8 +287,8 @@ def optimized_grid(
         Strictly increasing float64 times from 0 to 1, ready for
         ``sample(model, x0, method, nfe=None, grid=times, solver_options=...)``.
     """
-    _check_count("nfe", nfe)
-    _check_count("max_evals", max_evals)
+    check_positive_int("nfe", nfe)
+    check_positive_int("max_evals", max_evals)
     if noise.ndim < 2 or noise.shape[0] < 1:
         raise ValueError(f"`noise` must be a batch [N, ...], got shape {tuple(noise.shape)}")
     if reference is not None and reference.shape != noise.shape:
@@ -305,7 +296,10 @@ def optimized_grid(
             f"`reference` {tuple(reference.shape)} and `noise` {tuple(noise.shape)} differ in shape"
         )
     loss = objective_loss(objective)
-    options = _checked_options(get_sampler(method), dict(solver_options or {}), model_kwargs)
+    spec = get_sampler(method)
+    if not spec.on_grid:
+        raise ValueError(f"`{method}` is not a grid solver; grids are fitted to grid solvers")
+    options = checked_options(spec, dict(solver_options or {}), model_kwargs)
     start = _initial_grid(init, method, nfe, options)
     if fingerprint is None and isinstance(model, nn.Module):
         fingerprint = model_fingerprint(model)
@@ -323,26 +317,22 @@ def optimized_grid(
         "model": fingerprint,
         "method": method,
         "nfe": nfe,
-        "solver_options": _digest(options),
+        "solver_options": digest(options),
         "num_samples": noise.shape[0],
-        "noise": _digest(noise),
-        "reference": _digest(reference) if reference is not None else reference_tolerance,
+        "noise": digest(noise),
+        "reference": digest(reference) if reference is not None else reference_tolerance,
         "init": start.tolist(),
         "objective": objective,
         "max_evals": max_evals,
-        "model_kwargs": _digest(model_kwargs),
+        "model_kwargs": digest(model_kwargs),
     }
     key = _cache_key(fields)
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "grid_search"
-    path = folder / f"grid-{method}-nfe{nfe}-{key[:24]}.json"
-    if key not in _memory_cache and path.exists():
-        _remember(key, _read_cached_times(path, start.numel() - 1))
-    if key not in _memory_cache:
-        times = fit()
-        write_json(path, {**fields, "times": times.tolist()})
-        _remember(key, times.tolist())
-    _memory_cache.move_to_end(key)
-    return torch.tensor(_memory_cache[key], dtype=torch.float64)
+    path = _cache.directory(cache_dir) / f"grid-{method}-nfe{nfe}-{key[:24]}.json"
+    cached = _cache.lookup(key, path, lambda file: _read_cached_times(file, start.numel() - 1))
+    if cached is None:
+        cached = fit().tolist()
+        _cache.store(key, path, cached, {**fields, "times": cached})
+    return torch.tensor(cached, dtype=torch.float64)
 
 
 def _fit(

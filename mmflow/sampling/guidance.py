@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmflow.sampling.solvers import Callback, VelocityModel, _batched_time, _check_grid
+from mmflow.sampling._shared import Callback, VelocityModel, batched_time, check_grid
+from mmflow.sampling.registry import register_sampler
 
 NullCondition = Callable[[dict[str, Any]], dict[str, Any]]
 LossFn = Callable[[Tensor], Tensor]
@@ -165,10 +166,10 @@ def sample_loss_guided(
     model: VelocityModel,
     x: Tensor,
     ts: Tensor,
-    loss_fn: LossFn,
-    step_size: float,
     callback: Callback | None = None,
     *,
+    loss_fn: LossFn,
+    step_size: float,
     inner_steps: int = 1,
     guided_fraction: float = 1.0,
     step_schedule: str | StepSchedule = "constant",
@@ -209,13 +210,13 @@ def sample_loss_guided(
         step_schedule: ``"constant"`` (``w = 1``), ``"linear_decay"`` (``w = 1 - t``: full
             strength at noise, none at data) or a function ``w(t)`` of the grid time.
     """
-    _check_grid(ts)
+    check_grid(ts)
     _check_loss_guidance(step_size, inner_steps, guided_fraction)
     weight = _step_schedule(step_schedule)
     guided_steps = math.floor(guided_fraction * (len(ts) - 1) + 0.5)
     for i in range(len(ts) - 1):
         with torch.no_grad():
-            u = model(x, _batched_time(ts[i], x), **model_kwargs)
+            u = model(x, batched_time(ts[i], x), **model_kwargs)
         loss = None
         if i < guided_steps:
             t = ts[i].to(x.dtype)
@@ -226,3 +227,13 @@ def sample_loss_guided(
                 {"step": i, "t": ts[i], "t_next": ts[i + 1], "x": x, "velocity": u, "loss": loss}
             )
     return x
+
+
+register_sampler(
+    "loss_guided",
+    evals_per_step=1,
+    order=1,
+    kind="guidance",
+    description="Euler steered by a differentiable loss on the predicted data (FlowChef; "
+    "options loss_fn, step_size)",
+)(sample_loss_guided)

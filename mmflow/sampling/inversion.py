@@ -3,15 +3,14 @@
 Inverting runs the same solver on the reversed generation grid ``t_N = 1 > ... > t_0 = 0``,
 integrating ``dx/dt = u(x, t)`` backwards from the data ``x1``; a step of size
 ``h_i = t_{i-1} - t_i < 0`` is the solver's ordinary step with a negative ``h`` (RF-Solver's
-inversion, notes/samplers.md section 4). The recovered noise is accurate to the solver's
+inversion). The recovered noise is accurate to the solver's
 order ``p``: ``|x0_hat - x0| = O(h^p)``.
 
 The explicit solvers are not their own inverses, so regenerating from the recovered noise
 does not return ``x1`` exactly. A step of size ``h`` has the local error ``C(x) h^(p+1)``; the
 backward step (size ``-h``) has ``C(x) (-h)^(p+1)``. For odd ``p`` (Euler) the two add and the
 round trip ``x1 -> x0_hat -> x1_hat`` is ``O(h^p)``; for even ``p`` (Heun, midpoint, RK4) they
-cancel at leading order and the round trip is ``O(h^(p+1))`` (measured: Euler 1, Heun 3,
-midpoint 3, RK4 5). The round-trip error is reported per sample as
+cancel at leading order and the round trip is ``O(h^(p+1))``. The round-trip error is reported per sample as
 
     error = sqrt(mean_d (x1_hat - x1)^2)        (root mean square over the dimensions).
 """
@@ -25,7 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmflow.sampling.registry import plan_grid, sample
+from mmflow.sampling.registry import get_sampler, plan_grid, sample
+
+ODE_KINDS = ("ode", "multistep")
 
 
 @dataclass
@@ -64,6 +65,8 @@ def _generation_grid(
                 "`grid` is the generation grid and must increase from noise to data; "
                 "inversion runs it reversed"
             )
+    if get_sampler(method).kind not in ODE_KINDS:
+        raise ValueError(f"only ODE samplers invert; `{method}` is a {get_sampler(method).kind}")
     return plan_grid(method, nfe, grid, grid_kwargs, solver_options, like=x1)
 
 

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mmflow.sampling._shared import NFECounter
 from mmflow.sampling.adaptive import integrate_ode
-from mmflow.sampling.registry import NFECounter
 
 DIVERGENCES: tuple[str, ...] = ("exact", "hutchinson")
 PROBES: tuple[str, ...] = ("rademacher", "gaussian")

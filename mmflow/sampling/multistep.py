@@ -18,7 +18,7 @@ First order (DPM-Solver++ 1, DDIM)::
     x_t = (sigma_t / sigma_s) x_s + alpha_t (1 - e^{-h}) m_s
 
 which on the linear path is exactly Euler, ``x_s + (t - s) u_s``, because
-``alpha_t (1 - e^{-h}) = (t - s) / (1 - s)`` (notes/samplers.md section 0).
+``alpha_t (1 - e^{-h}) = (t - s) / (1 - s)``.
 
 DPM-Solver++ multistep (``sample_dpmpp_multistep``), with ``m_0 = m_s`` and the previous data
 predictions ``m_1, m_2`` at ``lambda_{-1}, lambda_{-2}``, ``r_0 = (lambda_s - lambda_{-1}) / h``,
@@ -148,8 +148,6 @@ predicted point ``x~_{i+1}`` (it is corrected once the next step has evaluated t
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -160,8 +158,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmflow.sampling._shared import (
+    Callback,
+    VelocityModel,
+    check_grid,
+    report_step,
+    velocity_at,
+    with_fixed_options,
+)
 from mmflow.sampling.registry import register_sampler
-from mmflow.sampling.solvers import Callback, VelocityModel, _check_grid, _velocity
 
 WARMUPS = ("lower_order", "singlestep")
 UNIPC_VARIANTS = ("bh1", "bh2")
@@ -252,13 +257,13 @@ class _Evaluation:
 def _evaluate(
     model: VelocityModel, x: Tensor, time: Tensor, t: float, model_kwargs: dict[str, Any]
 ) -> _Evaluation:
-    velocity = _velocity(model, x, time, model_kwargs)
+    velocity = velocity_at(model, x, time, model_kwargs)
     return _Evaluation(t, _log_snr(t), velocity, x + (1.0 - t) * velocity)
 
 
 def _host_times(ts: Tensor) -> list[float]:
     """The grid as float64 host numbers (one read before the first step), validated."""
-    _check_grid(ts)
+    check_grid(ts)
     times = ts.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(times).all()) or bool((times < 0).any() | (times > 1).any()):
         raise ValueError("time grid `ts` must lie in [0, 1] (t = 0 noise, t = 1 data)")
@@ -514,11 +519,6 @@ def _multistep_plan(
     return plan
 
 
-def _report(callback: Callback | None, i: int, ts: Tensor, x: Tensor, velocity: Tensor) -> None:
-    if callback is not None:
-        callback({"step": i, "t": ts[i], "t_next": ts[i + 1], "x": x, "velocity": velocity})
-
-
 MultistepUpdate = Callable[[Tensor, float, float, list[_Evaluation]], Tensor]
 
 
@@ -549,7 +549,7 @@ def _integrate(
             x = stepper.singlestep(x, s, t, evaluation, step.order)
         else:
             x = update(x, s, t, list(history)[: step.order])
-        _report(callback, i, stepper.ts, x, evaluation.velocity)
+        report_step(callback, i, stepper.ts, x, evaluation.velocity)
     return x
 
 
@@ -613,7 +613,7 @@ def sample_dpmpp_singlestep(
         s, t = times[i], times[i + 1]
         evaluation = stepper.at_grid(x, i, s)
         x = stepper.singlestep(x, s, t, evaluation, order)
-        _report(callback, i, ts, x, evaluation.velocity)
+        report_step(callback, i, ts, x, evaluation.velocity)
     return x
 
 
@@ -692,22 +692,6 @@ def sample_unipc(
 # ----------------------------------------------------------------------------- registry
 
 
-def _with_fixed_options(fn: Callable[..., Tensor], **fixed: Any) -> Callable[..., Tensor]:
-    """``fn`` with options fixed by its registered name; they leave its signature, so
-    ``sample(..., solver_options=...)`` refuses to change them."""
-
-    @functools.wraps(fn)
-    def solver(
-        model: VelocityModel, x: Tensor, ts: Tensor, callback: Callback | None = None, **kwargs: Any
-    ) -> Tensor:
-        return fn(model, x, ts, callback, **fixed, **kwargs)
-
-    signature = inspect.signature(fn)
-    kept = [p for name, p in signature.parameters.items() if name not in fixed]
-    solver.__signature__ = signature.replace(parameters=kept)
-    return solver
-
-
 def _singlestep_warmup_evals(target: int, first_step: int) -> int:
     order = _warmup_order("singlestep", target, first_step)
     return order - 1 if order else 0
@@ -733,15 +717,38 @@ def _unipc_warmup_evals(order: int) -> Callable[[Mapping[str, Any]], int]:
     return warmup_evals
 
 
+def _multistep_rule(extra: int) -> str:
+    return f"1 per step (+{extra} once with warmup='singlestep')" if extra else "1 per step"
+
+
 for _order, _name in ((1, "dpmpp_1"), (2, "dpmpp_2m"), (3, "dpmpp_3m")):
-    register_sampler(_name, 1, _order, _dpmpp_warmup_evals(_order))(
-        _with_fixed_options(sample_dpmpp_multistep, order=_order)
-    )
-register_sampler("dpmpp_2s", 2, 2)(_with_fixed_options(sample_dpmpp_singlestep, order=2))
+    register_sampler(
+        _name,
+        1,
+        _order,
+        _dpmpp_warmup_evals(_order),
+        kind="multistep",
+        description=f"DPM-Solver++ multistep, order {_order}, data prediction in the log-SNR",
+        nfe_rule=_multistep_rule(_singlestep_warmup_evals(_order, 1)),
+    )(with_fixed_options(sample_dpmpp_multistep, order=_order))
+register_sampler(
+    "dpmpp_2s",
+    2,
+    2,
+    kind="multistep",
+    description="DPM-Solver++ 2S, singlestep second order in the log-SNR",
+)(with_fixed_options(sample_dpmpp_singlestep, order=2))
 for _variant in UNIPC_VARIANTS:
     for _order in (1, 2, 3):
-        register_sampler(f"unipc_{_variant}_{_order}", 1, _order + 1, _unipc_warmup_evals(_order))(
-            _with_fixed_options(sample_unipc, order=_order, variant=_variant)
-        )
+        register_sampler(
+            f"unipc_{_variant}_{_order}",
+            1,
+            _order + 1,
+            _unipc_warmup_evals(_order),
+            kind="multistep",
+            description=f"UniPC {_variant.upper()}: UniP-{_order} predictor with the UniC "
+            "corrector (order +1 at no extra NFE)",
+            nfe_rule=_multistep_rule(_singlestep_warmup_evals(_order + 1, 2)),
+        )(with_fixed_options(sample_unipc, order=_order, variant=_variant))
 
 __all__ = ["sample_dpmpp_multistep", "sample_dpmpp_singlestep", "sample_unipc"]

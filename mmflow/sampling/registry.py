@@ -1,20 +1,55 @@
-"""Names used in YAML and on the command line for the samplers, and the ``sample`` entry point."""
+"""The one registry of sampling methods and the one entry point, :func:`sample`.
+
+Every method — fixed-step and multistep ODE solvers, SDEs, loss guidance, inverse problems,
+adaptive solvers, diffusers' schedulers and particle search — is reached the same way::
+
+    result = sample(model, x0, method, nfe, grid=..., solver_options={...}, **model_kwargs)
+    result.samples, result.nfe, result.grid, result.info
+
+``model(x, t, **model_kwargs)`` is the velocity (``t`` of shape ``[B]``, t = 0 noise, t = 1
+data); ``solver_options`` are the method's own settings, kept apart from the model's inputs;
+``nfe`` is counted, never inferred. A method is one of two shapes:
+
+- a **grid solver** (``evals_per_step`` set): a plain function over an explicit time grid,
+  ``fn(model, x, ts, callback=None, **options, **model_kwargs) -> x`` (k-diffusion style).
+  :func:`sample` plans the grid: ``(nfe - warm-up) / evals_per_step`` steps of ``grid``
+  ("uniform", "shifted", ... or explicit times), and counts the calls;
+- a **method with its own budget rule** (adaptive, diffusers, search):
+  ``fn(model, x0, nfe, grid, grid_kwargs, callback, **options, **model_kwargs) -> SampleResult``,
+  where ``nfe`` means what the method's ``nfe_rule`` says (``None`` for an adaptive solver,
+  the budget per prompt for a search).
+
+``mmflow info`` lists every registered method with its description and NFE rule.
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mmflow.sampling.solvers import Callback, sample_euler, sample_heun, sample_midpoint, sample_rk4
+from mmflow.sampling._shared import Callback, NFECounter
 from mmflow.timesteps import custom_grid, make_grid
 
-SolverFn = Callable[..., Tensor]
 WarmupEvals = Callable[[Mapping[str, Any]], int]
+
+#: How the kinds are named in ``mmflow info``, in the order they are listed.
+KINDS: dict[str, str] = {
+    "ode": "fixed-step ODE",
+    "multistep": "multistep and exponential-integrator ODE (log-SNR)",
+    "adaptive": "adaptive ODE (torchdiffeq)",
+    "sde": "SDE",
+    "guidance": "guidance by a loss",
+    "inverse": "inverse problems",
+    "search": "inference-time search with a reward",
+    "diffusers": "diffusers' schedulers (comparisons; needs diffusers)",
+}
+GRID_SOLVER_ARGUMENTS = ("model", "x", "ts", "callback")
+METHOD_ARGUMENTS = ("model", "x0", "nfe", "grid", "grid_kwargs", "callback")
 
 
 def no_warmup(options: Mapping[str, Any]) -> int:
@@ -22,77 +57,112 @@ def no_warmup(options: Mapping[str, Any]) -> int:
     return 0
 
 
+@dataclass
+class SampleResult:
+    """What every sampling method returns.
+
+    Attributes:
+        samples: the samples at the end of the grid (the chosen ones, for a search).
+        nfe: model evaluations actually made (per prompt, for a search), counted.
+        grid: the times used (an adaptive solver's accepted steps, a scheduler's sigmas as t).
+        info: what the method measured on the way, by name (a search's rewards, ...).
+    """
+
+    samples: Tensor
+    nfe: int
+    grid: Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A registered solver: its function, model evaluations per step and order of accuracy.
+    """A registered method: its function, kind, description and rule for the NFE.
 
-    ``warmup_evals(solver_options)`` counts evaluations the solver spends once on top of its
-    steps (a multistep method started by a singlestep step), so that ``sample(nfe=N)`` plans
-    ``(N - warmup_evals) / evals_per_step`` steps and still spends exactly ``N``.
+    Grid solvers also have ``evals_per_step``, their ``order`` of accuracy and
+    ``warmup_evals(options)``, the evaluations spent once on top of the steps (a multistep
+    method started by a singlestep step), so that ``nfe`` plans
+    ``(nfe - warmup_evals) / evals_per_step`` steps and spends exactly ``nfe``.
     """
 
     name: str
-    fn: SolverFn
-    evals_per_step: int
-    order: int
+    fn: Callable[..., Any]
+    kind: str
+    description: str
+    nfe_rule: str
+    evals_per_step: int | None = None
+    order: int | None = None
     warmup_evals: WarmupEvals = no_warmup
+    takes_nfe: bool = True
+
+    @property
+    def on_grid(self) -> bool:
+        """Whether :func:`sample` plans this method's grid (a grid solver)."""
+        return self.evals_per_step is not None
+
+    def options(self) -> tuple[set[str], set[str]]:
+        """The names of the method's options and those of them without a default."""
+        fixed = GRID_SOLVER_ARGUMENTS if self.on_grid else METHOD_ARGUMENTS
+        parameters = [
+            p
+            for name, p in inspect.signature(self.fn).parameters.items()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name not in fixed
+        ]
+        return {p.name for p in parameters}, {p.name for p in parameters if p.default is p.empty}
 
 
 SAMPLERS: dict[str, SamplerSpec] = {}
 
 
-def register_sampler(
-    name: str, evals_per_step: int, order: int, warmup_evals: WarmupEvals = no_warmup
-) -> Callable[[SolverFn], SolverFn]:
-    """Decorator that makes a solver available to :func:`sample` under ``name``."""
+def _add(spec: SamplerSpec) -> None:
+    if spec.name in SAMPLERS:
+        raise ValueError(f"sampler `{spec.name}` is already registered")
+    if spec.kind not in KINDS:
+        raise ValueError(f"unknown sampler kind `{spec.kind}`; known: {', '.join(KINDS)}")
+    SAMPLERS[spec.name] = spec
 
-    def add(fn: SolverFn) -> SolverFn:
-        if name in SAMPLERS:
-            raise ValueError(f"sampler `{name}` is already registered")
-        SAMPLERS[name] = SamplerSpec(name, fn, evals_per_step, order, warmup_evals)
+
+def register_sampler(
+    name: str,
+    evals_per_step: int,
+    order: int,
+    warmup_evals: WarmupEvals = no_warmup,
+    *,
+    kind: str = "ode",
+    description: str = "",
+    nfe_rule: str | None = None,
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Decorator that registers a grid solver ``fn(model, x, ts, callback, **options, ...)``."""
+
+    def add(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        rule = nfe_rule or f"{evals_per_step} per step"
+        _add(SamplerSpec(name, fn, kind, description, rule, evals_per_step, order, warmup_evals))
         return fn
 
     return add
 
 
-for _name, _fn, _evals, _order in (
-    ("euler", sample_euler, 1, 1),
-    ("heun", sample_heun, 2, 2),
-    ("midpoint", sample_midpoint, 2, 2),
-    ("rk4", sample_rk4, 4, 4),
-):
-    register_sampler(_name, _evals, _order)(_fn)
+def register_method(
+    name: str,
+    fn: Callable[..., SampleResult],
+    *,
+    kind: str,
+    description: str,
+    nfe_rule: str,
+    takes_nfe: bool = True,
+) -> None:
+    """Register a method with its own budget rule, ``fn(model, x0, nfe, grid, grid_kwargs,
+    callback, **options, **model_kwargs) -> SampleResult``; it counts its own evaluations."""
+    _add(SamplerSpec(name, fn, kind, description, nfe_rule, takes_nfe=takes_nfe))
 
 
 def get_sampler(name: str) -> SamplerSpec:
-    """Look a sampler up by name, with the list of known names in the error."""
+    """Look a method up by name, with the list of known names in the error."""
     try:
         return SAMPLERS[name]
     except KeyError:
         raise ValueError(
             f"unknown sampler `{name}`; known: {', '.join(sorted(SAMPLERS))}"
         ) from None
-
-
-class NFECounter:
-    """Wraps a velocity model and counts how often it is evaluated."""
-
-    def __init__(self, model: Callable[..., Tensor]) -> None:
-        self.model = model
-        self.count = 0
-
-    def __call__(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
-        self.count += 1
-        return self.model(x, t, **kwargs)
-
-
-@dataclass
-class SampleResult:
-    """Samples at the end of the grid, the counted model evaluations and the grid used."""
-
-    samples: Tensor
-    nfe: int
-    grid: Tensor
 
 
 def _steps_for(spec: SamplerSpec, nfe: int, warmup: int) -> int:
@@ -107,9 +177,12 @@ def _steps_for(spec: SamplerSpec, nfe: int, warmup: int) -> int:
     return budget // spec.evals_per_step
 
 
-def _explicit_grid(grid: Sequence[float] | Tensor) -> Tensor:
-    """Validate user times; a decreasing grid (data -> noise, inversion) is checked reversed."""
-    ts = torch.as_tensor(grid)
+def explicit_grid(grid: Sequence[float] | Tensor) -> Tensor:
+    """Validate user times; a decreasing grid (data -> noise, inversion) is checked reversed.
+
+    A list of Python floats becomes float64 directly, not by way of float32.
+    """
+    ts = grid if isinstance(grid, Tensor) else torch.tensor(grid, dtype=torch.float64)
     if ts.ndim == 1 and ts.numel() >= 2 and bool(ts[0] > ts[-1]):
         return custom_grid(ts.flip(0)).flip(0)
     return custom_grid(ts)
@@ -129,7 +202,7 @@ def _resolve_grid(
         steps = _steps_for(spec, nfe, warmup)
         ts = make_grid(grid or "uniform", steps, dtype=torch.float64, **grid_kwargs)
     else:
-        ts = _explicit_grid(grid)
+        ts = explicit_grid(grid)
         if nfe is not None and nfe != (len(ts) - 1) * spec.evals_per_step + warmup:
             plus = f" plus {warmup} for its warm-up" if warmup else ""
             raise ValueError(
@@ -140,26 +213,30 @@ def _resolve_grid(
     return ts.to(device=like.device, dtype=torch.promote_types(like.dtype, torch.float32))
 
 
-def _checked_options(
+def checked_options(
     spec: SamplerSpec, options: dict[str, Any], model_kwargs: dict[str, Any]
 ) -> dict[str, Any]:
-    """Refuse solver options the solver does not name, or that collide with model inputs."""
-    parameters = inspect.signature(spec.fn).parameters
-    named = {
-        name
-        for name, p in parameters.items()
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        and name not in ("model", "x", "ts", "callback")
-    }
+    """Refuse options the method does not name, required ones left out, and model inputs that
+    collide with an option (an option passed as a model input by mistake)."""
+    named, required = spec.options()
     unknown = sorted(set(options) - named)
     if unknown:
         raise ValueError(
             f"sampler `{spec.name}` has no option {', '.join(map(repr, unknown))}; "
             f"its options: {', '.join(sorted(named)) or 'none'}"
         )
-    clash = sorted(set(options) & set(model_kwargs))
+    clash = sorted(set(model_kwargs) & named)
     if clash:
-        raise ValueError(f"{', '.join(clash)} given both as solver option and model input")
+        raise ValueError(
+            f"{', '.join(clash)} given as model input, but it is an option of `{spec.name}`: "
+            "pass it in `solver_options`"
+        )
+    missing = sorted(required - set(options))
+    if missing:
+        raise ValueError(
+            f"sampler `{spec.name}` needs the option(s) {', '.join(map(repr, missing))} "
+            "in `solver_options`"
+        )
     return options
 
 
@@ -171,13 +248,15 @@ def plan_grid(
     solver_options: dict[str, Any] | None = None,
     like: Tensor | None = None,
 ) -> Tensor:
-    """The time grid :func:`sample` integrates over for these arguments, without a model call.
+    """The time grid :func:`sample` integrates a grid solver over, without a model call.
 
     The step count is ``(nfe - warm-up evaluations) / evals_per_step`` of the sampler; an
     explicit ``grid`` is validated against ``nfe``. ``like`` gives device and dtype
     (float64 on the CPU by default; never below float32).
     """
     spec = get_sampler(method)
+    if not spec.on_grid:
+        raise ValueError(f"`{method}` is not a grid solver: its rule is {spec.nfe_rule}")
     warmup = spec.warmup_evals(dict(solver_options or {}))
     like = torch.zeros((), dtype=torch.float64) if like is None else like
     return _resolve_grid(spec, nfe, grid, dict(grid_kwargs or {}), like, warmup)
@@ -187,7 +266,7 @@ def sample(
     model: Callable[..., Tensor],
     x0: Tensor,
     method: str = "heun",
-    nfe: int | None = 16,
+    nfe: int | None = None,
     grid: str | Sequence[float] | Tensor | None = None,
     grid_kwargs: dict[str, Any] | None = None,
     callback: Callback | None = None,
@@ -195,29 +274,35 @@ def sample(
     solver_options: dict[str, Any] | None = None,
     **model_kwargs: Any,
 ) -> SampleResult:
-    """Integrate ``dx/dt = model(x, t, **model_kwargs)`` from ``x0`` over a time grid.
+    """Sample from the velocity ``model`` starting at ``x0`` with any registered method.
 
     Args:
         model: velocity model called as ``model(x, t, **model_kwargs)`` with ``t`` of shape ``[B]``.
         x0: the starting point, usually noise at t = 0.
-        method: a registered sampler name (see ``SAMPLERS``).
-        nfe: the number of model evaluations to spend; the step count is derived from it
-            (after the sampler's ``warmup_evals`` for these ``solver_options``).
+        method: a registered method name (``mmflow info`` lists them; see ``SAMPLERS``).
+        nfe: model evaluations to spend, as the method's ``nfe_rule`` says: for a grid
+            solver the step count is derived from it; an adaptive solver takes ``None`` and
+            reports what it spent; a search spends it per prompt.
         grid: ``None`` or a grid name for :func:`mmflow.timesteps.make_grid`
             ("uniform", "shifted", ...), or explicit times (then ``nfe`` may be ``None``).
         grid_kwargs: extra arguments of the grid, e.g. ``{"shift": 3.0}``.
-        callback: called after every step (see :mod:`mmflow.sampling.solvers`).
+        callback: called after every step of a grid solver or scheduler with ``step``, ``t``,
+            ``t_next``, ``x`` and ``velocity`` (and what the method adds).
         enable_grad: keep the autograd graph (for methods that differentiate through sampling).
-        solver_options: keyword arguments of the solver itself (an SDE's diffusion, a
-            generator), kept apart from the model's ``model_kwargs``; unknown names are refused.
+        solver_options: the method's own settings (an SDE's diffusion, a reward, an operator
+            and its measurement), kept apart from ``model_kwargs``; unknown names are refused.
 
     Returns:
         A :class:`SampleResult` whose ``nfe`` is the number of model calls actually made.
     """
     spec = get_sampler(method)
-    options = _checked_options(spec, dict(solver_options or {}), model_kwargs)
-    ts = plan_grid(method, nfe, grid, grid_kwargs, options, like=x0)
-    counted = NFECounter(model)
+    options = checked_options(spec, dict(solver_options or {}), model_kwargs)
     with torch.set_grad_enabled(enable_grad):
+        if not spec.on_grid:
+            return spec.fn(
+                model, x0, nfe, grid, dict(grid_kwargs or {}), callback, **options, **model_kwargs
+            )
+        ts = plan_grid(method, nfe, grid, grid_kwargs, options, like=x0)
+        counted = NFECounter(model)
         samples = spec.fn(counted, x0, ts, callback=callback, **options, **model_kwargs)
     return SampleResult(samples=samples, nfe=counted.count, grid=ts)

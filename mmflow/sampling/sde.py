@@ -69,8 +69,14 @@ from mmflow.interpolants import (
     convert_velocity,
     expand_time_like,
 )
+from mmflow.sampling._shared import (
+    Callback,
+    VelocityModel,
+    check_grid,
+    report_step,
+    velocity_at,
+)
 from mmflow.sampling.registry import register_sampler
-from mmflow.sampling.solvers import Callback, VelocityModel, _check_grid, _report, _velocity
 
 DiffusionFn = Callable[[Tensor, AffinePath, float], Tensor]
 
@@ -162,7 +168,7 @@ def diffusion_coefficient(
     return DIFFUSIONS[diffusion](t, resolve_path(path), float(scale))
 
 
-def _step_diffusions(
+def step_diffusions(
     diffusion: str | Callable[[Tensor], Tensor], ts: Tensor, path: AffinePath, scale: float
 ) -> Tensor:
     """``eps(t_i)`` for every step, checked once; infinite values become 0 (an ODE step)."""
@@ -183,7 +189,7 @@ def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
-def _euler_maruyama_step(
+def euler_maruyama_step(
     x: Tensor,
     velocity: Tensor,
     t: Tensor,
@@ -226,23 +232,30 @@ def sample_euler_maruyama(
         generator: the ``torch.Generator`` for the Brownian increments, on ``x``'s device;
             the same seed gives the same samples.
     """
-    _check_grid(ts)
+    check_grid(ts)
     _check_forward(ts)
     path = resolve_path(path)
-    eps = _step_diffusions(diffusion, ts, path, diffusion_scale)
+    eps = step_diffusions(diffusion, ts, path, diffusion_scale)
     last = len(ts) - 2
     for i in range(len(ts) - 1):
         h = ts[i + 1] - ts[i]
-        u = _velocity(model, x, ts[i], model_kwargs)
+        u = velocity_at(model, x, ts[i], model_kwargs)
         if i == last:
             x = x + h * u
         else:
-            x = _euler_maruyama_step(x, u, ts[i], h, eps[i], path, generator)
-        _report(callback, i, ts, x, u)
+            x = euler_maruyama_step(x, u, ts[i], h, eps[i], path, generator)
+        report_step(callback, i, ts, x, u)
     return x
 
 
-register_sampler("euler_maruyama", evals_per_step=1, order=1)(sample_euler_maruyama)
+register_sampler(
+    "euler_maruyama",
+    evals_per_step=1,
+    order=1,
+    kind="sde",
+    description="Euler-Maruyama for dX = [u + eps s] dt + sqrt(2 eps) dW (same marginals as "
+    "the ODE), deterministic last step",
+)(sample_euler_maruyama)
 
 
 def linear_to_vp(
@@ -324,9 +337,11 @@ def target_to_source(converted: ConvertedVelocity, x_bar: Tensor, r: Tensor | fl
 __all__ = [
     "DIFFUSIONS",
     "diffusion_coefficient",
+    "euler_maruyama_step",
     "linear_to_vp",
     "noise_to_target_start",
     "resolve_path",
     "sample_euler_maruyama",
+    "step_diffusions",
     "target_to_source",
 ]

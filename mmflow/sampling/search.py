@@ -1,7 +1,22 @@
 """Inference-time search with a reward: best-of-N, SMC and rollover budget forcing (RBF).
 
 Every method spends a fixed budget of model evaluations to find samples of high reward
-``r(x1)``. Time runs from noise (t = 0) to data (t = 1) and candidates are scored on the
+``r(x1)``; each is a method of :func:`mmflow.sampling.sample` whose ``nfe`` is the budget per
+prompt and whose ``solver_options`` hold the reward::
+
+    result = sample(model, x0, "rbf", nfe=320, grid=rbf_time_grid(10),
+                    solver_options={"reward": ClassLogProbability(classifier)}, class_labels=y)
+    result.samples, result.nfe, result.info["rewards"]
+
+The grid is explicit times, a grid name with ``steps`` (default 10) in the options, or the
+method's default (uniform; Kim et al.'s :func:`rbf_time_grid` for RBF). ``result.info`` holds
+``rewards`` (``[B]``, of the chosen samples), ``budget``, ``trajectory_nfe`` (``[S]``) and
+``trajectory_rewards`` (``[S, B]``: the highest reward scored up to each record; for best-of-N
+that of the first ``n`` samples, as if drawn one after another); RBF adds ``proposals``
+(``[B, N_steps - 1]``, the evaluations spent on each searched transition) and SMC its final
+weighted population: ``particles`` (``[B, K, *event]``), normalised ``log_weights``
+(``[B, K]``: ``sum_k w_k f(x_k)`` estimates ``E[f]`` under ``p(x1) exp(lambda r(x1)) / Z``)
+and ``resampled`` (``[N_steps - 1, B]``). Time runs from noise (t = 0) to data (t = 1) and candidates are scored on the
 data estimate of the path (Tweedie's estimate for the linear path):
 
     x1_hat(x, t) = path.velocity_to_data(u(x, t), x, t)      (= x + (1 - t) u for the linear path)
@@ -12,7 +27,7 @@ sample, higher is better; :class:`ClassLogProbability` turns any classifier into
 ``reward_kwargs`` is given, which lets the condition of the model and the reward differ
 (generate unconditionally, reward a class).
 
-**Budget.** ``budget`` is the number of model evaluations allowed *per prompt*: a call of the
+**Budget.** ``budget`` (``nfe``) is the number of model evaluations allowed *per prompt*: a call of the
 model on ``P`` particles of each of ``B`` prompts costs ``P``. Every result reports ``nfe``,
 counted by wrapping the model (never inferred), and ``nfe <= budget``. Reward evaluations are
 not model evaluations and are not counted.
@@ -45,7 +60,7 @@ default, so the score, diffusion and data estimates are the VP path's::
 
     converted = linear_to_vp(model)
     x_bar = noise_to_target_start(converted, x0)
-    result = rollover_budget_forcing(converted, x_bar, rbf_time_grid(10), reward, budget=320)
+    result = sample(converted, x_bar, "rbf", nfe=320, solver_options={"reward": reward})
 
 The chosen samples are data (``s_1 = 1`` at the end of the VP grid).
 """
@@ -53,7 +68,7 @@ The chosen samples are data (``s_1 = 1`` at the end of the VP grid).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,10 +77,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmflow.interpolants import AffinePath, ConvertedVelocity, LinearPath
-from mmflow.sampling.registry import get_sampler, sample
-from mmflow.sampling.sde import _euler_maruyama_step, _step_diffusions, resolve_path
-from mmflow.sampling.solvers import VelocityModel, _batched_time
-from mmflow.timesteps import custom_grid
+from mmflow.sampling._shared import Callback, VelocityModel, batched_time, check_positive_int
+from mmflow.sampling.registry import SampleResult, get_sampler, register_method, sample
+from mmflow.sampling.sde import euler_maruyama_step, resolve_path, step_diffusions
+from mmflow.timesteps import custom_grid, make_grid
 
 Reward = Callable[..., Tensor]
 Diffusion = str | Callable[[Tensor], Tensor]
@@ -76,57 +91,8 @@ KIM_DIFFUSION_SCALE = 3.0
 KIM_INITIAL_PARTICLES = 25
 
 
-@dataclass
-class SearchResult:
-    """The chosen sample per prompt and how the search got there.
-
-    Attributes:
-        samples: ``[B, *event]`` the chosen sample of each prompt, at the end of the grid.
-        rewards: ``[B]`` the reward of ``samples``.
-        nfe: model evaluations spent per prompt, counted; never more than ``budget``.
-        budget: the evaluations allowed per prompt.
-        trajectory_nfe: ``[S]`` evaluations spent per prompt at each record.
-        trajectory_rewards: ``[S, B]`` the highest reward of any candidate scored up to that
-            record (for best-of-N: of the first ``n`` samples, as if drawn one after another).
-    """
-
-    samples: Tensor
-    rewards: Tensor
-    nfe: int
-    budget: int
-    trajectory_nfe: Tensor
-    trajectory_rewards: Tensor
-
-
-@dataclass
-class RBFResult(SearchResult):
-    """A :class:`SearchResult` with RBF's allocation of proposals.
-
-    Attributes:
-        proposals: ``[B, N_steps - 1]`` proposals (evaluations) spent on each transition
-            ``t_j -> t_{j+1}`` but the last; each row sums to the budget less the initial
-            particles' evaluations. With ``initial_step`` the first transition is not searched
-            and its column is 0.
-    """
-
-    proposals: Tensor
-
-
-@dataclass
-class SMCResult(SearchResult):
-    """A :class:`SearchResult` with SMC's final weighted population.
-
-    Attributes:
-        particles: ``[B, K, *event]`` the final particles of each prompt.
-        log_weights: ``[B, K]`` their normalised log importance weights: ``sum_k w_k f(x_k)``
-            estimates ``E[f(X)]`` under the tilted target ``p(x1) exp(lambda r(x1)) / Z``.
-        resampled: ``[N_steps - 1, B]`` whether each prompt's particles were resampled after
-            each step.
-    """
-
-    particles: Tensor
-    log_weights: Tensor
-    resampled: Tensor
+GridSpec = str | Sequence[float] | Tensor | None
+DEFAULT_STEPS = 10
 
 
 class ClassLogProbability:
@@ -260,22 +226,48 @@ def effective_sample_size(log_weights: Tensor) -> Tensor:
 def _check_budget(budget: int, cost: int, what: str) -> int:
     """``floor(budget / cost)``: how many times ``cost`` evaluations fit in ``budget``."""
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < cost:
-        raise ValueError(f"`budget` must be an integer >= {cost} ({what}), got {budget!r}")
+        raise ValueError(
+            f"`nfe` (the budget per prompt) must be an integer >= {cost} ({what}), got {budget!r}"
+        )
     return budget // cost
 
 
-def _check_positive_int(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-
-
-def _search_grid(ts: Tensor | list[float], like: Tensor) -> Tensor:
-    """A validated increasing grid (noise -> data) in at least float32 on ``like``'s device."""
-    try:
-        ts = custom_grid(ts)
-    except ValueError as error:
-        raise ValueError(f"`ts`: {error}") from None
+def _search_grid(
+    method: str,
+    grid: GridSpec,
+    grid_kwargs: dict[str, Any],
+    steps: int | None,
+    like: Tensor,
+    default: Callable[[int], Tensor] | None = None,
+) -> Tensor:
+    """The search grid: explicit times, a named grid of ``steps`` (default 10) steps, or the
+    method's ``default(steps)`` grid; validated, increasing, in at least float32 on ``like``'s
+    device."""
+    if grid is not None and not isinstance(grid, str):
+        if steps is not None or grid_kwargs:
+            raise ValueError(f"`{method}`: give `steps` and `grid_kwargs` with a grid name only")
+        try:
+            ts = custom_grid(grid if isinstance(grid, Tensor) else torch.tensor(grid))
+        except ValueError as error:
+            raise ValueError(f"`grid`: {error}") from None
+    else:
+        steps = DEFAULT_STEPS if steps is None else steps
+        check_positive_int("steps", steps)
+        if grid is None and default is not None:
+            ts = default(steps)
+        else:
+            ts = make_grid(grid or "uniform", steps, dtype=torch.float64, **grid_kwargs)
     return ts.to(device=like.device, dtype=torch.promote_types(like.dtype, torch.float32))
+
+
+def _check_call(method: str, nfe: int | None, callback: Callback | None, x0: Tensor) -> int:
+    """The budget per prompt; a search takes no callback and needs ``[B, *event]`` prompts."""
+    if nfe is None:
+        raise ValueError(f"give `nfe`, the model evaluations `{method}` may spend per prompt")
+    if callback is not None:
+        raise ValueError(f"`{method}` takes no `callback`: its result's `info` has its trace")
+    _check_prompts(x0)
+    return nfe
 
 
 def _check_prompts(x0: Tensor) -> None:
@@ -376,7 +368,7 @@ def _deterministic_step(
 ) -> Tensor:
     """DDIM step ``x' = alpha(t') x1_hat + sigma(t') x0_hat`` with both estimates at ``t``.
 
-    For the linear path it is the Euler step ``x + (t' - t) u`` (notes §0); at ``t' = 1`` it is
+    For the linear path it is the Euler step ``x + (t' - t) u``; at ``t' = 1`` it is
     the data estimate ``x1_hat`` on any path, where an Euler step of a VP velocity is not.
     """
     data = path.velocity_to_data(velocity, x, t)
@@ -395,7 +387,7 @@ def rbf_time_grid(steps: int, dtype: torch.dtype = torch.float32) -> Tensor:
     With a :func:`mmflow.sampling.sde.linear_to_vp` model the times are VP-path times (their
     VP-SDE setting), with the model itself linear-path times (their linear-SDE setting).
     """
-    _check_positive_int(steps, "steps")
+    check_positive_int("steps", steps)
     fraction = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     return (1 - torch.sqrt(1 - fraction**2)).to(dtype)
 
@@ -406,20 +398,23 @@ def rbf_time_grid(steps: int, dtype: torch.dtype = torch.float32) -> Tensor:
 def best_of_n(
     model: VelocityModel,
     x0: Tensor,
-    ts: Tensor | list[float],
-    reward: Reward,
-    budget: int,
+    nfe: int | None,
+    grid: GridSpec,
+    grid_kwargs: dict[str, Any],
+    callback: Callback | None,
     *,
+    reward: Reward,
+    steps: int | None = None,
     solver: str = "euler",
-    solver_options: dict[str, Any] | None = None,
+    candidate_options: dict[str, Any] | None = None,
     generator: torch.Generator | None = None,
     reward_kwargs: dict[str, Any] | None = None,
     **model_kwargs: Any,
-) -> SearchResult:
+) -> SampleResult:
     """Best of ``N`` samples from independent initial noises, chosen by reward.
 
     Each sample integrates ``dx/dt = u(x, t)`` (or an SDE, ``solver="euler_maruyama"``) over
-    ``ts`` at a cost of ``c = (len(ts) - 1) * evals_per_step + warmup`` evaluations, so
+    the grid at a cost of ``c = (len(ts) - 1) * evals_per_step + warmup`` evaluations, so
     ``N = floor(budget / c)`` and ``nfe = N c``. All ``N`` run as one batch; the result is
     ``x^(n*)`` with ``n* = argmax_n r(x^(n))``. Its trajectory records
     ``max_{m <= n} r(x^(m))`` at ``n c`` evaluations, the best-of-``n`` curve for every ``n <= N``.
@@ -428,19 +423,21 @@ def best_of_n(
         model: velocity model ``model(x, t, **model_kwargs)``.
         x0: ``[B, *event]`` initial noise, the first candidate of each prompt; the other
             ``N - 1`` noises are drawn from ``generator``.
-        ts: increasing time grid.
+        nfe: the budget, model evaluations allowed per prompt.
+        grid, grid_kwargs, steps: the grid of every candidate (module docstring).
         reward: ``reward(x1, **kwargs) -> [B]`` (see the module docstring).
-        budget: model evaluations allowed per prompt.
-        solver: a registered sampler name (see ``mmflow.sampling.SAMPLERS``).
-        solver_options: the solver's own options (an SDE's diffusion and generator).
+        solver: a registered grid solver (see ``mmflow.sampling.SAMPLERS``).
+        candidate_options: that solver's own options (an SDE's diffusion and generator).
         generator: draws the extra initial noises.
         reward_kwargs: the reward's keyword arguments (per prompt) when they differ from the
             model's.
     """
-    _check_prompts(x0)
-    ts = _search_grid(ts, x0)
+    budget = _check_call("best_of_n", nfe, callback, x0)
+    ts = _search_grid("best_of_n", grid, grid_kwargs, steps, x0)
     spec = get_sampler(solver)
-    options = dict(solver_options or {})
+    if not spec.on_grid:
+        raise ValueError(f"`solver` must be a grid solver, got `{solver}` ({spec.nfe_rule})")
+    options = dict(candidate_options or {})
     cost = (len(ts) - 1) * spec.evals_per_step + spec.warmup_evals(options)
     candidates = _check_budget(budget, cost, f"one `{solver}` sample over {len(ts) - 1} steps")
     prompts = x0.shape[0]
@@ -454,13 +451,16 @@ def best_of_n(
         )
         rewards = scorer(result.samples, candidates)
     best = rewards.argmax(dim=1)
-    return SearchResult(
+    return SampleResult(
         samples=_pick(result.samples, best),
-        rewards=rewards.max(dim=1).values,
         nfe=counter.nfe,
-        budget=budget,
-        trajectory_nfe=torch.arange(1, candidates + 1) * cost,
-        trajectory_rewards=rewards.cummax(dim=1).values.T,
+        grid=ts,
+        info={
+            "rewards": rewards.max(dim=1).values,
+            "budget": budget,
+            "trajectory_nfe": torch.arange(1, candidates + 1) * cost,
+            "trajectory_rewards": rewards.cummax(dim=1).values.T,
+        },
     )
 
 
@@ -502,10 +502,13 @@ def _resample_low_ess(
 def smc(
     model: VelocityModel,
     x0: Tensor,
-    ts: Tensor | list[float],
-    reward: Reward,
-    budget: int,
+    nfe: int | None,
+    grid: GridSpec,
+    grid_kwargs: dict[str, Any],
+    callback: Callback | None,
     *,
+    reward: Reward,
+    steps: int | None = None,
     reward_scale: float = 1.0,
     ess_threshold: float = 0.5,
     resampling: str = "systematic",
@@ -515,7 +518,7 @@ def smc(
     generator: torch.Generator | None = None,
     reward_kwargs: dict[str, Any] | None = None,
     **model_kwargs: Any,
-) -> SMCResult:
+) -> SampleResult:
     """Sequential Monte Carlo over Euler-Maruyama particles, weighted by the reward.
 
     ``K = floor(budget / N)`` particles per prompt for an ``N``-step grid (``nfe = K N``).
@@ -552,13 +555,13 @@ def smc(
         generator: initial noises, Brownian increments and resampling.
         (others: see :func:`best_of_n`)
     """
-    _check_prompts(x0)
+    budget = _check_call("smc", nfe, callback, x0)
     resampler = _check_smc(reward_scale, ess_threshold, resampling)
-    ts = _search_grid(ts, x0)
+    ts = _search_grid("smc", grid, grid_kwargs, steps, x0)
     path = _model_path(model, path)
     steps = len(ts) - 1
     particles = _check_budget(budget, steps, f"one evaluation per particle and step, {steps} steps")
-    eps = _step_diffusions(diffusion, ts, path, diffusion_scale)
+    eps = step_diffusions(diffusion, ts, path, diffusion_scale)
     prompts = x0.shape[0]
     counter = _EvaluationCounter(model, prompts)
     scorer = _Scorer(reward, model_kwargs, reward_kwargs, prompts)
@@ -569,7 +572,7 @@ def smc(
         trajectory, resampled = [], []
         for i in range(steps):
             h = ts[i + 1] - ts[i]
-            u = counter(x, _batched_time(ts[i], x), **kwargs)
+            u = counter(x, batched_time(ts[i], x), **kwargs)
             if i == steps - 1:
                 x = _deterministic_step(x, u, ts[i], ts[i + 1], path)
                 rewards = scorer(x, particles)
@@ -590,20 +593,23 @@ def smc(
             resampled.append(low)
             x, u = _gather_particles(x, ancestors), _gather_particles(u, ancestors)
             previous = previous.gather(1, ancestors)
-            x = _euler_maruyama_step(x, u, ts[i], h, eps[i], path, generator)
+            x = euler_maruyama_step(x, u, ts[i], h, eps[i], path, generator)
     best = previous.argmax(dim=1)
     log_weights = log_weights - torch.logsumexp(log_weights, dim=-1, keepdim=True)
     empty = torch.zeros((0, prompts), dtype=torch.bool, device=x.device)
-    return SMCResult(
+    return SampleResult(
         samples=_pick(x, best),
-        rewards=previous.max(dim=1).values,
         nfe=counter.nfe,
-        budget=budget,
-        trajectory_nfe=torch.arange(1, steps + 1) * particles,
-        trajectory_rewards=torch.stack(trajectory),
-        particles=x.view(prompts, particles, *x.shape[1:]),
-        log_weights=log_weights,
-        resampled=torch.stack(resampled) if resampled else empty,
+        grid=ts,
+        info={
+            "rewards": previous.max(dim=1).values,
+            "budget": budget,
+            "trajectory_nfe": torch.arange(1, steps + 1) * particles,
+            "trajectory_rewards": torch.stack(trajectory),
+            "particles": x.view(prompts, particles, *x.shape[1:]),
+            "log_weights": log_weights,
+            "resampled": torch.stack(resampled) if resampled else empty,
+        },
     )
 
 
@@ -644,10 +650,10 @@ def _initial_chain(
     step to ``t_1`` and is evaluated there, so it is scored on ``x1_hat(x_{t_1}, t_1)``.
     """
     x = _particle_noise(x0, initial_particles, generator)
-    velocity = counter(x, _batched_time(ts[0], x), **kwargs)
+    velocity = counter(x, batched_time(ts[0], x), **kwargs)
     for stage in range(first_stage):
         x = _deterministic_step(x, velocity, ts[stage], ts[stage + 1], path)
-        velocity = counter(x, _batched_time(ts[stage + 1], x), **kwargs)
+        velocity = counter(x, batched_time(ts[stage + 1], x), **kwargs)
     t = ts[first_stage]
     rewards = scorer(path.velocity_to_data(velocity, x, t), initial_particles)
     best = rewards.argmax(dim=1)
@@ -679,7 +685,7 @@ def _propose(
     t, t_next = ts[chain.stage], ts[chain.stage + 1]
     h = _as_column(t_next - t, chain.x)
     step_eps = _as_column(eps[chain.stage], chain.x)
-    proposal = _euler_maruyama_step(chain.x, chain.velocity, t, h, step_eps, path, generator)
+    proposal = euler_maruyama_step(chain.x, chain.velocity, t, h, step_eps, path, generator)
     return proposal, t_next
 
 
@@ -731,10 +737,13 @@ def _advance(
 def rollover_budget_forcing(
     model: VelocityModel,
     x0: Tensor,
-    ts: Tensor | list[float],
-    reward: Reward,
-    budget: int,
+    nfe: int | None,
+    grid: GridSpec,
+    grid_kwargs: dict[str, Any],
+    callback: Callback | None,
     *,
+    reward: Reward,
+    steps: int | None = None,
     initial_particles: int = KIM_INITIAL_PARTICLES,
     initial_step: bool = False,
     return_best: bool = False,
@@ -744,7 +753,7 @@ def rollover_budget_forcing(
     generator: torch.Generator | None = None,
     reward_kwargs: dict[str, Any] | None = None,
     **model_kwargs: Any,
-) -> RBFResult:
+) -> SampleResult:
     """Rollover budget forcing (Kim et al. 2025): a greedy SDE search with an adaptive quota.
 
     For an ``N``-step grid, ``M = N - 1`` stochastic transitions ``t_j -> t_{j+1}``
@@ -771,9 +780,7 @@ def rollover_budget_forcing(
     best starts the chain at ``t_1`` with that evaluation as its velocity, and the ``M = N - 2``
     transitions from ``t_1`` on are searched with ``q = floor((budget - 2 K0) / M)``. For an
     exact flow ``x1_hat(x, t_0 = 0) = E[x1]`` whatever the noise, so Kim et al.'s ranking at
-    ``t_0`` ranks only the model's error there; at ``t_1`` the data estimates differ. On the
-    MNIST benchmark (``benchmarks/inference_scaling.py``), with ``return_best`` on a 3-step
-    grid, this turns RBF's deficit against best-of-N at 10 and 20 NFE into a gain.
+    ``t_0`` ranks only the model's error there; at ``t_1`` the data estimates differ.
 
     With ``return_best=True`` the result is the data estimate ``x1_hat`` with the highest
     reward the search scored, so its reward is the trajectory's last value and at least the
@@ -783,7 +790,7 @@ def rollover_budget_forcing(
     few-step sample like best-of-N's, and keeping the best of them is what a search is for.
 
     A transition takes between 1 and its allowance of proposals, the last one at least ``q``,
-    and ``nfe = budget`` exactly; ``RBFResult.proposals`` shows the allocation. Proposals are
+    and ``nfe = budget`` exactly; ``info["proposals"]`` shows the allocation. Proposals are
     drawn one at a time per prompt (sequential by design) and batched across prompts, whose
     chains may sit at different times. The diffusion must be positive on the searched
     transitions, else all proposals of a transition coincide. When ``r(x1_hat)`` rises along
@@ -802,14 +809,14 @@ def rollover_budget_forcing(
             proposal.
         (others: see :func:`smc`)
     """
-    _check_prompts(x0)
-    _check_positive_int(initial_particles, "initial_particles")
-    ts = _search_grid(ts, x0)
+    budget = _check_call("rbf", nfe, callback, x0)
+    check_positive_int("initial_particles", initial_particles)
+    ts = _search_grid("rbf", grid, grid_kwargs, steps, x0, default=rbf_time_grid)
     first_stage = int(bool(initial_step))
     if len(ts) < 3 + first_stage:
         why = " with `initial_step`" if initial_step else ""
         raise ValueError(
-            f"`ts` needs at least {2 + first_stage} steps for a search{why}, got {len(ts) - 1}"
+            f"`grid` needs at least {2 + first_stage} steps for a search{why}, got {len(ts) - 1}"
         )
     path = _model_path(model, path)
     transitions = len(ts) - 2 - first_stage
@@ -817,7 +824,7 @@ def rollover_budget_forcing(
     needed = initial_cost + transitions
     _check_budget(budget, needed, f"{initial_cost} initial evaluations + 1 per searched transition")
     quota = (budget - initial_cost) // transitions
-    eps = _step_diffusions(diffusion, ts, path, diffusion_scale)
+    eps = step_diffusions(diffusion, ts, path, diffusion_scale)
     prompts = x0.shape[0]
     counter = _EvaluationCounter(model, prompts)
     scorer = _Scorer(reward, model_kwargs, reward_kwargs, prompts)
@@ -852,32 +859,50 @@ def rollover_budget_forcing(
         else:
             samples = _deterministic_step(chain.stage_x, chain.stage_velocity, ts[-2], ts[-1], path)
         final_rewards = scorer(samples, 1)[:, 0]
-    return RBFResult(
+    return SampleResult(
         samples=samples,
-        rewards=final_rewards,
         nfe=counter.nfe,
-        budget=budget,
-        trajectory_nfe=torch.arange(initial_cost, budget + 1),
-        trajectory_rewards=torch.stack(trajectory),
-        proposals=chain.proposals,
+        grid=ts,
+        info={
+            "rewards": final_rewards,
+            "budget": budget,
+            "trajectory_nfe": torch.arange(initial_cost, budget + 1),
+            "trajectory_rewards": torch.stack(trajectory),
+            "proposals": chain.proposals,
+        },
     )
 
 
-SEARCH_METHODS: dict[str, Callable[..., SearchResult]] = {
-    "best_of_n": best_of_n,
-    "smc": smc,
-    "rbf": rollover_budget_forcing,
-}
-"""The search methods by name (all called as ``fn(model, x0, ts, reward, budget, ...)``)."""
+_BUDGET = "the budget per prompt"
+register_method(
+    "best_of_n",
+    best_of_n,
+    kind="search",
+    description="the best by reward of N independent samples of a grid solver "
+    "(options reward, steps, solver)",
+    nfe_rule=f"{_BUDGET}: N = floor(nfe / evaluations of one sample)",
+)
+register_method(
+    "smc",
+    smc,
+    kind="search",
+    description="sequential Monte Carlo over Euler-Maruyama particles weighted by the reward "
+    "(FK steering; options reward, steps)",
+    nfe_rule=f"{_BUDGET}: K = floor(nfe / steps) particles",
+)
+register_method(
+    "rbf",
+    rollover_budget_forcing,
+    kind="search",
+    description="rollover budget forcing: a greedy SDE search that rolls unused proposals "
+    "forward (Kim et al. 2025; options reward, steps)",
+    nfe_rule=f"{_BUDGET}, spent exactly",
+)
 
 
 __all__ = [
     "RESAMPLERS",
-    "SEARCH_METHODS",
     "ClassLogProbability",
-    "RBFResult",
-    "SMCResult",
-    "SearchResult",
     "best_of_n",
     "effective_sample_size",
     "multinomial_resample",

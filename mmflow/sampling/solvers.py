@@ -20,39 +20,12 @@ the first velocity evaluated in that step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from torch import Tensor
 
-Callback = Callable[[dict[str, Any]], None]
-
-
-class VelocityModel(Protocol):
-    """Anything called as ``model(x, t, **kwargs)`` with ``t`` of shape ``[B]``."""
-
-    def __call__(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor: ...
-
-
-def _batched_time(t: Tensor, x: Tensor) -> Tensor:
-    """Broadcast a scalar grid time to the ``[B]`` time tensor the model expects."""
-    return t.to(dtype=x.dtype).expand(x.shape[0])
-
-
-def _check_grid(ts: Tensor) -> None:
-    if ts.ndim != 1 or ts.numel() < 2:
-        raise ValueError(
-            f"time grid `ts` must be 1-D with at least 2 points, got shape {tuple(ts.shape)}"
-        )
-
-
-def _report(callback: Callback | None, i: int, ts: Tensor, x: Tensor, u: Tensor) -> None:
-    if callback is not None:
-        callback({"step": i, "t": ts[i], "t_next": ts[i + 1], "x": x, "velocity": u})
-
-
-def _velocity(model: VelocityModel, x: Tensor, t: Tensor, model_kwargs: dict[str, Any]) -> Tensor:
-    return model(x, _batched_time(t, x), **model_kwargs)
+from mmflow.sampling._shared import Callback, VelocityModel, check_grid, report_step, velocity_at
+from mmflow.sampling.registry import register_sampler
 
 
 def sample_euler(
@@ -65,13 +38,13 @@ def sample_euler(
     """Explicit Euler, first order, 1 evaluation per step.
 
     ``x_{i+1} = x_i + h_i u(x_i, t_i)``. For the linear path this is also first-order
-    DPM-Solver++ / DDIM (notes/samplers.md, section 0).
+    DPM-Solver++ / DDIM.
     """
-    _check_grid(ts)
+    check_grid(ts)
     for i in range(len(ts) - 1):
-        u = _velocity(model, x, ts[i], model_kwargs)
+        u = velocity_at(model, x, ts[i], model_kwargs)
         x = x + (ts[i + 1] - ts[i]) * u
-        _report(callback, i, ts, x, u)
+        report_step(callback, i, ts, x, u)
     return x
 
 
@@ -88,13 +61,13 @@ def sample_heun(
     Every step, the last included, uses both evaluations: a flow's velocity is finite at
     t = 1, unlike a diffusion's denoiser at sigma = 0, so there is no Euler final step.
     """
-    _check_grid(ts)
+    check_grid(ts)
     for i in range(len(ts) - 1):
         h = ts[i + 1] - ts[i]
-        k1 = _velocity(model, x, ts[i], model_kwargs)
-        k2 = _velocity(model, x + h * k1, ts[i + 1], model_kwargs)
+        k1 = velocity_at(model, x, ts[i], model_kwargs)
+        k2 = velocity_at(model, x + h * k1, ts[i + 1], model_kwargs)
         x = x + 0.5 * h * (k1 + k2)
-        _report(callback, i, ts, x, k1)
+        report_step(callback, i, ts, x, k1)
     return x
 
 
@@ -110,13 +83,13 @@ def sample_midpoint(
     ``k1 = u(x_i, t_i)``, ``x_{i+1} = x_i + h u(x_i + h k1 / 2, t_i + h / 2)``. This is also
     the RF-Solver second-order Taylor step written as a Runge-Kutta method.
     """
-    _check_grid(ts)
+    check_grid(ts)
     for i in range(len(ts) - 1):
         h = ts[i + 1] - ts[i]
-        k1 = _velocity(model, x, ts[i], model_kwargs)
-        k2 = _velocity(model, x + 0.5 * h * k1, ts[i] + 0.5 * h, model_kwargs)
+        k1 = velocity_at(model, x, ts[i], model_kwargs)
+        k2 = velocity_at(model, x + 0.5 * h * k1, ts[i] + 0.5 * h, model_kwargs)
         x = x + h * k2
-        _report(callback, i, ts, x, k1)
+        report_step(callback, i, ts, x, k1)
     return x
 
 
@@ -132,13 +105,22 @@ def sample_rk4(
     ``k1 = u(x, t)``, ``k2 = u(x + h k1/2, t + h/2)``, ``k3 = u(x + h k2/2, t + h/2)``,
     ``k4 = u(x + h k3, t + h)``, ``x_{i+1} = x + h (k1 + 2 k2 + 2 k3 + k4) / 6``.
     """
-    _check_grid(ts)
+    check_grid(ts)
     for i in range(len(ts) - 1):
         t, h = ts[i], ts[i + 1] - ts[i]
-        k1 = _velocity(model, x, t, model_kwargs)
-        k2 = _velocity(model, x + 0.5 * h * k1, t + 0.5 * h, model_kwargs)
-        k3 = _velocity(model, x + 0.5 * h * k2, t + 0.5 * h, model_kwargs)
-        k4 = _velocity(model, x + h * k3, t + h, model_kwargs)
+        k1 = velocity_at(model, x, t, model_kwargs)
+        k2 = velocity_at(model, x + 0.5 * h * k1, t + 0.5 * h, model_kwargs)
+        k3 = velocity_at(model, x + 0.5 * h * k2, t + 0.5 * h, model_kwargs)
+        k4 = velocity_at(model, x + h * k3, t + h, model_kwargs)
         x = x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-        _report(callback, i, ts, x, k1)
+        report_step(callback, i, ts, x, k1)
     return x
+
+
+for _name, _fn, _evals, _order, _description in (
+    ("euler", sample_euler, 1, 1, "explicit Euler (DDIM on the linear path)"),
+    ("heun", sample_heun, 2, 2, "Heun's trapezoid rule, both evaluations on every step"),
+    ("midpoint", sample_midpoint, 2, 2, "explicit midpoint rule (RF-Solver's second order)"),
+    ("rk4", sample_rk4, 4, 4, "classical fourth-order Runge-Kutta"),
+):
+    register_sampler(_name, _evals, _order, description=_description)(_fn)

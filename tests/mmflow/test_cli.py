@@ -1,6 +1,5 @@
 """The installed ``mmflow`` console script, called as a user would, on the toy modality."""
 
-import json
 import os
 import shutil
 import signal
@@ -83,6 +82,18 @@ def test_info_lists_registered_components():
     assert "t=0 noise, t=1 data" in out
     for name in ("heun", "rk4", "logit_normal", "linear", "stochastic"):
         assert name in out
+
+
+def test_info_lists_every_sampling_method_by_kind_with_its_nfe_rule():
+    from mmflow.sampling import KINDS, SAMPLERS
+
+    lines = run("info").stdout.splitlines()
+    for title in KINDS.values():
+        assert f"  {title}:" in lines
+    listed = {line.split()[0]: line for line in lines if line.startswith("    ")}
+    assert set(SAMPLERS) <= set(listed)
+    for name, spec in SAMPLERS.items():
+        assert f"NFE: {spec.nfe_rule}" in listed[name]
 
 
 def test_unknown_subcommand_fails_with_a_clear_message():
@@ -219,98 +230,3 @@ def test_missing_file_in_a_recipe_is_one_line_naming_it(tmp_path):
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("mmflow fit: error:") and str(missing) in last_line
     assert "Traceback" not in result.stderr
-
-
-def write_tiny_checkpoint(path: Path) -> Path:
-    """A checkpoint as `mmflow fit` writes it, for a width-8 toy network (no training needed)."""
-    from tests.mmflow.training.toy import ToyVelocity
-
-    torch.manual_seed(0)
-    network = ToyVelocity(width=8)
-    checkpoint = {
-        "hyper_parameters": {
-            "network": {
-                "class_path": "tests.mmflow.training.toy.ToyVelocity",
-                "init_args": {"width": 8},
-            },
-            "adapter": {"class_path": "tests.mmflow.training.toy.ToyAdapter"},
-            "sampler": "heun",
-            "nfe": 4,
-            "cfg_scale": 2.0,
-        },
-        "state_dict": {f"network.{k}": v for k, v in network.state_dict().items()},
-    }
-    torch.save(checkpoint, path)
-    return path
-
-
-def test_benchmark_samplers_on_a_checkpoint(tmp_path):
-    checkpoint = write_tiny_checkpoint(tmp_path / "tiny.ckpt")
-    out = tmp_path / "bench"
-    run(
-        "benchmark",
-        "samplers",
-        "--config",
-        str(write_recipe(tmp_path)),
-        "--checkpoint",
-        str(checkpoint),
-        "--samplers",
-        "[euler,heun,dopri5]",
-        "--diffusers",
-        "[flow_euler,dpmpp_3m]",
-        "--nfe",
-        "[1,4]",
-        "--tolerances",
-        "[1e-2]",
-        "--num_samples",
-        "64",
-        "--out",
-        str(out),
-    )
-    report = json.loads((out / "metrics.json").read_text())
-    rows = {(r["sampler"], r["grid"], r["nfe"]): r for r in report["rows"]}
-    assert rows[("heun", "uniform", 1)]["not_applicable"]
-    assert rows[("euler", "uniform", 4)]["counted_nfe"] == 4
-    assert rows[("euler", "uniform", 4)]["cfg_scale"] == 2.0
-    assert rows[("diffusers:flow_euler", "ours: uniform", 4)]["counted_nfe"] == 4
-    assert rows[("diffusers:dpmpp_3m", "diffusers default(shift=1)", 1)]["metrics"]
-    assert rows[("dopri5", "adaptive(tol=0.01)", None)]["counted_nfe"] > 0
-    assert (out / "metrics_vs_nfe.png").stat().st_size > 0
-
-
-def test_benchmark_samplers_on_the_gaussian_mixture_field(tmp_path):
-    """Without diffusers rows (``--diffusers []``): importing diffusers alone takes seconds."""
-    out = tmp_path / "gmm"
-    result = run(
-        "benchmark",
-        "samplers",
-        "--field",
-        "gmm16",
-        "--samplers",
-        "[euler,rk4]",
-        "--diffusers",
-        "[]",
-        "--nfe",
-        "[4,8]",
-        "--shifts",
-        "[2.0]",
-        "--num_samples",
-        "8",
-        "--optimised",
-        "[rk4]",
-        "--optimised_nfe",
-        "[8]",
-        "--optimised_evals",
-        "4",
-        "--out",
-        str(out),
-    )
-    assert "best endpoint_rmse over grids" in result.stdout and "NFE   8: mmflow" in result.stdout
-    report = json.loads((out / "metrics.json").read_text())
-    assert report["field"] == "gmm16" and report["reference"]["rk4_gap_rmse"] < 1e-9
-    assert report["optimised"]["max_evals"] == 4 and report["optimised"]["objective"] == "mse"
-    assert {r["grid"] for r in report["rows"]} == {"uniform", "shifted(2)", "boss", "optimised"}
-    fitted = next(r for r in report["rows"] if r["grid"] == "optimised")
-    assert (fitted["sampler"], fitted["nfe"]) == ("rk4", 8) and fitted["metrics"]
-    assert {r["source"] for r in report["rows"]} == {"mmflow"}
-    assert (out / "metrics_vs_nfe.png").stat().st_size > 0

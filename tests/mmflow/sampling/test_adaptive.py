@@ -5,11 +5,16 @@ import itertools
 import pytest
 import torch
 
-from mmflow.sampling.adaptive import ADAPTIVE_METHODS, integrate_ode, sample_adaptive
+from mmflow.sampling import sample
+from mmflow.sampling.adaptive import ADAPTIVE_METHODS, integrate_ode, velocity_function
 from mmflow.sampling.analytic import GaussianLinearFlow, RiccatiFlow
 
 DTYPE = torch.float64
 TOLERANCES = [1e-3, 1e-5, 1e-7, 1e-9]
+
+
+def tolerance(tol: float) -> dict[str, float]:
+    return {"rtol": tol, "atol": tol}
 
 
 @pytest.fixture
@@ -26,7 +31,7 @@ def noise() -> torch.Tensor:
 
 def test_error_falls_and_nfe_grows_as_the_tolerance_tightens(field, noise):
     exact = field.flow(noise, 1.0)
-    results = [sample_adaptive(field, noise, rtol=tol, atol=tol) for tol in TOLERANCES]
+    results = [sample(field, noise, "dopri5", solver_options=tolerance(tol)) for tol in TOLERANCES]
     errors = [(r.samples - exact).abs().max().item() for r in results]
     nfes = [r.nfe for r in results]
     assert all(later < earlier for earlier, later in itertools.pairwise(errors)), errors
@@ -43,13 +48,14 @@ def test_nfe_is_counted_model_calls(field, noise):
         calls.append(t.shape)
         return field(x, t)
 
-    result = sample_adaptive(model, noise, rtol=1e-6, atol=1e-6)
+    result = sample(model, noise, "dopri5", solver_options=tolerance(1e-6))
     assert result.nfe == len(calls)
     assert set(calls) == {torch.Size([noise.shape[0]])}
 
 
 def test_data_to_noise(field, noise):
-    result = sample_adaptive(field, field.flow(noise, 1.0), t0=1.0, t1=0.0, rtol=1e-8, atol=1e-8)
+    data = field.flow(noise, 1.0)
+    result = sample(field, data, "dopri5", grid=[1.0, 0.0], solver_options=tolerance(1e-8))
     torch.testing.assert_close(result.samples, noise, rtol=0, atol=1e-6)
     assert result.grid[0] == 1.0 and result.grid[-1] == 0.0
     assert bool((result.grid[1:] < result.grid[:-1]).all())
@@ -57,12 +63,12 @@ def test_data_to_noise(field, noise):
 
 def test_partial_interval(field, noise):
     start = field.flow(noise, 0.25)
-    result = sample_adaptive(field, start, t0=0.25, t1=0.75, rtol=1e-8, atol=1e-8)
+    result = sample(field, start, "dopri5", grid=[0.25, 0.75], solver_options=tolerance(1e-8))
     torch.testing.assert_close(result.samples, field.flow(noise, 0.75), rtol=0, atol=1e-6)
 
 
 def test_grid_lists_the_accepted_steps(field, noise):
-    result = sample_adaptive(field, noise, rtol=1e-6, atol=1e-6)
+    result = sample(field, noise, "dopri5", solver_options=tolerance(1e-6))
     grid = result.grid
     assert grid[0] == 0.0 and grid[-1] == 1.0
     assert bool((grid[1:] > grid[:-1]).all())
@@ -74,29 +80,36 @@ def test_grid_lists_the_accepted_steps(field, noise):
 def test_every_adaptive_method_on_a_nonlinear_field(method):
     x0 = 2 * torch.rand(32, 2, generator=torch.Generator().manual_seed(1), dtype=DTYPE) - 1
     field = RiccatiFlow()
-    result = sample_adaptive(field, x0, rtol=1e-7, atol=1e-7, method=method)
+    result = sample(field, x0, method, solver_options=tolerance(1e-7))
     torch.testing.assert_close(result.samples, field.flow(x0, 1.0), rtol=0, atol=1e-4)
 
 
 def test_fixed_grid_method_takes_the_given_steps(field, noise):
-    result = sample_adaptive(field, noise, method="rk4", steps=16)
-    assert result.nfe == 4 * 16
-    torch.testing.assert_close(result.grid, torch.linspace(0, 1, 17, dtype=DTYPE))
-    torch.testing.assert_close(result.samples, field.flow(noise, 1.0), rtol=0, atol=1e-4)
+    """torchdiffeq's fixed-grid methods are reached through `integrate_ode` (the likelihood's)."""
+    calls = []
+
+    def model(x, t):
+        calls.append(t)
+        return field(x, t)
+
+    samples, grid = integrate_ode(velocity_function(model), noise, 0.0, 1.0, method="rk4", steps=16)
+    assert len(calls) == 4 * 16
+    torch.testing.assert_close(grid, torch.linspace(0, 1, 17, dtype=DTYPE))
+    torch.testing.assert_close(samples, field.flow(noise, 1.0), rtol=0, atol=1e-4)
 
 
 def test_model_kwargs_reach_the_model(noise):
     def model(x, t, *, scale):
         return scale * torch.ones_like(x)
 
-    result = sample_adaptive(model, torch.zeros(5, 2), scale=2.0)
+    result = sample(model, torch.zeros(5, 2), "dopri5", scale=2.0)
     torch.testing.assert_close(result.samples, torch.full((5, 2), 2.0))
 
 
 def test_gradients_flow_only_when_asked(field, noise):
     x0 = noise.clone().requires_grad_(True)
-    assert not sample_adaptive(field, x0).samples.requires_grad
-    out = sample_adaptive(field, x0, rtol=1e-8, atol=1e-8, enable_grad=True).samples
+    assert not sample(field, x0, "dopri5").samples.requires_grad
+    out = sample(field, x0, "dopri5", enable_grad=True, solver_options=tolerance(1e-8)).samples
     out.sum().backward()
     # x1 = m + s x0, so d(sum x1)/d x0 = s.
     torch.testing.assert_close(x0.grad, field.std.expand_as(x0), rtol=1e-6, atol=0)
@@ -125,5 +138,27 @@ def test_integrate_ode_handles_a_tuple_state():
     ],
 )
 def test_bad_options_are_named(field, noise, kwargs, message):
+    kwargs = {"t0": 0.0, "t1": 1.0, **kwargs}
+    t0, t1 = kwargs.pop("t0"), kwargs.pop("t1")
     with pytest.raises(ValueError, match=message):
-        sample_adaptive(field, noise, **kwargs)
+        integrate_ode(velocity_function(field), noise, t0, t1, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "method, kwargs, message",
+    [
+        ("dopri42", {}, "unknown sampler `dopri42`"),
+        ("dopri5", {"solver_options": {"rtol": 0.0}}, "`rtol` must be > 0"),
+        ("dopri5", {"grid": [0.5, 0.5]}, "distinct times"),
+        ("dopri5", {"grid": [0.0, 1.5]}, "distinct times in"),
+        ("dopri5", {"grid": "uniform"}, "the two times"),
+        ("dopri5", {"grid": [0.0, 0.5, 1.0]}, "the two times"),
+        ("dopri5", {"nfe": 8}, "pass nfe=None"),
+        ("dopri5", {"callback": print}, "no `callback`"),
+        ("dopri5", {"solver_options": {"steps": 8}}, "no option 'steps'"),
+        ("dopri5", {"solver_options": {"method": "rk4"}}, "no option 'method'"),
+    ],
+)
+def test_bad_sample_arguments_are_named(field, noise, method, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sample(field, noise, method, **kwargs)

@@ -22,7 +22,6 @@ from mmflow.sampling.diffusers_schedulers import (
     build_scheduler,
     diffusers_output,
     require_diffusers,
-    sample_diffusers,
     sigmas_from_grid,
     time_from_sigma,
 )
@@ -61,7 +60,7 @@ def test_time_and_output_are_converted_at_the_edge():
 )
 def test_flow_euler_on_our_grid_is_our_euler(grid):
     field, x0 = mixture(), noise()
-    theirs = sample_diffusers(field, x0, "flow_euler", len(grid) - 1, grid=grid)
+    theirs = sample(field, x0, "diffusers_flow_euler", len(grid) - 1, grid=grid)
     ours = sample(field, x0, method="euler", nfe=None, grid=grid)
     torch.testing.assert_close(theirs.grid, grid, rtol=0, atol=1e-7)
     assert theirs.nfe == ours.nfe == len(grid) - 1
@@ -73,7 +72,7 @@ def test_flow_euler_on_our_grid_is_our_euler(grid):
 def test_dpmpp_2m_on_its_own_schedule_is_ours_with_lower_order_final(steps, shift):
     """16 steps also covers diffusers' ``>= 15`` branch, where only the last step drops order."""
     field, x0 = mixture(), noise()
-    theirs = sample_diffusers(field, x0, "dpmpp_2m", steps, shift=shift)
+    theirs = sample(field, x0, "diffusers_dpmpp_2m", steps, solver_options={"shift": shift})
     assert 0 < float(theirs.grid[0]) < 2e-3 and float(theirs.grid[-1]) == 1.0
     ours = sample(
         field,
@@ -89,7 +88,7 @@ def test_dpmpp_2m_on_its_own_schedule_is_ours_with_lower_order_final(steps, shif
 def test_unipc_is_ours_with_lower_order_final():
     """On our uniform grid; diffusers moves the first sigma from 1 to 1 - 1e-6."""
     field, x0, steps = mixture(), noise(), 8
-    theirs = sample_diffusers(field, x0, "unipc_bh2_2", steps, grid=uniform_grid(steps))
+    theirs = sample(field, x0, "diffusers_unipc_bh2_2", steps, grid=uniform_grid(steps))
     assert 0 < float(theirs.grid[0]) < 2e-6
     ours = sample(
         field,
@@ -107,7 +106,7 @@ def test_unipc_is_ours_with_lower_order_final():
 def test_every_scheduler_spends_exactly_its_nfe(name, nfe):
     """UniPC with ``B(h) = h`` (bh1) returns NaN in diffusers 0.42: on the last step, into
     sigma = 0, ``h`` is infinite and multiplies a zero correction."""
-    result = sample_diffusers(mixture(), noise(2), name, nfe)
+    result = sample(mixture(), noise(2), f"diffusers_{name}", nfe)
     assert result.nfe == nfe and len(result.grid) == nfe + 1
     assert bool(torch.isfinite(result.samples).all()) == ("bh1" not in name)
 
@@ -130,16 +129,17 @@ def test_a_missing_diffusers_names_the_install_command(monkeypatch):
     with pytest.raises(DiffusersMissingError, match="pip install diffusers"):
         require_diffusers()
     with pytest.raises(DiffusersMissingError, match="pip install diffusers"):
-        sample_diffusers(mixture(), noise(2), "flow_euler", 2)
+        sample(mixture(), noise(2), "diffusers_flow_euler", 2)
 
 
 def test_mmflow_imports_without_diffusers():
+    """diffusers is imported when a scheduler is built, not by mmflow or the benchmark."""
     code = (
         "import sys; sys.modules['diffusers'] = None; "
-        "import mmflow.sampling.diffusers_schedulers, mmflow.benchmark, mmflow.cli; print('ok')"
+        "import mmflow.sampling.diffusers_schedulers, mmflow.cli, benchmarks.samplers; print('ok')"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=False
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -119,7 +119,9 @@ GRID = torch.linspace(0, 1, 11, dtype=torch.float64)
 
 def test_zero_step_size_is_exactly_euler():
     field, noise = gaussian_field(), gaussian_noise()
-    guided = sample_loss_guided(field, noise, GRID, squared_distance_to(TARGET), 0.0)
+    guided = sample_loss_guided(
+        field, noise, GRID, loss_fn=squared_distance_to(TARGET), step_size=0.0
+    )
     assert torch.equal(guided, sample_euler(field, noise, GRID))
 
 
@@ -128,7 +130,8 @@ def test_one_step_matches_the_closed_form():
     field, x = gaussian_field(), gaussian_noise(8)
     t0, t1, step, inner = 0.3, 0.55, 0.15, 3
     ts = torch.tensor([t0, t1], dtype=torch.float64)
-    out = sample_loss_guided(field, x, ts, squared_distance_to(TARGET), step, inner_steps=inner)
+    loss = squared_distance_to(TARGET)
+    out = sample_loss_guided(field, x, ts, loss_fn=loss, step_size=step, inner_steps=inner)
     u = field(x, torch.full((8,), t0, dtype=torch.float64))
     steered_prediction = TARGET + (1 - 2 * step) ** inner * (x + (1 - t0) * u - TARGET)
     expected = steered_prediction - (1 - t0) * u + (t1 - t0) * u
@@ -145,7 +148,10 @@ def test_guided_samples_approach_the_target_as_the_step_grows():
     """
     field, noise = gaussian_field(), gaussian_noise()
     distances = [
-        (sample_loss_guided(field, noise, GRID, squared_distance_to(TARGET), s) - TARGET)
+        (
+            sample_loss_guided(field, noise, GRID, loss_fn=squared_distance_to(TARGET), step_size=s)
+            - TARGET
+        )
         .norm(dim=1)
         .mean()
         .item()
@@ -163,7 +169,13 @@ def test_model_runs_once_per_step_without_autograd():
         return field(x, t) + offset
 
     out = sample_loss_guided(
-        model, gaussian_noise(4), GRID, squared_distance_to(TARGET), 0.1, inner_steps=4, offset=0.5
+        model,
+        gaussian_noise(4),
+        GRID,
+        loss_fn=squared_distance_to(TARGET),
+        step_size=0.1,
+        inner_steps=4,
+        offset=0.5,
     )
     assert grad_modes == [False] * 10
     assert not out.requires_grad
@@ -177,7 +189,8 @@ def test_no_gradient_reaches_the_model_and_guidance_works_under_no_grad():
 
     noise = gaussian_noise(16)
     with torch.no_grad():
-        guided = sample_loss_guided(model, noise, GRID, squared_distance_to(TARGET), 0.2)
+        loss = squared_distance_to(TARGET)
+        guided = sample_loss_guided(model, noise, GRID, loss_fn=loss, step_size=0.2)
         plain = sample_euler(model, noise, GRID)
     assert weight.grad is None
     assert (guided - TARGET).norm(dim=1).mean() < 0.5 * (plain - TARGET).norm(dim=1).mean()
@@ -185,24 +198,25 @@ def test_no_gradient_reaches_the_model_and_guidance_works_under_no_grad():
 
 def test_guided_fraction_stops_guidance_then_integrates_plain_euler():
     field, noise, loss = gaussian_field(), gaussian_noise(16), squared_distance_to(TARGET)
-    out = sample_loss_guided(field, noise, GRID, loss, 0.2, guided_fraction=0.3)
-    first_three = sample_loss_guided(field, noise, GRID[:4], loss, 0.2)
+    out = sample_loss_guided(field, noise, GRID, loss_fn=loss, step_size=0.2, guided_fraction=0.3)
+    first_three = sample_loss_guided(field, noise, GRID[:4], loss_fn=loss, step_size=0.2)
     assert torch.equal(out, sample_euler(field, first_three, GRID[3:]))
-    none = sample_loss_guided(field, noise, GRID, loss, 0.2, guided_fraction=0.0)
+    none = sample_loss_guided(field, noise, GRID, loss_fn=loss, step_size=0.2, guided_fraction=0.0)
     assert torch.equal(none, sample_euler(field, noise, GRID))
 
 
 def test_step_schedules_weight_the_step_by_grid_time():
     field, noise, loss = gaussian_field(), gaussian_noise(16), squared_distance_to(TARGET)
-    decay = sample_loss_guided(field, noise, GRID, loss, 0.2, step_schedule="linear_decay")
-    by_hand = sample_loss_guided(field, noise, GRID, loss, 0.2, step_schedule=lambda t: 1 - t)
+    options = {"loss_fn": loss, "step_size": 0.2}
+    decay = sample_loss_guided(field, noise, GRID, **options, step_schedule="linear_decay")
+    by_hand = sample_loss_guided(field, noise, GRID, **options, step_schedule=lambda t: 1 - t)
     assert torch.equal(decay, by_hand)
     first_half = sample_loss_guided(
-        field, noise, GRID, loss, 0.2, step_schedule=lambda t: (t < 0.45).to(t.dtype)
+        field, noise, GRID, **options, step_schedule=lambda t: (t < 0.45).to(t.dtype)
     )
-    half_fraction = sample_loss_guided(field, noise, GRID, loss, 0.2, guided_fraction=0.5)
+    half_fraction = sample_loss_guided(field, noise, GRID, **options, guided_fraction=0.5)
     assert torch.equal(first_half, half_fraction)
-    assert not torch.equal(decay, sample_loss_guided(field, noise, GRID, loss, 0.2))
+    assert not torch.equal(decay, sample_loss_guided(field, noise, GRID, **options))
 
 
 def test_callback_reports_the_loss_of_guided_steps_only():
@@ -211,9 +225,9 @@ def test_callback_reports_the_loss_of_guided_steps_only():
         gaussian_field(),
         gaussian_noise(5),
         GRID,
-        squared_distance_to(TARGET),
-        0.1,
-        callback=reports.append,
+        reports.append,
+        loss_fn=squared_distance_to(TARGET),
+        step_size=0.1,
         guided_fraction=0.5,
     )
     assert [r["step"] for r in reports] == list(range(10))
@@ -233,12 +247,31 @@ def test_callback_reports_the_loss_of_guided_steps_only():
 def test_bad_loss_guidance_options_name_themselves(options, name):
     with pytest.raises(ValueError, match=name):
         sample_loss_guided(
-            gaussian_field(), gaussian_noise(2), GRID, squared_distance_to(TARGET), **options
+            gaussian_field(),
+            gaussian_noise(2),
+            GRID,
+            loss_fn=squared_distance_to(TARGET),
+            **options,
         )
 
 
 def test_a_loss_of_the_wrong_shape_is_refused():
     with pytest.raises(ValueError, match="loss_fn"):
         sample_loss_guided(
-            gaussian_field(), gaussian_noise(2), GRID, lambda x: (x - TARGET).square(), 0.1
+            gaussian_field(),
+            gaussian_noise(2),
+            GRID,
+            loss_fn=lambda x: (x - TARGET).square(),
+            step_size=0.1,
         )
+
+
+def test_loss_guidance_is_a_sampler_of_the_registry():
+    """``sample(..., "loss_guided")`` plans the grid from the NFE and counts the calls."""
+    field, noise, loss = gaussian_field(), gaussian_noise(16), squared_distance_to(TARGET)
+    options = {"loss_fn": loss, "step_size": 0.2}
+    result = sample(field, noise, "loss_guided", nfe=10, solver_options=options)
+    assert result.nfe == 10
+    assert torch.equal(result.samples, sample_loss_guided(field, noise, GRID, **options))
+    with pytest.raises(ValueError, match="needs the option"):
+        sample(field, noise, "loss_guided", nfe=10, solver_options={"loss_fn": loss})

@@ -27,12 +27,9 @@ from mmflow.sampling.search import (
     ClassLogProbability,
     _advance,
     _Chain,
-    best_of_n,
     effective_sample_size,
     multinomial_resample,
     rbf_time_grid,
-    rollover_budget_forcing,
-    smc,
     systematic_resample,
 )
 
@@ -60,6 +57,13 @@ def closeness(target: float):
         return -((x1_hat - target) ** 2).sum(dim=1)
 
     return reward
+
+
+def search(method: str, model, x0, ts, reward, budget, **options):
+    """``sample(model, x0, method, nfe=budget, grid=ts)`` with the reward among the options."""
+    return sample(
+        model, x0, method, nfe=budget, grid=ts, solver_options={"reward": reward, **options}
+    )
 
 
 def zero_reward(x1_hat: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -144,16 +148,18 @@ def test_best_of_n_mean_reward_matches_order_statistics_and_rises_with_n():
     offset, scale = euler_affine_map(field, ts)
     observed, expected = [], []
     for seed, candidates in enumerate((1, 2, 4, 8)):
-        result = best_of_n(
+        result = search(
+            "best_of_n",
             field,
             noise(prompts, seed=seed),
             ts,
             closeness(target),
-            budget=8 * candidates,
+            8 * candidates,
             generator=seeded(100 + seed),
         )
-        mean = result.rewards.mean().item()
-        standard_error = result.rewards.std().item() / math.sqrt(prompts)
+        rewards = result.info["rewards"]
+        mean = rewards.mean().item()
+        standard_error = rewards.std().item() / math.sqrt(prompts)
         truth = expected_best_reward(offset, scale, target, candidates)
         assert abs(mean - truth) < STANDARD_ERRORS * standard_error, (candidates, mean, truth)
         observed.append(mean)
@@ -165,13 +171,14 @@ def test_best_of_n_mean_reward_matches_order_statistics_and_rises_with_n():
 def test_best_of_n_keeps_the_first_candidate_and_the_highest_reward():
     field = GaussianLinearFlow(torch.tensor([0.5], dtype=DTYPE), torch.tensor([0.8], dtype=DTYPE))
     ts, x0, reward = grid(8), noise(64), closeness(1.0)
-    single = best_of_n(field, x0, ts, reward, budget=8)
+    single = search("best_of_n", field, x0, ts, reward, 8)
     plain = sample(field, x0, method="euler", nfe=None, grid=ts).samples
     torch.testing.assert_close(single.samples, plain)
-    several = best_of_n(field, x0, ts, reward, budget=8 * 5, generator=seeded(1))
-    assert bool((several.rewards >= reward(plain)).all())
-    torch.testing.assert_close(several.rewards, reward(several.samples))
-    torch.testing.assert_close(several.trajectory_rewards[-1], several.rewards)
+    several = search("best_of_n", field, x0, ts, reward, 8 * 5, generator=seeded(1))
+    rewards = several.info["rewards"]
+    assert bool((rewards >= reward(plain)).all())
+    torch.testing.assert_close(rewards, reward(several.samples))
+    torch.testing.assert_close(several.info["trajectory_rewards"][-1], rewards)
 
 
 # -- NFE accounting --------------------------------------------------------------------------
@@ -196,27 +203,35 @@ def test_nfe_is_counted_exactly_and_stays_within_budget(method, budget, options,
     field = RowCounter(
         GaussianLinearFlow(torch.tensor([0.5], dtype=DTYPE), torch.tensor([0.8], dtype=DTYPE))
     )
-    search = {"best_of_n": best_of_n, "smc": smc, "rbf": rollover_budget_forcing}[method]
     if options.get("solver") == "euler_maruyama":
-        options = {**options, "solver_options": {"generator": seeded(3)}}
+        options = {**options, "candidate_options": {"generator": seeded(3)}}
     prompts = 6
     result = search(
-        field, noise(prompts), grid(8), closeness(1.0), budget, generator=seeded(2), **options
+        method,
+        field,
+        noise(prompts),
+        grid(8),
+        closeness(1.0),
+        budget,
+        generator=seeded(2),
+        **options,
     )
+    info = result.info
     assert result.nfe == expected_nfe == field.rows // prompts
     assert field.rows == expected_nfe * prompts
-    assert result.nfe <= result.budget == budget
-    assert int(result.trajectory_nfe[-1]) == result.nfe
-    assert bool((result.trajectory_nfe.diff() > 0).all())
-    assert result.trajectory_rewards.shape == (len(result.trajectory_nfe), prompts)
-    assert bool((result.trajectory_rewards.diff(dim=0) >= 0).all())
-    assert bool((result.trajectory_rewards[-1] >= result.rewards - 1e-12).all())
+    assert result.nfe <= info["budget"] == budget
+    assert int(info["trajectory_nfe"][-1]) == result.nfe
+    assert bool((info["trajectory_nfe"].diff() > 0).all())
+    assert info["trajectory_rewards"].shape == (len(info["trajectory_nfe"]), prompts)
+    assert bool((info["trajectory_rewards"].diff(dim=0) >= 0).all())
+    assert bool((info["trajectory_rewards"][-1] >= info["rewards"] - 1e-12).all())
     if method == "rbf":
         stepped = int(options.get("initial_step", False))
         initial, transitions = options["initial_particles"] * (1 + stepped), 7 - stepped
-        searched = result.proposals[:, stepped:]
-        assert bool((result.proposals.sum(dim=1) == budget - initial).all())
-        assert bool((result.proposals[:, :stepped] == 0).all())
+        proposals = info["proposals"]
+        searched = proposals[:, stepped:]
+        assert bool((proposals.sum(dim=1) == budget - initial).all())
+        assert bool((proposals[:, :stepped] == 0).all())
         assert bool((searched >= 1).all())
         assert bool((searched[:, -1] >= (budget - initial) // transitions).all())
 
@@ -234,9 +249,8 @@ def test_nfe_is_counted_exactly_and_stays_within_budget(method, budget, options,
 )
 def test_a_budget_too_small_for_one_sample_is_refused(method, budget, options):
     field = GaussianLinearFlow(torch.tensor([0.5], dtype=DTYPE), torch.tensor([0.8], dtype=DTYPE))
-    search = {"best_of_n": best_of_n, "smc": smc, "rbf": rollover_budget_forcing}[method]
-    with pytest.raises(ValueError, match="`budget`"):
-        search(field, noise(2), grid(8), closeness(1.0), budget, **options)
+    with pytest.raises(ValueError, match=r"`nfe` \(the budget per prompt\) must be an integer"):
+        search(method, field, noise(2), grid(8), closeness(1.0), budget, **options)
 
 
 # -- conditions follow their particles -------------------------------------------------------
@@ -254,23 +268,44 @@ def test_per_prompt_conditions_and_reward_kwargs_follow_their_particles():
     def near_target(x1_hat, *, target):
         return -((x1_hat - target) ** 2).sum(dim=1)
 
-    bon = best_of_n(field, noise(prompts), ts, near_own_mean, 40, generator=seeded(0), mean=means)
-    filtered = smc(field, noise(prompts), ts, by_mean, 40, generator=seeded(1), mean=means)
-    greedy = rollover_budget_forcing(
+    bon = sample(
         field,
         noise(prompts),
-        ts,
-        near_target,
-        40,
-        initial_particles=4,
-        generator=seeded(2),
-        reward_kwargs={"target": means + 0.05},
+        "best_of_n",
+        nfe=40,
+        grid=ts,
+        solver_options={"reward": near_own_mean, "generator": seeded(0)},
+        mean=means,
+    )
+    filtered = sample(
+        field,
+        noise(prompts),
+        "smc",
+        nfe=40,
+        grid=ts,
+        solver_options={"reward": by_mean, "generator": seeded(1)},
+        mean=means,
+    )
+    greedy = sample(
+        field,
+        noise(prompts),
+        "rbf",
+        nfe=40,
+        grid=ts,
+        solver_options={
+            "reward": near_target,
+            "initial_particles": 4,
+            "generator": seeded(2),
+            "reward_kwargs": {"target": means + 0.05},
+        },
         mean=means,
     )
     assert (bon.samples - means).abs().max() < 1.0
-    assert (filtered.particles - means[:, None]).abs().max() < 1.0
+    assert (filtered.info["particles"] - means[:, None]).abs().max() < 1.0
     assert (greedy.samples - means).abs().max() < 1.0
-    torch.testing.assert_close(greedy.rewards, near_target(greedy.samples, target=means + 0.05))
+    torch.testing.assert_close(
+        greedy.info["rewards"], near_target(greedy.samples, target=means + 0.05)
+    )
 
 
 # -- SMC -------------------------------------------------------------------------------------
@@ -281,13 +316,16 @@ def test_smc_with_zero_reward_keeps_the_sde_marginals():
     std = torch.tensor([0.3, 0.8], dtype=DTYPE)
     field = GaussianLinearFlow(mean, std)
     ts, prompts, particles = grid(20), 3000, 4
-    result = smc(field, noise(prompts, dim=2), ts, zero_reward, 20 * particles, generator=seeded(5))
-    assert not bool(result.resampled.any())
+    result = search(
+        "smc", field, noise(prompts, dim=2), ts, zero_reward, 20 * particles, generator=seeded(5)
+    )
+    assert not bool(result.info["resampled"].any())
     torch.testing.assert_close(
-        result.log_weights, torch.full((prompts, particles), -math.log(particles), dtype=DTYPE)
+        result.info["log_weights"],
+        torch.full((prompts, particles), -math.log(particles), dtype=DTYPE),
     )
     chain_mean, chain_variance = euler_maruyama_moments(mean, std, ts, kim_diffusion(ts))
-    samples = result.particles.reshape(-1, 2)
+    samples = result.info["particles"].reshape(-1, 2)
     count = samples.shape[0]
     covariance = torch.cov(samples.T)
     mean_error = STANDARD_ERRORS * (chain_variance / count).sqrt()
@@ -313,7 +351,8 @@ def test_smc_weighted_population_reaches_the_tilted_gaussian(resampling):
     def linear(x1_hat, **kwargs):
         return slope * x1_hat.sum(dim=1)
 
-    result = smc(
+    result = search(
+        "smc",
         field,
         noise(prompts),
         ts,
@@ -324,10 +363,11 @@ def test_smc_weighted_population_reaches_the_tilted_gaussian(resampling):
         resampling=resampling,
         generator=seeded(7),
     )
-    assert bool(result.resampled.any())
+    info = result.info
+    assert bool(info["resampled"].any())
     chain_mean, chain_variance = euler_maruyama_moments(mean, std, ts, kim_diffusion(ts))
     tilted_mean = (chain_mean + scale * slope * chain_variance).item()
-    estimates = (result.log_weights.exp() * result.particles[..., 0]).sum(dim=1)
+    estimates = (info["log_weights"].exp() * info["particles"][..., 0]).sum(dim=1)
     standard_error = estimates.std().item() / math.sqrt(prompts)
     assert abs(estimates.mean().item() - tilted_mean) < STANDARD_ERRORS * standard_error
     assert abs(chain_mean.item() - tilted_mean) > 50 * standard_error
@@ -339,14 +379,15 @@ def test_smc_weighted_population_reaches_the_tilted_gaussian(resampling):
 def test_rbf_beats_best_of_n_at_the_same_nfe():
     field = GaussianLinearFlow(torch.tensor([0.0], dtype=DTYPE), torch.tensor([1.0], dtype=DTYPE))
     ts, prompts, budget, reward = grid(8), 400, 64, closeness(2.5)
-    bon = best_of_n(field, noise(prompts), ts, reward, budget, generator=seeded(11))
-    rbf = rollover_budget_forcing(
-        field, noise(prompts), ts, reward, budget, initial_particles=8, generator=seeded(12)
+    bon = search("best_of_n", field, noise(prompts), ts, reward, budget, generator=seeded(11))
+    rbf = search(
+        "rbf", field, noise(prompts), ts, reward, budget, initial_particles=8, generator=seeded(12)
     )
     assert bon.nfe == rbf.nfe == budget
-    gap = rbf.rewards.mean() - bon.rewards.mean()
-    spread = torch.cat([rbf.rewards, bon.rewards]).std() / math.sqrt(prompts)
-    assert gap > STANDARD_ERRORS * spread, (rbf.rewards.mean(), bon.rewards.mean())
+    rbf_rewards, bon_rewards = rbf.info["rewards"], bon.info["rewards"]
+    gap = rbf_rewards.mean() - bon_rewards.mean()
+    spread = torch.cat([rbf_rewards, bon_rewards]).std() / math.sqrt(prompts)
+    assert gap > STANDARD_ERRORS * spread, (rbf_rewards.mean(), bon_rewards.mean())
 
 
 def test_rbf_initial_particles_rank_nothing_at_t0_and_their_best_of_k_one_step_later():
@@ -357,20 +398,19 @@ def test_rbf_initial_particles_rank_nothing_at_t0_and_their_best_of_k_one_step_l
     field = GaussianLinearFlow(torch.tensor([mean], dtype=DTYPE), torch.tensor([0.8], dtype=DTYPE))
     ts, reward = grid(8), closeness(target)
     options = {"initial_particles": particles, "generator": seeded(4)}
-    at_start = rollover_budget_forcing(field, noise(prompts), ts, reward, 20, **options)
+    at_start = search("rbf", field, noise(prompts), ts, reward, 20, **options)
     torch.testing.assert_close(
-        at_start.trajectory_rewards[0], torch.full((prompts,), -((mean - target) ** 2), dtype=DTYPE)
+        at_start.info["trajectory_rewards"][0],
+        torch.full((prompts,), -((mean - target) ** 2), dtype=DTYPE),
     )
-    stepped = rollover_budget_forcing(
-        field, noise(prompts), ts, reward, 20, initial_step=True, **options
-    )
+    stepped = search("rbf", field, noise(prompts), ts, reward, 20, initial_step=True, **options)
     offset, scale = euler_affine_map(field, ts[[0, 1, -1]])
-    first = stepped.trajectory_rewards[0]
+    first = stepped.info["trajectory_rewards"][0]
     truth = expected_best_reward(offset, scale, target, particles)
     standard_error = first.std().item() / math.sqrt(prompts)
     assert abs(first.mean().item() - truth) < STANDARD_ERRORS * standard_error, (first, truth)
     assert truth > -((mean - target) ** 2)
-    assert int(stepped.trajectory_nfe[0]) == 2 * particles
+    assert int(stepped.info["trajectory_nfe"][0]) == 2 * particles
 
 
 def test_rbf_return_best_keeps_the_best_scored_estimate_of_the_same_search():
@@ -382,8 +422,9 @@ def test_rbf_return_best_keeps_the_best_scored_estimate_of_the_same_search():
     field = GaussianLinearFlow(torch.tensor([mean], dtype=DTYPE), torch.tensor([0.8], dtype=DTYPE))
     ts, reward = grid(4), closeness(target)
 
-    def search(return_best: bool):
-        return rollover_budget_forcing(
+    def run(return_best: bool):
+        return search(
+            "rbf",
             field,
             noise(prompts),
             ts,
@@ -395,15 +436,17 @@ def test_rbf_return_best_keeps_the_best_scored_estimate_of_the_same_search():
             generator=seeded(6),
         )
 
-    last, best = search(False), search(True)
-    torch.testing.assert_close(best.trajectory_rewards, last.trajectory_rewards)
-    torch.testing.assert_close(best.rewards, best.trajectory_rewards[-1])
-    torch.testing.assert_close(best.rewards, reward(best.samples))
-    assert bool((best.rewards >= last.rewards - 1e-12).all())
-    assert bool((best.rewards > last.rewards + 1e-6).any())
+    last, best = run(False), run(True)
+    best_rewards, last_rewards = best.info["rewards"], last.info["rewards"]
+    trajectory = best.info["trajectory_rewards"]
+    torch.testing.assert_close(trajectory, last.info["trajectory_rewards"])
+    torch.testing.assert_close(best_rewards, trajectory[-1])
+    torch.testing.assert_close(best_rewards, reward(best.samples))
+    assert bool((best_rewards >= last_rewards - 1e-12).all())
+    assert bool((best_rewards > last_rewards + 1e-6).any())
     offset, scale = euler_affine_map(field, ts[[0, 1, -1]])
     floor = expected_best_reward(offset, scale, target, particles)
-    assert best.rewards.mean().item() > floor
+    assert best_rewards.mean().item() > floor
     assert best.nfe == last.nfe == 14
 
 
@@ -450,13 +493,20 @@ def test_rbf_rule_accepts_and_rolls_over_forces_at_quota_and_holds_the_last_stag
 
 def test_rbf_needs_two_steps_and_a_positive_initial_particle_count():
     field = GaussianLinearFlow(torch.tensor([0.5], dtype=DTYPE), torch.tensor([0.8], dtype=DTYPE))
-    with pytest.raises(ValueError, match="at least 2 steps"):
-        rollover_budget_forcing(field, noise(2), grid(1), closeness(0.0), 10, initial_particles=2)
+    with pytest.raises(ValueError, match="`grid` needs at least 2 steps"):
+        search("rbf", field, noise(2), grid(1), closeness(0.0), 10, initial_particles=2)
     with pytest.raises(ValueError, match="initial_particles"):
-        rollover_budget_forcing(field, noise(2), grid(4), closeness(0.0), 10, initial_particles=0)
+        search("rbf", field, noise(2), grid(4), closeness(0.0), 10, initial_particles=0)
     with pytest.raises(ValueError, match="at least 3 steps for a search with `initial_step`"):
-        rollover_budget_forcing(
-            field, noise(2), grid(2), closeness(0.0), 10, initial_particles=2, initial_step=True
+        search(
+            "rbf",
+            field,
+            noise(2),
+            grid(2),
+            closeness(0.0),
+            10,
+            initial_particles=2,
+            initial_step=True,
         )
 
 
@@ -484,8 +534,8 @@ def vp_posterior_mean(x_bar, r, mean, std, path):
 @pytest.mark.parametrize(
     "method, options",
     [
-        (rollover_budget_forcing, {"initial_particles": 1}),
-        (smc, {"reward_scale": 0.0}),
+        ("rbf", {"initial_particles": 1}),
+        ("smc", {"reward_scale": 0.0}),
     ],
 )
 def test_search_on_a_vp_converted_model_ends_at_the_exact_data_estimate(method, options):
@@ -494,8 +544,16 @@ def test_search_on_a_vp_converted_model_ends_at_the_exact_data_estimate(method, 
     mean, std = torch.tensor([1.5], dtype=DTYPE), torch.tensor([0.5], dtype=DTYPE)
     converted = linear_to_vp(GaussianLinearFlow(mean, std))
     ts, x_bar = rbf_time_grid(4, DTYPE), noise_to_target_start(converted, noise(3))
-    result = method(
-        converted, x_bar, ts, zero_reward, 8, diffusion_scale=0.0, generator=seeded(3), **options
+    result = search(
+        method,
+        converted,
+        x_bar,
+        ts,
+        zero_reward,
+        8,
+        diffusion_scale=0.0,
+        generator=seeded(3),
+        **options,
     )
     chain = sample(converted, x_bar, method="euler", nfe=None, grid=ts[:-1]).samples
     expected = vp_posterior_mean(chain, ts[-2], mean, std, converted.target)
@@ -576,19 +634,20 @@ def test_bad_rewards_options_and_conditions_are_refused():
     field = GaussianLinearFlow(torch.tensor([0.5], dtype=DTYPE), torch.tensor([0.8], dtype=DTYPE))
     x0, ts = noise(3), grid(4)
     with pytest.raises(ValueError, match="`reward`"):
-        best_of_n(field, x0, ts, lambda x, **kw: x, 8)
+        search("best_of_n", field, x0, ts, lambda x, **kw: x, 8)
     with pytest.raises(ValueError, match="`ess_threshold`"):
-        smc(field, x0, ts, zero_reward, 8, ess_threshold=1.5)
+        search("smc", field, x0, ts, zero_reward, 8, ess_threshold=1.5)
     with pytest.raises(ValueError, match="`resampling`"):
-        smc(field, x0, ts, zero_reward, 8, resampling="stratified")
+        search("smc", field, x0, ts, zero_reward, 8, resampling="stratified")
     with pytest.raises(ValueError, match="`reward_scale`"):
-        smc(field, x0, ts, zero_reward, 8, reward_scale=-1.0)
+        search("smc", field, x0, ts, zero_reward, 8, reward_scale=-1.0)
     with pytest.raises(ValueError, match="`x0`"):
-        smc(field, torch.zeros(3, dtype=DTYPE), ts, zero_reward, 8)
-    with pytest.raises(ValueError, match="`ts`"):
-        smc(field, x0, torch.tensor([0.0, 0.6, 0.4], dtype=DTYPE), zero_reward, 8)
+        search("smc", field, torch.zeros(3, dtype=DTYPE), ts, zero_reward, 8)
+    with pytest.raises(ValueError, match="`grid`"):
+        search("smc", field, x0, torch.tensor([0.0, 0.6, 0.4], dtype=DTYPE), zero_reward, 8)
     with pytest.raises(ValueError, match="`target`"):
-        rollover_budget_forcing(
+        search(
+            "rbf",
             field,
             x0,
             ts,
@@ -597,3 +656,21 @@ def test_bad_rewards_options_and_conditions_are_refused():
             initial_particles=2,
             reward_kwargs={"target": torch.zeros(2, 1)},
         )
+
+
+def test_search_grids_are_explicit_times_a_named_grid_of_steps_or_the_default():
+    field = GaussianLinearFlow(torch.tensor([0.5], dtype=DTYPE), torch.tensor([0.8], dtype=DTYPE))
+    x0, reward = noise(3), {"reward": zero_reward}
+    named = sample(field, x0, "smc", nfe=16, grid="uniform", solver_options={**reward, "steps": 8})
+    torch.testing.assert_close(named.grid, grid(8))
+    default = sample(field, x0, "rbf", nfe=60, solver_options={**reward, "initial_particles": 2})
+    torch.testing.assert_close(default.grid, rbf_time_grid(10, DTYPE))
+    assert sample(field, x0, "best_of_n", nfe=30, solver_options=reward).grid.shape == (11,)
+    with pytest.raises(ValueError, match="with a grid name only"):
+        sample(field, x0, "smc", nfe=16, grid=grid(8), solver_options={**reward, "steps": 8})
+    with pytest.raises(ValueError, match="give `nfe`"):
+        sample(field, x0, "smc", grid=grid(8), solver_options=reward)
+    with pytest.raises(ValueError, match="takes no `callback`"):
+        sample(field, x0, "smc", nfe=16, grid=grid(8), callback=print, solver_options=reward)
+    with pytest.raises(ValueError, match="needs the option"):
+        sample(field, x0, "best_of_n", nfe=16, grid=grid(8))

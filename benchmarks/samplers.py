@@ -1,4 +1,10 @@
-"""Quality against NFE for mmflow's samplers and diffusers' schedulers (``mmflow benchmark samplers``).
+"""Quality against NFE for mmflow's samplers and diffusers' schedulers.
+
+Run from the repository root::
+
+    python -m benchmarks.samplers --config recipes/image/mnist.yaml \
+        --checkpoint outputs/mnist/checkpoints/last.ckpt --nfe '[1,2,4,8,16]' --out bench/
+    python -m benchmarks.samplers --field gmm16 --out bench/gmm16
 
 Every row integrates ``dx/dt = u(x, t)`` from the same noise with one *method* at one budget:
 
@@ -31,9 +37,9 @@ Two sources of the velocity:
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,9 +47,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import ArgumentParser
 from torch import Tensor
 
-from mmflow.hub import PretrainedFlow
+from mmflow.cli import run_command
+from mmflow.data import load_datamodule, take_batches
+from mmflow.hub import PretrainedFlow, load_flow
 from mmflow.metrics import metric_entries
 from mmflow.modality import Batch, to_device
 from mmflow.sampling import (
@@ -53,18 +62,18 @@ from mmflow.sampling import (
     SampleResult,
     get_sampler,
     sample,
-    sample_adaptive,
 )
-from mmflow.sampling.adaptive import ADAPTIVE_METHODS
+from mmflow.sampling.analytic import random_gaussian_mixture
 from mmflow.sampling.boss import bellman_path, boss_cost_matrix
 from mmflow.sampling.diffusers_schedulers import (
     DIFFUSERS_SCHEDULERS,
+    DiffusersMissingError,
     accepts_sigmas,
     get_diffusers_scheduler,
     require_diffusers,
-    sample_diffusers,
 )
 from mmflow.sampling.grid_search import (
+    OBJECTIVES,
     endpoint_mean_error,
     objective_loss,
     optimized_grid,
@@ -164,28 +173,28 @@ class Method:
 
 
 def ode_sampler_names() -> list[str]:
-    """Registered samplers that are deterministic ODE solvers.
+    """Registered fixed-step and multistep ODE solvers.
 
-    A stochastic sampler (Euler-Maruyama) takes a ``generator`` option; those are left out,
-    since their error against the ODE's endpoint is not a discretisation error.
+    Stochastic, guided, inverse and search methods are left out: their error against the
+    ODE's endpoint is not a discretisation error.
     """
-    return [
-        name
-        for name, spec in SAMPLERS.items()
-        if "generator" not in inspect.signature(spec.fn).parameters
-    ]
+    return [name for name, spec in SAMPLERS.items() if spec.kind in ("ode", "multistep")]
+
+
+def _is_adaptive(name: str) -> bool:
+    return name in SAMPLERS and SAMPLERS[name].kind == "adaptive"
 
 
 def expand_samplers(names: Sequence[str]) -> list[str]:
     """``["all"]`` -> every ODE sampler plus ``dopri5``; otherwise the names, checked.
 
-    A name is a registered sampler or an adaptive method (``ADAPTIVE_METHODS``).
+    A name is a registered ODE solver or adaptive method.
     """
     if list(names) == ["all"]:
         return [*ode_sampler_names(), DEFAULT_ADAPTIVE]
     for name in names:
-        if name not in ADAPTIVE_METHODS:
-            get_sampler(name)
+        if get_sampler(name).kind not in ("ode", "multistep", "adaptive"):
+            raise ValueError(f"`{name}` is not an ODE solver (kind {get_sampler(name).kind})")
     return list(names)
 
 
@@ -207,7 +216,7 @@ def _sampler_methods(
 ) -> list[Method]:
     methods = []
     for name in samplers:
-        if name in ADAPTIVE_METHODS:
+        if _is_adaptive(name):
             methods += [Method("adaptive", name, tolerance=tol) for tol in tolerances]
         else:
             methods += [Method("mmflow", name, grid, shift) for grid, shift in grids]
@@ -319,20 +328,20 @@ def run_method(
 ) -> SampleResult:
     """Integrate ``model`` from ``noise`` with ``method`` at ``nfe`` (``None`` for adaptive)."""
     if method.kind == "adaptive":
-        tol = method.tolerance
-        return sample_adaptive(model, noise, rtol=tol, atol=tol, method=method.name, **model_kwargs)
+        tolerances = {"rtol": method.tolerance, "atol": method.tolerance}
+        return sample(model, noise, method.name, solver_options=tolerances, **model_kwargs)
     steps, reason = steps_or_reason(method, nfe)
     if steps is None:
         raise ValueError(f"NFE {nfe}: {reason}")
-    if method.kind == "diffusers" and method.grid == "default":
-        return sample_diffusers(model, noise, method.name, nfe, shift=method.shift, **model_kwargs)
+    name = f"diffusers_{method.name}" if method.kind == "diffusers" else method.name
+    if method.grid == "default":
+        shift = {"shift": method.shift}
+        return sample(model, noise, name, nfe, solver_options=shift, **model_kwargs)
     if method.grid == "optimised":
         times = grids.optimised(method.name, nfe)
     else:
         times = grids(method.grid, method.shift, steps)
-    if method.kind == "diffusers":
-        return sample_diffusers(model, noise, method.name, nfe, grid=times, **model_kwargs)
-    return sample(model, noise, method=method.name, nfe=nfe, grid=times, **model_kwargs)
+    return sample(model, noise, name, nfe=nfe, grid=times, **model_kwargs)
 
 
 @dataclass
@@ -501,23 +510,7 @@ def sampler_sweep(
 # ----------------------------------------------------------------------------- analytic fields
 
 
-def gaussian_mixture_field(
-    dim: int = 16, components: int = 8, seed: int = 0, dtype: torch.dtype = torch.float64
-) -> GaussianMixtureFlow:
-    """A fixed, seeded mixture of diagonal Gaussians, ``x1 ~ sum_k w_k N(mu_k, diag(s_k^2))``.
-
-    ``mu_k ~ N(0, 2^2 I)`` (well separated: the responsibilities switch mid-flight and the
-    trajectories bend), per-dimension ``s_k ~ U[0.1, 0.6]`` (narrow components bend them again
-    near the data) and ``w_k ~ U[0.5, 1.5]``, normalised.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    means = 2.0 * torch.randn(components, dim, generator=generator, dtype=dtype)
-    stds = 0.1 + 0.5 * torch.rand(components, dim, generator=generator, dtype=dtype)
-    weights = 0.5 + torch.rand(components, generator=generator, dtype=dtype)
-    return GaussianMixtureFlow(weights, means, stds)
-
-
-FIELDS: dict[str, Callable[[], GaussianMixtureFlow]] = {"gmm16": gaussian_mixture_field}
+FIELDS: dict[str, Callable[[], GaussianMixtureFlow]] = {"gmm16": random_gaussian_mixture}
 
 
 def get_field(name: str) -> GaussianMixtureFlow:
@@ -565,7 +558,8 @@ def reference_endpoints(
     uniform steps; both are returned in the check (``rk4_gap_rmse``, ``reference_nfe``).
     """
     noise = noise.to(torch.float64)
-    adaptive = sample_adaptive(field, noise, rtol=REFERENCE_TOLERANCE, atol=REFERENCE_TOLERANCE)
+    tolerances = {"rtol": REFERENCE_TOLERANCE, "atol": REFERENCE_TOLERANCE}
+    adaptive = sample(field, noise, "dopri5", solver_options=tolerances)
     rk4 = sample(field, noise, method="rk4", nfe=4 * REFERENCE_RK4_STEPS)
     check = {
         "reference_tolerance": REFERENCE_TOLERANCE,
@@ -902,3 +896,155 @@ def write_report(
     plot_path = out_dir / "metrics_vs_nfe.png"
     _plot(rows, context.get("metric_names", {}), envelope, plot_path)
     return json_path, plot_path
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m benchmarks.samplers",
+        description="Quality against counted NFE for mmflow's samplers and diffusers' schedulers, "
+        "on a trained flow (--config with --checkpoint or --pretrained) or an analytic field "
+        "(--field gmm16, endpoint error against a tight reference solution).",
+    )
+    parser.add_argument("--checkpoint", type=str | None, default=None, help="Lightning checkpoint")
+    parser.add_argument(
+        "--pretrained", type=str | None, default=None, help="folder from `mmflow export`"
+    )
+    parser.add_argument(
+        "--config", type=str | None, default=None, help="recipe whose `data` gives the real batches"
+    )
+    parser.add_argument(
+        "--field", type=str | None, default=None, help="analytic field instead of a model: gmm16"
+    )
+    parser.add_argument("--split", type=str, default="test", help="test or val")
+    parser.add_argument(
+        "--samplers",
+        type=list[str] | str,
+        default=["all"],
+        help="registered samplers and adaptive methods (dopri5); all: every ODE sampler + dopri5",
+    )
+    parser.add_argument(
+        "--diffusers",
+        type=list[str] | str,
+        default=["all"],
+        help="diffusers schedulers run on the same model (all, or [] for none; needs `pip "
+        "install diffusers`): flow_euler, dpmpp_2m, dpmpp_2m_heun, dpmpp_3m, "
+        "unipc_{bh1,bh2}_{1,2,3}",
+    )
+    parser.add_argument("--nfe", type=list[int], default=list(DEFAULT_NFES))
+    parser.add_argument(
+        "--tolerances",
+        type=list[float],
+        default=list(DEFAULT_TOLERANCES),
+        help="adaptive rtol=atol",
+    )
+    parser.add_argument(
+        "--shifts", type=list[float], default=list(FIELD_SHIFTS), help="--field: shifted grids"
+    )
+    parser.add_argument(
+        "--optimised",
+        type=list[str],
+        default=[],
+        help=f"--field: samplers that also run on time grids fitted to them, on "
+        f"{OPTIMISED_SAMPLES} other noises (e.g. [unipc_bh1_3,unipc_bh2_2])",
+    )
+    parser.add_argument(
+        "--optimised_nfe", type=list[int], default=list(OPTIMISED_NFES), help="--field: their NFE"
+    )
+    parser.add_argument(
+        "--optimised_evals",
+        type=int,
+        default=OPTIMISED_EVALS,
+        help="--field: most evaluations of the fit's objective per grid",
+    )
+    parser.add_argument(
+        "--optimised_objective",
+        type=str,
+        default="mse",
+        help=f"--field: the error the grids are fitted to, one of {', '.join(OBJECTIVES)}",
+    )
+    parser.add_argument("--num_samples", type=int, default=500)
+    parser.add_argument("--cfg_scale", type=float | None, default=None, help="default: the model's")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", type=str, default="cpu")
+    parser.add_argument("--out", type=str, required=True)
+    return parser
+
+
+def _benchmark(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(list(argv))
+    args.samplers, args.diffusers = _names(args.samplers), _names(args.diffusers)
+    try:
+        return _benchmark_field(args) if args.field is not None else _benchmark_flow(args)
+    except DiffusersMissingError as error:
+        raise ValueError(f"{error} (or pass --diffusers [] to leave diffusers out)") from None
+
+
+def _names(value: str | list[str]) -> list[str]:
+    """``--samplers all`` or ``--samplers euler`` as a one-name list; a list as given."""
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _benchmark_field(args: Any) -> int:
+    if args.checkpoint or args.pretrained or args.config:
+        raise ValueError("--field runs on an analytic field: leave out --checkpoint/--config")
+    result = field_benchmark(
+        args.field,
+        args.num_samples,
+        args.samplers,
+        args.diffusers,
+        args.nfe,
+        args.shifts,
+        args.tolerances,
+        args.seed,
+        optimised_samplers=args.optimised,
+        optimised_nfes=args.optimised_nfe,
+        optimised_evals=args.optimised_evals,
+        optimised_objective=args.optimised_objective,
+    )
+    print(error_table(result.rows))
+    for path in write_report(result.rows, Path(args.out), result.context, envelope=True):
+        print(path)
+    return 0
+
+
+def _benchmark_flow(args: Any) -> int:
+    if args.optimised:
+        raise ValueError("--optimised fits grids to an analytic field: use it with --field")
+    if args.config is None:
+        raise ValueError("--config (the recipe whose data gives real batches) is required")
+    flow = load_flow(args.checkpoint, args.pretrained, args.device)
+    datamodule = load_datamodule(args.config)
+    batches = take_batches(datamodule, args.split, args.num_samples)
+    out = Path(args.out)
+    rows = sampler_sweep(
+        flow,
+        batches,
+        args.samplers,
+        args.nfe,
+        args.cfg_scale,
+        args.seed,
+        out / "samples",
+        schedulers=args.diffusers,
+        tolerances=args.tolerances,
+    )
+    context = {
+        "source": args.checkpoint or args.pretrained,
+        "data": f"{type(datamodule).__name__} {args.split} split, {args.num_samples} samples",
+        "metric_names": flow.adapter.metric_names(),
+    }
+    for path in write_report(rows, out, context):
+        print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.samplers ...``; returns the exit status (2 for a user's error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_command("python -m benchmarks.samplers", lambda: _benchmark(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,12 +1,14 @@
-"""The sweeps behind ``mmflow benchmark samplers``: the toy modality and the analytic field."""
+"""The sweeps of ``python -m benchmarks.samplers``: the toy modality and the analytic field,
+and its command line."""
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from mmflow.benchmark import (
+from benchmarks.samplers import (
     DEFAULT_ADAPTIVE,
     FittedGrids,
     Method,
@@ -20,20 +22,25 @@ from mmflow.benchmark import (
     error_table,
     expand_samplers,
     field_benchmark,
-    gaussian_mixture_field,
+    main,
     ode_sampler_names,
     reference_endpoints,
     run_method,
     sampler_sweep,
     write_report,
 )
-from mmflow.cli import main
 from mmflow.data import load_datamodule, take_batches
 from mmflow.hub import PretrainedFlow
 from mmflow.sampling import SAMPLERS
-from mmflow.sampling.analytic import GaussianLinearFlow, GaussianMixtureFlow
+from mmflow.sampling.analytic import (
+    GaussianLinearFlow,
+    GaussianMixtureFlow,
+    random_gaussian_mixture,
+)
+from tests.mmflow.test_cli import write_recipe
+from tests.mmflow.training.toy import CLASS_MEANS, CLASS_STD, ToyAdapter, ToyData, ToyVelocity
 
-from .training.toy import CLASS_MEANS, CLASS_STD, ToyAdapter, ToyData
+COMMAND = "python -m benchmarks.samplers"
 
 ROW_KEYS = {
     "sampler",
@@ -131,9 +138,13 @@ def test_adaptive_rows_report_the_nfe_they_used(flow, batches):
 def test_all_means_every_ode_sampler_and_dopri5():
     names = expand_samplers(["all"])
     assert names[-1] == DEFAULT_ADAPTIVE
-    assert set(names[:-1]) == set(ode_sampler_names()) == set(SAMPLERS) - {"euler_maruyama"}
+    ode_solvers = {name for name, spec in SAMPLERS.items() if spec.kind in ("ode", "multistep")}
+    assert set(names[:-1]) == set(ode_sampler_names()) == ode_solvers
+    assert "euler_maruyama" not in names and "dopri8" not in names
     with pytest.raises(ValueError, match="unknown sampler `eulr`"):
         expand_samplers(["eulr"])
+    with pytest.raises(ValueError, match="`smc` is not an ODE solver"):
+        expand_samplers(["smc"])
     with pytest.raises(ValueError, match="`grid` must be one of"):
         Method("mmflow", "euler", grid="karras")
 
@@ -181,7 +192,7 @@ def test_fitted_grids_start_from_the_best_candidate_and_serve_optimised_rows():
 def test_fitted_grids_minimise_the_objective_they_are_given():
     """Fitted for the mean per-sample error, Heun's grid has a lower mean error on its fit
     noise than the grid fitted for the MSE, and a higher MSE: each objective wins its own."""
-    field = gaussian_mixture_field()
+    field = random_gaussian_mixture()
     fit = torch.randn(256, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     reference, _ = reference_endpoints(field, fit)
     losses = {}
@@ -198,7 +209,7 @@ def test_fitted_grids_minimise_the_objective_they_are_given():
 
 
 def test_reference_endpoints_agree_with_rk4():
-    field = gaussian_mixture_field()
+    field = random_gaussian_mixture()
     noise = torch.randn(16, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     reference, check = reference_endpoints(field, noise)
     assert check["rk4_gap_rmse"] < 1e-9
@@ -237,18 +248,25 @@ def test_best_error_ratio_needs_both_sides():
         best_error_ratio([row], 8)
 
 
+def one_error_line(capsys) -> str:
+    """The one line a user's error prints to stderr, as `mmflow` commands print it."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{COMMAND}: error: "), lines
+    return lines[0]
+
+
 def test_a_missing_diffusers_is_one_clear_error(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "diffusers", None)
-    argv = ["benchmark", "samplers", "--field", "gmm16", "--out", str(tmp_path)]
+    argv = ["--field", "gmm16", "--out", str(tmp_path)]
     assert main(argv) == 2
-    error = capsys.readouterr().err
+    error = one_error_line(capsys)
     assert "pip install diffusers" in error and "--diffusers []" in error
 
 
 def test_field_mode_refuses_a_checkpoint(tmp_path, capsys):
-    argv = ["benchmark", "samplers", "--field", "gmm16", "--checkpoint", "x.ckpt"]
+    argv = ["--field", "gmm16", "--checkpoint", "x.ckpt"]
     assert main([*argv, "--out", str(tmp_path)]) == 2
-    assert "--field runs on an analytic field" in capsys.readouterr().err
+    assert "--field runs on an analytic field" in one_error_line(capsys)
 
 
 @pytest.mark.parametrize(
@@ -264,9 +282,9 @@ def test_field_benchmark_names_a_bad_optimised_option_before_the_sweep(options, 
 
 
 def test_optimised_grids_are_refused_without_a_field(tmp_path, capsys):
-    argv = ["benchmark", "samplers", "--checkpoint", "x.ckpt", "--optimised", "[heun]"]
+    argv = ["--checkpoint", "x.ckpt", "--optimised", "[heun]"]
     assert main([*argv, "--out", str(tmp_path)]) == 2
-    assert "--optimised fits grids to an analytic field" in capsys.readouterr().err
+    assert "--optimised fits grids to an analytic field" in one_error_line(capsys)
 
 
 def test_take_batches_counts_examples_exactly():
@@ -311,3 +329,102 @@ def test_component_switches_count_endpoints_in_another_component_not_far_ones() 
     estimate = torch.tensor([[-3.0], [-2.9], [9.0], [-2.7]], dtype=torch.float64)
     assert component_switches(mixture, estimate, reference) == pytest.approx(0.25)
     assert component_switches(mixture, reference, reference) == 0.0
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def write_tiny_checkpoint(path: Path) -> Path:
+    """A checkpoint as `mmflow fit` writes it, for a width-8 toy network (no training needed)."""
+    torch.manual_seed(0)
+    network = ToyVelocity(width=8)
+    checkpoint = {
+        "hyper_parameters": {
+            "network": {
+                "class_path": "tests.mmflow.training.toy.ToyVelocity",
+                "init_args": {"width": 8},
+            },
+            "adapter": {"class_path": "tests.mmflow.training.toy.ToyAdapter"},
+            "sampler": "heun",
+            "nfe": 4,
+            "cfg_scale": 2.0,
+        },
+        "state_dict": {f"network.{k}": v for k, v in network.state_dict().items()},
+    }
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_benchmark_samplers_on_a_checkpoint(tmp_path):
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny.ckpt")
+    out = tmp_path / "bench"
+    status = main(
+        [
+            "--config",
+            str(write_recipe(tmp_path)),
+            "--checkpoint",
+            str(checkpoint),
+            "--samplers",
+            "[euler,heun,dopri5]",
+            "--diffusers",
+            "[flow_euler,dpmpp_3m]",
+            "--nfe",
+            "[1,4]",
+            "--tolerances",
+            "[1e-2]",
+            "--num_samples",
+            "64",
+            "--out",
+            str(out),
+        ]
+    )
+    assert status == 0
+    report = json.loads((out / "metrics.json").read_text())
+    rows = {(r["sampler"], r["grid"], r["nfe"]): r for r in report["rows"]}
+    assert rows[("heun", "uniform", 1)]["not_applicable"]
+    assert rows[("euler", "uniform", 4)]["counted_nfe"] == 4
+    assert rows[("euler", "uniform", 4)]["cfg_scale"] == 2.0
+    assert rows[("diffusers:flow_euler", "ours: uniform", 4)]["counted_nfe"] == 4
+    assert rows[("diffusers:dpmpp_3m", "diffusers default(shift=1)", 1)]["metrics"]
+    assert rows[("dopri5", "adaptive(tol=0.01)", None)]["counted_nfe"] > 0
+    assert (out / "metrics_vs_nfe.png").stat().st_size > 0
+
+
+def test_benchmark_samplers_on_the_gaussian_mixture_field(tmp_path, capsys):
+    """Without diffusers rows (``--diffusers []``): importing diffusers alone takes seconds."""
+    out = tmp_path / "gmm"
+    status = main(
+        [
+            "--field",
+            "gmm16",
+            "--samplers",
+            "[euler,rk4]",
+            "--diffusers",
+            "[]",
+            "--nfe",
+            "[4,8]",
+            "--shifts",
+            "[2.0]",
+            "--num_samples",
+            "8",
+            "--optimised",
+            "[rk4]",
+            "--optimised_nfe",
+            "[8]",
+            "--optimised_evals",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
+    assert status == 0
+    stdout = capsys.readouterr().out
+    assert "best endpoint_rmse over grids" in stdout and "NFE   8: mmflow" in stdout
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["field"] == "gmm16" and report["reference"]["rk4_gap_rmse"] < 1e-9
+    assert report["optimised"]["max_evals"] == 4 and report["optimised"]["objective"] == "mse"
+    assert {r["grid"] for r in report["rows"]} == {"uniform", "shifted(2)", "boss", "optimised"}
+    fitted = next(r for r in report["rows"] if r["grid"] == "optimised")
+    assert (fitted["sampler"], fitted["nfe"]) == ("rk4", 8) and fitted["metrics"]
+    assert {r["source"] for r in report["rows"]} == {"mmflow"}
+    assert (out / "metrics_vs_nfe.png").stat().st_size > 0
