@@ -53,37 +53,12 @@ class ModalityAdapter(nn.Module):
     override :meth:`evaluators` and :meth:`save_media`.
 
     Frozen sub-models (a VAE, a text encoder, a vocoder) are loaded in ``__init__`` from their
-    own local files and registered with :meth:`add_frozen`: they get no gradients, stay in eval
-    mode when the flow trains (no dropout in a text encoder), and stay *out of the adapter's
-    ``state_dict``* — a flow checkpoint holds what the flow learned, not copies of 90 MB
-    encoders, and swapping one frozen part for another (Griffin-Lim for a vocoder) at
-    evaluation time loads the same checkpoint. Loading a state dict fills their entries in
-    from the live sub-models, so strict loading works with or without them.
+    own local files (:meth:`mmflow.pretrained.PretrainedPart.from_pretrained`) and held as
+    :class:`mmflow.pretrained.Frozen` parts: no gradients, eval mode while the flow trains,
+    and *out of the adapter's* ``state_dict`` — a flow checkpoint holds what the flow learned,
+    not copies of 90 MB encoders, and swapping one frozen part for another (Griffin-Lim for a
+    vocoder) at evaluation time loads the same checkpoint.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._frozen_names: list[str] = []
-        self.register_state_dict_post_hook(_drop_frozen_entries)
-        self.register_load_state_dict_pre_hook(_fill_frozen_entries)
-
-    def add_frozen(self, name: str, module: nn.Module | None) -> nn.Module | None:
-        """Register ``module`` as the frozen sub-model ``self.<name>`` (``None`` is allowed)."""
-        if module is not None:
-            module.requires_grad_(False)
-            module.eval()
-        setattr(self, name, module)
-        if name not in self._frozen_names:
-            self._frozen_names.append(name)
-        return module
-
-    def train(self, mode: bool = True) -> ModalityAdapter:
-        super().train(mode)
-        for name in self._frozen_names:
-            module = getattr(self, name)
-            if isinstance(module, nn.Module):
-                module.eval()
-        return self
 
     def encode(self, batch: Batch) -> tuple[Tensor, Condition]:
         """``(x1, cond)``: the data the flow transports and the network's keyword arguments."""
@@ -139,25 +114,6 @@ class ModalityAdapter(nn.Module):
         the generations, e.g. the mixture and the true source beside a separated estimate.
         """
         return []
-
-
-def _drop_frozen_entries(
-    module: ModalityAdapter, state_dict: dict[str, Any], prefix: str, local_metadata: Any
-) -> None:
-    for name in module._frozen_names:
-        for key in [k for k in state_dict if k.startswith(f"{prefix}{name}.")]:
-            del state_dict[key]
-
-
-def _fill_frozen_entries(
-    module: ModalityAdapter, state_dict: dict[str, Any], prefix: str, *_: Any
-) -> None:
-    for name in module._frozen_names:
-        frozen = getattr(module, name)
-        if not isinstance(frozen, nn.Module):
-            continue
-        for key, value in frozen.state_dict().items():
-            state_dict.setdefault(f"{prefix}{name}.{key}", value)
 
 
 def drop_conditions(cond: Condition, null: Condition, drop: Tensor) -> Condition:

@@ -19,7 +19,7 @@ def trained_classifier(
     cache_dir: str, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[SmallCNN, float, Path]:
     """A classifier trained for four epochs on 640 MNIST-5k images (about a second)."""
-    path = tmp_path_factory.mktemp("classifier") / "mnist5k-small.safetensors"
+    path = tmp_path_factory.mktemp("classifier") / "mnist5k-small"
     datamodule = MNIST5k(batch_size=32, cache_dir=cache_dir, limit=640)
     model, val_accuracy = train_classifier(
         datamodule, path, epochs=4, lr=2e-3, width=16, feature_dim=64
@@ -39,9 +39,8 @@ def tiny_mel_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def untrained_audio_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained audio classifier file over the ten LASS classes (for recipe smoke runs)."""
-    from modalities.audio import ALL_CLASSES
-    from modalities.audio.classifier import AudioClassifier, save_audio_classifier
+    """An untrained audio classifier folder over the ten LASS classes (for recipe smoke runs)."""
+    from modalities.audio import ALL_CLASSES, AudioClassifier
 
-    path = tmp_path_factory.mktemp("audio-classifier") / "lass.safetensors"
-    return save_audio_classifier(AudioClassifier(list(ALL_CLASSES)), path)
+    path = tmp_path_factory.mktemp("audio-classifier") / "lass"
+    return AudioClassifier(list(ALL_CLASSES)).save_pretrained(path)

@@ -19,7 +19,7 @@
 from .adapter import FlowSepAdapter
 from .baseline import MaskSeparator
 from .captions import CAPTION_TEMPLATES, NULL_CAPTION, captions_for, draw_caption, draw_captions
-from .classifier import AudioClassifier, QueryAccuracy, load_audio_classifier
+from .classifier import AudioClassifier, QueryAccuracy
 from .data import (
     CaptionedWavFolder,
     ClipSet,
@@ -80,7 +80,6 @@ __all__ = [
     "draw_captions",
     "fit_length",
     "load_audio",
-    "load_audio_classifier",
     "midi_file_bytes",
     "mix_at_snr",
     "prepare_sources",

@@ -32,10 +32,11 @@ import torch
 from torch import Tensor, nn
 
 from mmflow.modality import Batch, Condition, ModalityAdapter
+from mmflow.pretrained import Frozen
 
 from .captions import NULL_CAPTION
 from .evaluators import separation_metrics
-from .media import write_separation_examples
+from .media import write_separation_batch
 from .mel import MelInverter, MixturePhaseInverter
 from .sources import ALL_CLASSES
 from .text import SentenceEncoder
@@ -78,12 +79,12 @@ class FlowSepAdapter(ModalityAdapter):
     ) -> None:
         super().__init__()
         vae = MelVAE.from_pretrained(vae_path)
-        self.add_frozen("vae", vae)
-        self.add_frozen("text_encoder", SentenceEncoder(text_encoder_path, max_query_tokens))
+        self.vae = Frozen(vae)
+        self.text_encoder = Frozen(SentenceEncoder(text_encoder_path, max_query_tokens))
         inverter = inverter or MixturePhaseInverter()
         _check_same_framing(inverter, vae)
         inverter.mel = vae.mel
-        self.add_frozen("inverter", inverter)
+        self.inverter = Frozen(inverter)
         self.class_names = list(ALL_CLASSES if class_names is None else class_names)
         self.query_stream = query_stream
         self.use_pooled = use_pooled
@@ -157,22 +158,17 @@ class FlowSepAdapter(ModalityAdapter):
         self, media: Any, directory: Path, name: str, batch: Batch | None = None
     ) -> list[Path]:
         """WAVs of mixture / estimate / reference and a spectrogram PNG per example."""
-        if batch is None or "mixture" not in batch or "target" not in batch:
+        if batch is None:
             return []
-        written = []
-        for index in range(min(self.media_examples, media.shape[0])):
-            caption = batch["caption"][index] if "caption" in batch else ""
-            written += write_separation_examples(
-                directory,
-                f"{name}_{index}",
-                batch["mixture"][index].cpu(),
-                media[index].cpu(),
-                batch["target"][index].cpu(),
-                sample_rate=self.sample_rate,
-                hop_length=self.vae.mel.hop_length,
-                title=f"query: {caption!r}",
-            )
-        return written
+        return write_separation_batch(
+            directory,
+            name,
+            media,
+            batch,
+            self.media_examples,
+            self.sample_rate,
+            self.vae.mel.hop_length,
+        )
 
 
 def _waveforms(batch: Batch) -> tuple[Tensor, Tensor]:

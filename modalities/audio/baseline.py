@@ -10,7 +10,8 @@ mel-band mask ``m = sigmoid(network(L_mix, q))`` in ``[0, 1]``, and the estimate
 (L1 between log-mels, the quantity the flow's VAE reconstructs). The network's time input is
 held at ``t = 1``. To a waveform, the estimate goes through the same inverter as the flow's
 (mixture phase with band gains: the gain is exactly the mask), and it is scored by the same
-evaluators, so the two models are compared on equal terms.
+evaluators, through the same validation and test loops
+(:class:`mmflow.training.EvaluatedModule`), so the two models are compared on equal terms.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from mmflow.metrics import log_and_reset
+from mmflow.pretrained import Frozen
+from mmflow.training import EvaluatedBatch, EvaluatedModule
 
 from .evaluators import separation_metrics
-from .media import write_separation_examples
+from .media import write_separation_batch
 from .mel import LOG_FLOOR, LogMel, MelInverter, MixturePhaseInverter
 from .sources import ALL_CLASSES
 from .text import SentenceEncoder
@@ -33,7 +34,7 @@ from .text import SentenceEncoder
 __all__ = ["MaskSeparator"]
 
 
-class MaskSeparator(pl.LightningModule):
+class MaskSeparator(EvaluatedModule):
     """Mixture log-mel + text query -> a mel-band mask (see the module docs).
 
     Args:
@@ -75,11 +76,9 @@ class MaskSeparator(pl.LightningModule):
         self.mel = LogMel()
         self.inverter = inverter or MixturePhaseInverter()
         self.inverter.mel = self.mel
-        # Frozen and cached per caption: held outside the module tree, so it is not written
-        # into every checkpoint (it is rebuilt from its folder).
-        self._text_encoder = [SentenceEncoder(text_encoder_path, max_query_tokens)]
+        self.text_encoder = Frozen(SentenceEncoder(text_encoder_path, max_query_tokens))
         self.class_names = list(ALL_CLASSES if class_names is None else class_names)
-        self._evaluators = dict(separation_metrics(self.class_names, self.mel, classifier_path))
+        self.use_evaluators(separation_metrics(self.class_names, self.mel, classifier_path))
 
     def forward(self, mixture: Tensor, captions: list[str]) -> Tensor:
         """The estimated log-mel ``[B, n_mels, frames]`` of the queried source."""
@@ -88,7 +87,7 @@ class MaskSeparator(pl.LightningModule):
 
     def predict_mask(self, mixture_log_mel: Tensor, captions: list[str]) -> Tensor:
         """The mask ``sigmoid(network(standardised log-mel, query))``, ``[B, n_mels, frames]``."""
-        text = self._text_encoder[0](captions)
+        text = self.text_encoder(captions)
         cond = text.network_inputs(self.hparams.query_stream, self.hparams.use_pooled, self.device)
         inputs = (mixture_log_mel - self.hparams.mel_mean) / self.hparams.mel_std
         t = torch.ones(inputs.shape[0], device=inputs.device)
@@ -99,8 +98,10 @@ class MaskSeparator(pl.LightningModule):
         """``log(max(mask * exp(L_mix), 1e-5))``."""
         return (mask * mixture_log_mel.exp()).clamp_min(LOG_FLOOR).log()
 
-    def loss(self, batch: dict[str, Any]) -> Tensor:
-        estimate = self(batch["mixture"], batch["caption"])
+    def loss(self, batch: dict[str, Any], estimate: Tensor | None = None) -> Tensor:
+        """``mean |L_hat - L_target|`` (``estimate``: the batch's ``L_hat`` if already made)."""
+        if estimate is None:
+            estimate = self(batch["mixture"], batch["caption"])
         return (estimate - self.mel(batch["target"])).abs().mean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -108,53 +109,41 @@ class MaskSeparator(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["mixture"].shape[0])
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate_batch(batch, batch_idx, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate_batch(batch, batch_idx, "test")
+    def waveforms(self, estimate: Tensor, batch: dict[str, Any]) -> Tensor:
+        """Separated waveforms ``[B, T]`` of estimated log-mels (through the inverter)."""
+        return self.inverter(estimate, batch["mixture"], batch["mixture"].shape[-1])
 
     @torch.no_grad()
     def separate(self, batch: dict[str, Any]) -> Tensor:
-        """Separated waveforms ``[B, T]`` of a batch (through the inverter)."""
-        estimate = self(batch["mixture"], batch["caption"])
-        return self.inverter(estimate, batch["mixture"], batch["mixture"].shape[-1])
+        """Separated waveforms ``[B, T]`` of a batch."""
+        return self.waveforms(self(batch["mixture"], batch["caption"]), batch)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def evaluate_batch(
+        self, batch: dict[str, Any], generator: torch.Generator, with_media: bool
+    ) -> EvaluatedBatch:
+        """The L1 loss and (``with_media``) the separated waveforms; no randomness."""
+        estimate = self(batch["mixture"], batch["caption"])
+        media = self.waveforms(estimate, batch) if with_media else None
+        return EvaluatedBatch(self.loss(batch, estimate), batch["mixture"].shape[0], media)
+
+    def predict_media(self, batch: dict[str, Any], generator: torch.Generator) -> Tensor:
         return self.separate(batch)
 
-    def _evaluate_batch(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
-        size = batch["mixture"].shape[0]
-        self.log(f"{stage}/loss", self.loss(batch), prog_bar=True, batch_size=size)
-        waveforms = self.separate(batch)
-        for metric in self._evaluators.values():
-            metric.to(self.device).update(waveforms, batch)
-        if batch_idx == 0 and self.trainer.is_global_zero:
-            name = f"epoch{self.current_epoch:04d}" if stage == "val" else stage
-            self._save_examples(waveforms, batch, name)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_evaluators("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_evaluators("test")
-
-    def _log_evaluators(self, stage: str) -> None:
-        log_and_reset(self, self._evaluators, stage)
-
-    def _save_examples(self, waveforms: Tensor, batch: dict[str, Any], name: str) -> None:
-        root = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "samples"
-        for index in range(min(self.hparams.media_examples, waveforms.shape[0])):
-            write_separation_examples(
-                root,
-                f"{name}_{index}",
-                batch["mixture"][index].cpu(),
-                waveforms[index].cpu(),
-                batch["target"][index].cpu(),
-                sample_rate=self.mel.sample_rate,
-                hop_length=self.mel.hop_length,
-                title=f"query: {batch['caption'][index]!r}",
-            )
+    def save_media(
+        self, media: Any, directory: Path, name: str, batch: dict[str, Any] | None = None
+    ) -> list[Path]:
+        """WAVs of mixture / estimate / reference and a spectrogram PNG per example."""
+        if batch is None:
+            return []
+        return write_separation_batch(
+            directory,
+            name,
+            media,
+            batch,
+            self.hparams.media_examples,
+            self.mel.sample_rate,
+            self.mel.hop_length,
+        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(

@@ -2,25 +2,20 @@
 
 Train and cache one with::
 
-    python -m modalities.audio.classifier --out .cache/classifiers/lass.safetensors
+    python -m modalities.audio.classifier --out .cache/classifiers/lass
 
 It is trained on the *clean target clips* of :class:`~modalities.audio.data.LASSMixtures`
 (train split) and judges separated estimates: :class:`QueryAccuracy` is the fraction of
 estimates that the classifier assigns to the class the text query asked for. The command also
 reports the classifier's accuracy on the *unseparated* validation mixtures, the number an
-estimate must beat to show that separation moved it towards the query.
+estimate must beat to show that separation moved it towards the query. A mixture holds two
+classes and the classifier names one of them, so the mixture number should not go much above
+0.5 with SNRs symmetric about 0 dB; an estimate that beats it has moved towards the queried
+source. ``docs/audio.md`` has the figures of the default command.
 
-The default command (700 steps of 32 clips, 1.28 s, one CPU thread; about 2.5 minutes on a
-busy 2-core machine) gives, on the 249 fixed validation mixtures of ``LASSMixtures``
-(seed 0): query accuracy 0.94 on the clean targets, 0.86 on the targets' log-mels put back
-into waveforms with the mixture's phase (:class:`~modalities.audio.mel.MixturePhaseInverter`,
-the ceiling of a mel-domain separator), 0.39 on the unseparated mixtures, 0.01 on the
-interferers. A mixture holds two classes and the classifier names one of them, so the mixture
-number should not go much above 0.5 with SNRs symmetric about 0 dB; an estimate that beats it has
-moved towards the queried source.
-
-The file is one safetensors file: the weights, and in its metadata the architecture, the class
-names (checked against the data's by :class:`QueryAccuracy`) and the training report.
+The classifier is a pretrained part (:class:`mmflow.pretrained.PretrainedPart`): a folder with
+the architecture and class names (checked against the data's by :class:`QueryAccuracy`) and
+the training report in ``config.json``, and the weights in ``model.safetensors``.
 
 Query accuracy is *our* classifier's judgement on *our* ten classes. It is not CLAPScore (which
 compares CLAP audio and text embeddings), and it is not comparable with numbers from other
@@ -30,7 +25,6 @@ classifiers or class sets.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -43,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmflow.files import atomic_write, load_state
+from mmflow.pretrained import Frozen, PretrainedPart
 
 from .data import LASSMixtures, MixtureDataModule, MixtureDataset
 from .evaluators import PerClassMean
@@ -55,13 +49,10 @@ __all__ = [
     "AudioClassifier",
     "QueryAccuracy",
     "classifier_accuracy",
-    "load_audio_classifier",
     "main",
-    "save_audio_classifier",
     "train_audio_classifier",
 ]
 
-FILE_FORMAT = "mmflow.audio_classifier.v1"
 LOG_MEL_MEAN = -5.0
 LOG_MEL_STD = 4.0
 TRAIN_COMMAND = "python -m modalities.audio.classifier --out {path}"
@@ -81,7 +72,7 @@ def _conv_block(
     return nn.Sequential(*layers)
 
 
-class AudioClassifier(nn.Module):
+class AudioClassifier(PretrainedPart, nn.Module):
     """Waveforms ``[B, T]`` at 16 kHz -> class logits ``[B, num_classes]``.
 
     The waveform becomes a log-mel (:class:`LogMel`, 64 bands, hop 160), standardised with
@@ -94,11 +85,17 @@ class AudioClassifier(nn.Module):
     Args:
         class_names: the classes, in logit order.
         width: channels of the first conv block.
-        mel: the log-mel transform (default: FlowSep's 64-band 16 kHz :class:`LogMel`).
+        mel: the log-mel transform or its settings (default: FlowSep's 64-band 16 kHz
+            :class:`LogMel`).
     """
 
+    creation_hint = f"create it with `{TRAIN_COMMAND}`"
+
     def __init__(
-        self, class_names: Sequence[str], width: int = 16, mel: LogMel | None = None
+        self,
+        class_names: Sequence[str],
+        width: int = 16,
+        mel: LogMel | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if len(class_names) < 2 or len(set(class_names)) != len(class_names):
@@ -109,7 +106,7 @@ class AudioClassifier(nn.Module):
             raise ValueError(f"`width` must be positive, got {width}")
         self.class_names = tuple(class_names)
         self.width = width
-        self.mel = mel or LogMel()
+        self.mel = LogMel(**mel) if isinstance(mel, dict) else mel or LogMel()
         self.body = nn.Sequential(
             _conv_block(1, width, stride=2),
             _conv_block(width, 2 * width, pool=True),
@@ -117,14 +114,14 @@ class AudioClassifier(nn.Module):
             _conv_block(4 * width, 4 * width),
         )
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(4 * width, len(self.class_names)))
-        self.info: dict[str, Any] = {}
+        self.pretrained_info: dict[str, Any] = {}
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments (stored in the weights file's metadata)."""
+    def pretrained_init_args(self) -> dict[str, Any]:
+        """The constructor arguments (``config.json`` of its folder)."""
         return {
             "class_names": list(self.class_names),
             "width": self.width,
@@ -149,62 +146,6 @@ class AudioClassifier(nn.Module):
         return torch.where(
             finite, logits.argmax(dim=1), torch.full_like(finite, -1, dtype=torch.long)
         )
-
-
-# -- files -----------------------------------------------------------------------------------
-
-
-def save_audio_classifier(
-    model: AudioClassifier, path: str | Path, info: dict[str, Any] | None = None
-) -> Path:
-    """Write the weights and ``{format, config, info}`` metadata to one safetensors file, atomically."""
-    from safetensors.torch import save_file
-
-    tensors = {
-        name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()
-    }
-    metadata = {
-        "format": FILE_FORMAT,
-        "config": json.dumps(model.config()),
-        "info": json.dumps(info or {}),
-    }
-    return atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata))
-
-
-def load_audio_classifier(
-    path: str | Path, map_location: str | torch.device = "cpu"
-) -> AudioClassifier:
-    """Load a classifier written by :func:`save_audio_classifier`, frozen and in eval mode.
-
-    Its training report (validation accuracies, settings) is ``model.info``.
-
-    Raises:
-        FileNotFoundError: no file at ``path``; the message holds the command that creates it.
-        ValueError: the file is not a readable audio-classifier file (named in the message).
-    """
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    how = f"create it with `{TRAIN_COMMAND.format(path=path)}`"
-    if not path.is_file():
-        raise FileNotFoundError(f"audio classifier {path} not found; {how}")
-    try:
-        with safe_open(str(path), framework="pt", device=str(map_location)) as handle:
-            metadata = handle.metadata() or {}
-            names = list(handle.keys())  # the handle itself is not iterable
-            state = {name: handle.get_tensor(name) for name in names}
-        if metadata.get("format") != FILE_FORMAT:
-            raise ValueError(f"metadata format is {metadata.get('format')!r}, not {FILE_FORMAT!r}")
-        config = json.loads(metadata["config"])
-        model = AudioClassifier(config["class_names"], config["width"], LogMel(**config["mel"]))
-        info = json.loads(metadata.get("info", "{}"))
-    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as error:
-        raise ValueError(
-            f"audio classifier {path} is unreadable or not an audio classifier ({error}); {how}"
-        ) from None
-    load_state(model, state, path)
-    model.info = info
-    return model.to(map_location).eval().requires_grad_(False)
 
 
 # -- training --------------------------------------------------------------------------------
@@ -284,7 +225,7 @@ def train_audio_classifier(
     a common one), AdamW and a cosine learning-rate decay over ``steps``. Returns the model (eval
     mode) and a report: validation accuracy on clean targets (``val_accuracy``) and on the
     unseparated mixtures (``val_mixture_accuracy``), each also per class, plus the settings.
-    If ``out_path`` is given the classifier and the report are saved there.
+    If ``out_path`` is given the classifier is saved there as a folder, the report as its info.
     """
     if steps < 1:
         raise ValueError(f"`steps` must be positive, got {steps}")
@@ -350,25 +291,12 @@ def train_audio_classifier(
         train_seconds,
     )
     if out_path is not None:
-        save_audio_classifier(model, out_path, report)
-    model.info = report
+        model.save_pretrained(out_path, info=report)
+    model.pretrained_info = report
     return model, report
 
 
 # -- evaluator -------------------------------------------------------------------------------
-
-
-class _Frozen:
-    """Holds a frozen network outside the ``nn.Module`` tree (so outside every ``state_dict``)."""
-
-    def __init__(self, network: AudioClassifier) -> None:
-        self.network = network.eval().requires_grad_(False)
-
-    def on(self, device: torch.device) -> AudioClassifier:
-        parameter = next(self.network.parameters())
-        if parameter.device != device:
-            self.network = self.network.to(device)
-        return self.network
 
 
 class QueryAccuracy(PerClassMean):
@@ -386,17 +314,17 @@ class QueryAccuracy(PerClassMean):
     This is **not CLAPScore**: no audio-text embedding model is involved, only a small CNN on
     our own source classes, so the number is not comparable with published CLAP-based scores.
 
-    The classifier is a plain attribute, not a submodule or a state: it never enters a
-    checkpoint, and it follows the estimates to their device on use.
+    The classifier is a :class:`mmflow.pretrained.Frozen` part: it never enters a checkpoint,
+    and it follows the estimates to their device on use.
 
     Args:
-        classifier_path: a file written by ``python -m modalities.audio.classifier --out PATH``.
+        classifier_path: a folder written by ``python -m modalities.audio.classifier --out PATH``.
         class_names: names of the classes ``0 .. C-1`` of ``batch["class_index"]``; they must
             equal the classifier's. ``None`` reports the overall mean only (no check).
 
     Raises:
-        FileNotFoundError: the classifier file is missing (the message has the command).
-        ValueError: the file is unreadable, or its class names differ from ``class_names``.
+        FileNotFoundError: the classifier folder is missing (the message has the command).
+        ValueError: the folder is unreadable, or its class names differ from ``class_names``.
     """
 
     name = "query_accuracy"
@@ -404,7 +332,7 @@ class QueryAccuracy(PerClassMean):
 
     def __init__(self, classifier_path: str | Path, class_names: list[str] | None = None) -> None:
         super().__init__(class_names)
-        classifier = load_audio_classifier(classifier_path)
+        classifier = AudioClassifier.from_pretrained(classifier_path)
         if class_names is not None and list(classifier.class_names) != list(class_names):
             raise ValueError(
                 f"audio classifier {classifier_path} was trained on the classes "
@@ -412,11 +340,7 @@ class QueryAccuracy(PerClassMean):
                 f"retrain it with `{TRAIN_COMMAND.format(path=classifier_path)}`"
             )
         self.classifier_path = str(classifier_path)
-        self._classifier = _Frozen(classifier)
-
-    @property
-    def classifier(self) -> AudioClassifier:
-        return self._classifier.network
+        self.classifier = Frozen(classifier)
 
     def scores(self, estimates: Tensor, batch: dict[str, Any]) -> Tensor:
         queried = torch.as_tensor(batch["class_index"]).reshape(-1).long().to(estimates.device)
@@ -424,7 +348,7 @@ class QueryAccuracy(PerClassMean):
             raise ValueError(
                 f"`class_index` has {queried.numel()} entries for {len(estimates)} estimates"
             )
-        classifier = self._classifier.on(estimates.device)
+        classifier = self.classifier.to(estimates.device)
         if queried.numel() and (queried.min() < 0 or queried.max() >= classifier.num_classes):
             raise ValueError(
                 f"QueryAccuracy: `class_index` values must be in [0, {classifier.num_classes}) "
@@ -440,9 +364,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m modalities.audio.classifier",
         description="Train the audio classifier behind query accuracy on the LASS source clips "
-        "and cache it (one safetensors file).",
+        "and cache it (a pretrained-part folder).",
     )
-    parser.add_argument("--out", required=True, help="weights file to write (.safetensors)")
+    parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument("--clip_seconds", "--clip-seconds", type=float, default=1.28)
     parser.add_argument("--steps", type=int, default=700)
     parser.add_argument("--batch_size", "--batch-size", type=int, default=32)

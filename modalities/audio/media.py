@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -95,6 +96,36 @@ def write_separation_examples(
     png = directory / f"{name}.png"
     paths.append(save_spectrogram_png(log_mels, png, sample_rate, hop_length, title))
     return paths
+
+
+def write_separation_batch(
+    directory: Path,
+    name: str,
+    estimates: Tensor,
+    batch: dict[str, Any],
+    count: int,
+    sample_rate: int,
+    hop_length: int,
+) -> list[Path]:
+    """:func:`write_separation_examples` for the first ``count`` estimates ``[B, T]`` of a
+    batch with ``mixture`` and ``target`` (titled with the ``caption`` query when there is one).
+    """
+    if "mixture" not in batch or "target" not in batch:
+        return []
+    written = []
+    for index in range(min(count, estimates.shape[0])):
+        caption = batch["caption"][index] if "caption" in batch else ""
+        written += write_separation_examples(
+            directory,
+            f"{name}_{index}",
+            batch["mixture"][index].cpu(),
+            estimates[index].cpu(),
+            batch["target"][index].cpu(),
+            sample_rate=sample_rate,
+            hop_length=hop_length,
+            title=f"query: {caption!r}",
+        )
+    return written
 
 
 def _as_mono(role: str, waveform: Tensor) -> Tensor:

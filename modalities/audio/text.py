@@ -72,7 +72,10 @@ class EncodedText:
 
 
 class SentenceEncoder(nn.Module):
-    """Frozen transformers encoder: captions -> :class:`EncodedText` (see the module docs).
+    """A pretrained transformers encoder: captions -> :class:`EncodedText` (module docs).
+
+    Owners hold it as a :class:`mmflow.pretrained.Frozen` part, which keeps it in eval mode
+    and out of their checkpoints; its encodings are cached per caption.
 
     Args:
         path: a local folder ``transformers.AutoModel`` / ``AutoTokenizer`` can load (e.g. a
@@ -87,7 +90,6 @@ class SentenceEncoder(nn.Module):
         self.path = Path(path) if path is not None else default_text_encoder_path()
         self.max_tokens = max_tokens
         self.tokenizer, self.model = _load_encoder(self.path)
-        self.model.requires_grad_(False).eval()
         self.dim = int(self.model.config.hidden_size)
         self._cache: dict[str, tuple[Tensor, Tensor]] = {}
 
@@ -123,10 +125,6 @@ class SentenceEncoder(nn.Module):
             embedded = hidden[row, real[row]].cpu()
             pooled = embedded.mean(0)
             self._cache[caption] = (embedded, pooled / pooled.norm().clamp_min(1e-12))
-
-    def train(self, mode: bool = True) -> SentenceEncoder:
-        """Stays in eval mode: the encoder is frozen (no dropout while the flow trains)."""
-        return super().train(False)
 
 
 def _check_captions(captions: Sequence[str]) -> list[str]:

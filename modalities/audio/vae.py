@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .mel import LOG_FLOOR, LogMel
-from .pretrained import AudioPart
+from .parts import AudioPart
 
 __all__ = ["MelAutoencoder", "MelVAE", "kl_to_standard_normal"]
 
@@ -191,6 +191,8 @@ class MelVAE(AudioPart):
         export_dir: folder :meth:`on_fit_end` saves the trained VAE to (after measuring
             ``latent_scale``) with :meth:`save_pretrained`; ``None`` saves nothing.
     """
+
+    creation_hint = "train it with `mmflow fit --config recipes/audio/mel_vae.yaml`"
 
     def __init__(
         self,

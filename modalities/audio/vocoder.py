@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .mel import LogMel, MelInverter
-from .pretrained import AudioPart
+from .parts import AudioPart
 
 __all__ = [
     "MelVocoder",
@@ -225,6 +225,8 @@ class MelVocoder(AudioPart):
         export_dir: folder :meth:`on_fit_end` saves the trained vocoder to with
             :meth:`save_pretrained`; ``None`` saves nothing.
     """
+
+    creation_hint = "train it with `mmflow fit --config recipes/audio/vocoder.yaml`"
 
     def __init__(
         self,

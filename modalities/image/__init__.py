@@ -3,11 +3,13 @@
 - datamodules (:mod:`.data`) yield ``{"image": [B, C, H, W] in [0, 1], "label": [B]}``;
 - :class:`PixelAdapter` maps images to ``[-1, 1]`` and labels to the MMDiT's class condition;
 - evaluators: "FID (fid-helper Inception)", "FD-ours" and class accuracy with our classifier;
-- :func:`save_image_grid` writes PNG grids.
+- :func:`save_image_grid` writes PNG grids;
+- degradations for inverse problems (:mod:`.operators`): :class:`Inpainting`,
+  :class:`SuperResolution`, :class:`GaussianDeblur`.
 """
 
 from .adapter import PixelAdapter
-from .classifier import SmallCNN, load_classifier, save_classifier, train_classifier
+from .classifier import SmallCNN, train_classifier
 from .data import (
     FashionMNIST,
     ImageDataModule,
@@ -19,23 +21,25 @@ from .data import (
 )
 from .evaluators import ClassAccuracy, ClassifierFD, ImageFrechetDistance, InceptionFID
 from .media import save_image_grid
+from .operators import GaussianDeblur, Inpainting, SuperResolution
 
 __all__ = [
     "ClassAccuracy",
     "ClassifierFD",
     "FashionMNIST",
+    "GaussianDeblur",
     "ImageDataModule",
     "ImageFolder",
     "ImageFrechetDistance",
     "InceptionFID",
+    "Inpainting",
     "MNIST5k",
     "PixelAdapter",
     "SklearnDigits",
     "SmallCNN",
+    "SuperResolution",
     "default_cache_dir",
-    "load_classifier",
     "read_idx",
-    "save_classifier",
     "save_image_grid",
     "train_classifier",
 ]

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from mmflow.modality import Batch, Condition, ModalityAdapter
 
-from .classifier import load_classifier
+from .classifier import SmallCNN
 from .evaluators import ClassAccuracy, ClassifierFD, InceptionFID
 from .media import save_image_grid
 
@@ -74,7 +74,7 @@ class PixelAdapter(ModalityAdapter):
         if fid_max_samples > 0:
             metrics["fid"] = InceptionFID(fid_max_samples, reset_real_features=reset_real)
         if classifier_path is not None:
-            classifier = load_classifier(classifier_path)
+            classifier = SmallCNN.from_pretrained(classifier_path)
             metrics["fd_ours"] = ClassifierFD(
                 classifier, fd_max_samples, reset_real_features=reset_real
             )

@@ -2,10 +2,11 @@
 
 Train and cache one with::
 
-    python -m modalities.image.classifier --dataset mnist5k --out checkpoints/mnist5k-classifier.safetensors
+    python -m modalities.image.classifier --dataset mnist5k --out .cache/classifiers/mnist5k
 
-Weights go to ``PATH`` (safetensors) and the architecture, dataset and validation accuracy to
-``PATH`` with suffix ``.json``. Its penultimate activations (``feature_dim`` values) are the
+It is a pretrained part (:class:`mmflow.pretrained.PretrainedPart`): a folder with the
+architecture, dataset and validation accuracy in ``config.json`` and the weights in
+``model.safetensors``. Its penultimate activations (``feature_dim`` values) are the
 feature space of :class:`modalities.image.evaluators.ClassifierFD` — numbers computed there are
 "FD-ours", not FID.
 """
@@ -13,7 +14,6 @@ feature space of :class:`modalities.image.evaluators.ClassifierFD` — numbers c
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -24,11 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmflow.pretrained import PretrainedPart
+
 from .data import FashionMNIST, ImageDataModule, ImageFolder, MNIST5k, SklearnDigits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClassifierConfig", "SmallCNN", "load_classifier", "main", "train_classifier"]
+__all__ = ["ClassifierConfig", "SmallCNN", "main", "train_classifier"]
 
 
 @dataclass
@@ -57,13 +59,17 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(PretrainedPart, nn.Module):
     """Two conv blocks (``width``, ``2 width`` channels), average pooling to 4×4, an MLP head.
 
     ``features(x)`` is the ``feature_dim``-d penultimate layer (after ReLU) used for FD-ours;
     ``forward(x)`` gives class logits. Input: images in [0, 1], ``[B, in_channels, H, W]``
     with ``H, W ≥ 4``.
     """
+
+    creation_hint = (
+        "create it with `python -m modalities.image.classifier --dataset mnist5k --out {path}`"
+    )
 
     def __init__(
         self, in_channels: int = 1, num_classes: int = 10, width: int = 32, feature_dim: int = 128
@@ -76,6 +82,10 @@ class SmallCNN(nn.Module):
             nn.Linear(2 * width * POOLED_SIZE**2, feature_dim), nn.ReLU(inplace=True)
         )
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(feature_dim, num_classes))
+
+    def pretrained_init_args(self) -> dict[str, int]:
+        """The architecture (``config.json`` of its folder)."""
+        return asdict(self.config)
 
     def features(self, images: Tensor) -> Tensor:
         """Penultimate features ``[B, feature_dim]`` of images in [0, 1]."""
@@ -124,8 +134,8 @@ def train_classifier(
     """Train a :class:`SmallCNN` on the train split; returns it and its validation accuracy.
 
     AdamW with a cosine learning-rate decay, cross-entropy, random shifts of up to
-    ``max_shift`` pixels as augmentation. If ``out_path`` is given the weights are saved there
-    (safetensors) with a JSON config beside them (see :func:`save_classifier`).
+    ``max_shift`` pixels as augmentation. If ``out_path`` is given the classifier is saved
+    there as a pretrained-part folder (with the dataset and validation accuracy as its info).
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -157,60 +167,9 @@ def train_classifier(
     log.info("validation accuracy %.4f after %.1f s", val_accuracy, time.perf_counter() - start)
     model.eval()
     if out_path is not None:
-        save_classifier(
-            model,
-            out_path,
-            {"dataset": datamodule.name, "val_accuracy": val_accuracy, "epochs": epochs},
-        )
+        info = {"dataset": datamodule.name, "val_accuracy": val_accuracy, "epochs": epochs}
+        model.save_pretrained(out_path, info=info)
     return model, val_accuracy
-
-
-def _config_path(path: Path) -> Path:
-    return path.with_suffix(".json")
-
-
-def save_classifier(model: SmallCNN, path: str | Path, info: dict | None = None) -> Path:
-    """Write weights to ``path`` (safetensors) and ``{architecture, **info}`` to ``path.json``."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(
-        {name: value.contiguous() for name, value in model.state_dict().items()}, str(temporary)
-    )
-    temporary.replace(path)
-    _config_path(path).write_text(
-        json.dumps({"architecture": asdict(model.config), **(info or {})}, indent=2)
-    )
-    return path
-
-
-def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> SmallCNN:
-    """Load a classifier written by :func:`train_classifier`, frozen and in eval mode."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    how = f"create it with `python -m modalities.image.classifier --dataset mnist5k --out {path}`"
-    for required in (path, _config_path(path)):
-        if not required.is_file():
-            raise FileNotFoundError(f"classifier file {required} not found; {how}")
-    try:
-        config = ClassifierConfig(**json.loads(_config_path(path).read_text())["architecture"])
-        state = load_file(str(path), device=str(map_location))
-    except (KeyError, TypeError, ValueError, SafetensorError) as error:
-        raise ValueError(
-            f"classifier {path} (or its .json) is unreadable ({error}); {how}"
-        ) from error
-    model = SmallCNN(**asdict(config))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(
-            f"classifier {path} does not match its config {_config_path(path)}: {error}"
-        ) from error
-    return model.eval().requires_grad_(False)
 
 
 DATASETS = {
@@ -230,7 +189,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--root", help="data folder (fashion-mnist: IDX files; folder: class subfolders)"
     )
-    parser.add_argument("--out", required=True, help="weights file to write (.safetensors)")
+    parser.add_argument("--out", required=True, help="folder to write (a pretrained part)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)

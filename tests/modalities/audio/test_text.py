@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mmflow.pretrained import Frozen
 from modalities.audio.text import SentenceEncoder
 
 
@@ -58,6 +59,9 @@ def test_bad_captions_and_a_missing_encoder_folder(tmp_path, encoder: SentenceEn
         SentenceEncoder(tmp_path / "no-encoder")
 
 
-def test_the_encoder_stays_in_eval_mode(encoder: SentenceEncoder) -> None:
-    encoder.train()
+def test_the_encoder_held_frozen_stays_in_eval_mode(encoder: SentenceEncoder) -> None:
+    owner = torch.nn.Module()
+    owner.text = Frozen(encoder)
+    owner.train()
     assert not encoder.training and not encoder.model.training
+    assert not any(p.requires_grad for p in encoder.parameters())

@@ -154,7 +154,8 @@ def test_bad_folders_name_the_file(tmp_path) -> None:
     (folder / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json"):
         MelVAE.from_pretrained(folder)
-    (folder / "config.json").write_text(json.dumps({"init_args": {"no_such_argument": 1}}))
+    bad_arguments = {"class": "MelVAE", "init_args": {"no_such_argument": 1}}
+    (folder / "config.json").write_text(json.dumps(bad_arguments))
     with pytest.raises(ValueError, match="config.json.*no_such_argument"):
         MelVAE.from_pretrained(folder)
 

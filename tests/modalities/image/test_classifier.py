@@ -3,45 +3,47 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from modalities.image import ClassAccuracy, ClassifierFD, MNIST5k, load_classifier
+from modalities.image import ClassAccuracy, ClassifierFD, MNIST5k, SmallCNN
 from modalities.image.classifier import main
 
 
 def test_brief_training_is_well_above_chance(trained_classifier):
     model, val_accuracy, path = trained_classifier
     assert val_accuracy > 0.5  # chance is 0.1; the full recipe reaches 0.98
-    config = json.loads(path.with_suffix(".json").read_text())
-    assert config["architecture"] == {
+    config = json.loads((path / "config.json").read_text())
+    assert config["init_args"] == {
         "in_channels": 1,
         "num_classes": 10,
         "width": 16,
         "feature_dim": 64,
     }
-    assert config["dataset"] == "mnist5k" and config["val_accuracy"] == val_accuracy
+    assert config["info"]["dataset"] == "mnist5k"
+    assert config["info"]["val_accuracy"] == val_accuracy
     images = torch.rand(3, 1, 28, 28)
-    loaded = load_classifier(path)
+    loaded = SmallCNN.from_pretrained(path)
     torch.testing.assert_close(loaded(images), model(images))
     assert not any(parameter.requires_grad for parameter in loaded.parameters())
 
 
 def test_missing_or_mismatched_classifier_is_a_clear_error(tmp_path: Path, trained_classifier):
-    missing = tmp_path / "nowhere.safetensors"
+    missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match=rf"{missing}.*--dataset mnist5k --out {missing}"):
-        load_classifier(missing)
+        SmallCNN.from_pretrained(missing)
     _, _, path = trained_classifier
-    copy = tmp_path / "copy.safetensors"
-    copy.write_bytes(path.read_bytes())
-    config = json.loads(path.with_suffix(".json").read_text())
-    config["architecture"]["width"] = 8
-    copy.with_suffix(".json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"copy.safetensors does not match its config"):
-        load_classifier(copy)
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    config = json.loads((path / "config.json").read_text())
+    config["init_args"]["width"] = 8
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"copy/model.safetensors: weights do not fit"):
+        SmallCNN.from_pretrained(copy)
 
 
 def test_fd_ours_is_zero_for_identical_sets_and_large_for_noise(mnist: MNIST5k, trained_classifier):
@@ -99,7 +101,7 @@ def test_class_accuracy_closed_form():
 def test_command_line_trains_and_reports(
     tmp_path: Path, cache_dir: str, capsys: pytest.CaptureFixture
 ):
-    out = tmp_path / "cli.safetensors"
+    out = tmp_path / "cli"
     status = main(
         [
             "--dataset",
@@ -114,8 +116,9 @@ def test_command_line_trains_and_reports(
             cache_dir,
         ]
     )
-    assert status == 0 and out.is_file() and out.with_suffix(".json").is_file()
+    assert status == 0 and (out / "config.json").is_file()
+    assert (out / "model.safetensors").is_file()
     assert "validation accuracy" in capsys.readouterr().out
-    assert load_classifier(out).config.num_classes == 10
+    assert SmallCNN.from_pretrained(out).config.num_classes == 10
     missing = main(["--dataset", "folder", "--root", str(tmp_path / "none"), "--out", str(out)])
     assert missing == 1 and "image folder" in capsys.readouterr().err
