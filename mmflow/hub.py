@@ -5,8 +5,9 @@ A pretrained folder holds
 - ``config.json``: ``{"network": {"class_path", "init_args"}, "adapter": {...}, "generation":
   {"sampler", "nfe", "cfg_scale"}, "mmflow_version"}`` — enough to rebuild the network and
   the adapter with jsonargparse, without the training code;
-- ``model.safetensors``: the network's weights (the EMA copy when training kept one) under
-  ``network.`` and the adapter's (frozen sub-models) under ``adapter.``.
+- ``model.safetensors``: the network's weights (the EMA copy when training kept one, with
+  LoRA adapters merged into the weights) under ``network.`` and the adapter's under
+  ``adapter.`` (frozen sub-models are not among them: the adapter loads them itself).
 
 Both files are written atomically (:mod:`mmflow.files`), so a folder never holds half a file.
 Lightning checkpoints stay the format for resuming training.
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 import mmflow
 from mmflow.files import load_state, load_weights, read_json, save_weights, write_json
+from mmflow.finetune import LoRA, add_lora, has_lora, merge_lora
 from mmflow.generation import generate
 from mmflow.modality import Condition, ModalityAdapter
 from mmflow.sampling import SampleResult
@@ -149,10 +151,15 @@ def pretrained_from_checkpoint(
         )
     network = _instantiate(config["network"], "network", path)
     adapter = _instantiate(config["adapter"], "adapter", path)
+    lora = hparams.get("lora")
+    if lora:
+        add_lora(network, LoRA(**lora))
     state = checkpoint["state_dict"]
     prefix = "ema.module" if any(k.startswith("ema.module.") for k in state) else "network"
     _load_part(network, state, prefix, path)
     _load_part(adapter, state, "adapter", path)
+    if lora:
+        network = merge_lora(network)
     defaults = GenerationDefaults(
         hparams.get("sampler", "heun"), hparams.get("nfe", 16), hparams.get("cfg_scale", 1.0)
     )
@@ -177,9 +184,10 @@ def _parts_of(model: nn.Module) -> _Parts:
             "(`mmflow fit --config ...`) or with mmflow.cli.build_module so it can be rebuilt"
         )
     defaults = GenerationDefaults(hparams["sampler"], hparams["nfe"], hparams["cfg_scale"])
-    return _Parts(
-        model.sampling_network, model.adapter, configs["network"], configs["adapter"], defaults
-    )
+    network = model.sampling_network
+    if has_lora(network):
+        network = merge_lora(network)
+    return _Parts(network, model.adapter, configs["network"], configs["adapter"], defaults)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -202,3 +210,17 @@ def _instantiate(config: dict[str, Any], key: str, source: Path) -> nn.Module:
 def _load_part(module: nn.Module, weights: dict[str, Tensor], prefix: str, source: Path) -> None:
     part = {k[len(prefix) + 1 :]: v for k, v in weights.items() if k.startswith(f"{prefix}.")}
     load_state(module, part, f"{source} (`{prefix}`)")
+
+
+def load_flow(
+    checkpoint: str | Path | None = None,
+    pretrained: str | Path | None = None,
+    map_location: str | torch.device = "cpu",
+) -> PretrainedFlow:
+    """A :class:`PretrainedFlow` from exactly one of a Lightning checkpoint and a pretrained
+    folder (``mmflow export``)."""
+    if (checkpoint is None) == (pretrained is None):
+        raise ValueError("give exactly one of a checkpoint (--checkpoint) and a pretrained folder")
+    if checkpoint is not None:
+        return pretrained_from_checkpoint(checkpoint, map_location=map_location)
+    return from_pretrained(pretrained, map_location=map_location)

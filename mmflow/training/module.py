@@ -1,6 +1,8 @@
 """``FlowMatching``: the one LightningModule every modality trains with.
 
-Training step, for a batch encoded by the modality adapter into ``(x1, cond)``:
+Each training step encodes a batch with the modality adapter into ``(x1, cond)`` and hands it
+to the training objective (:mod:`mmflow.training.objectives`); the default,
+:class:`~mmflow.training.objectives.FlowMatchingObjective`, is
 
     x0 ~ adapter.noise_like(x1),   t ~ time_distribution,
     x_t = alpha(t) x1 + sigma(t) x0,   target = alpha'(t) x1 + sigma'(t) x0,
@@ -8,9 +10,11 @@ Training step, for a batch encoded by the modality adapter into ``(x1, cond)``:
 
 where ``cond'`` replaces each sample's condition by the adapter's null condition with
 probability ``cond_dropout`` (so one network learns the conditional and the unconditional
-velocity, as classifier-free guidance needs). An exponential moving average of the weights,
-``theta_ema <- decay * theta_ema + (1 - decay) * theta``, is kept in the checkpoint and is
-the network validation and generation sample with.
+velocity, as classifier-free guidance needs). The module owns what every objective shares:
+the path, time distribution and loss, the condition dropout, an exponential moving average of
+the weights, ``theta_ema <- decay * theta_ema + (1 - decay) * theta`` (kept in the checkpoint
+and the network validation and generation sample with), the optimizer, and the validation
+and test loops of :class:`~mmflow.training.evaluation.EvaluatedModule`.
 """
 
 from __future__ import annotations
@@ -18,19 +22,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from mmflow.finetune import LoRA, add_lora, freeze_parameters, load_initial_weights
 from mmflow.generation import generate
 from mmflow.interpolants import AffinePath, LinearPath
 from mmflow.losses import VelocityLoss
-from mmflow.metrics import log_and_reset
-from mmflow.modality import Batch, Condition, ModalityAdapter, drop_conditions
+from mmflow.modality import Batch, Condition, ModalityAdapter
 from mmflow.timesteps import LogitNormal, TimeDistribution
+from mmflow.training.evaluation import EvaluatedBatch, EvaluatedModule
+from mmflow.training.objectives import (
+    FlowMatchingObjective,
+    ObjectiveOutput,
+    TrainingContext,
+    TrainingObjective,
+)
 
 _OBJECT_ARGUMENTS = (
     "adapter",
@@ -38,8 +49,10 @@ _OBJECT_ARGUMENTS = (
     "path",
     "time_distribution",
     "loss",
+    "objective",
     "optimizer",
     "scheduler",
+    "lora",
 )
 
 
@@ -47,7 +60,7 @@ def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
 
 
-class FlowMatching(pl.LightningModule):
+class FlowMatching(EvaluatedModule):
     """Flow-matching training and sampling for any modality adapter and velocity network.
 
     Args:
@@ -56,6 +69,7 @@ class FlowMatching(pl.LightningModule):
         path: the interpolant between noise (t = 0) and data (t = 1).
         time_distribution: training distribution of ``t``.
         loss: the regression loss on the velocity.
+        objective: what training minimises (default: :class:`FlowMatchingObjective`).
         cond_dropout: probability of training a sample with the null condition (CFG).
         ema_decay: decay of the weight EMA; ``None`` keeps no EMA and samples with the weights.
         optimizer: builds the optimizer from the network's parameters.
@@ -65,6 +79,12 @@ class FlowMatching(pl.LightningModule):
         cfg_scale: classifier-free guidance scale for validation sampling (1 = no guidance).
         val_sample_batches: validation batches that are also generated and evaluated.
         sample_seed: seed of the validation noise, so epochs are compared on the same noise.
+        init_from: fine-tune: start the network from a pretrained folder (``mmflow export``)
+            or a Lightning checkpoint (its EMA weights); the matched / missing / unexpected /
+            reshaped names are printed and kept as ``initial_weights``.
+        freeze: shell-style patterns of network parameters that do not train.
+        lora: train LoRA adapters instead of the weights (:class:`LoRA`); an export merges
+            them into the weights.
     """
 
     def __init__(
@@ -74,6 +94,7 @@ class FlowMatching(pl.LightningModule):
         path: AffinePath | None = None,
         time_distribution: TimeDistribution | None = None,
         loss: VelocityLoss | None = None,
+        objective: TrainingObjective | None = None,
         cond_dropout: float = 0.1,
         ema_decay: float | None = 0.999,
         optimizer: OptimizerCallable = _default_optimizer,
@@ -83,6 +104,9 @@ class FlowMatching(pl.LightningModule):
         cfg_scale: float = 1.0,
         val_sample_batches: int = 1,
         sample_seed: int = 0,
+        init_from: str | None = None,
+        freeze: list[str] | None = None,
+        lora: LoRA | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= cond_dropout < 1.0:
@@ -95,10 +119,11 @@ class FlowMatching(pl.LightningModule):
         built_from_config = _given_hyperparameters.get() is not None
         self.save_hyperparameters(ignore=[] if built_from_config else list(_OBJECT_ARGUMENTS))
         self.adapter = adapter
-        self.network = network
+        self.network = self._prepare_network(network, init_from, freeze or [], lora)
         self.path = path or LinearPath()
         self.time_distribution = time_distribution or LogitNormal()
         self.loss = loss or VelocityLoss()
+        self.objective = objective or FlowMatchingObjective()
         self.ema = (
             AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
             if ema_decay is not None
@@ -110,9 +135,20 @@ class FlowMatching(pl.LightningModule):
             self.ema.requires_grad_(False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        # Evaluators stay out of the module tree: their feature networks are not weights of
-        # this model and must not be written into every checkpoint.
-        self._evaluators: dict[str, nn.Module] = dict(adapter.evaluators())
+        self.use_evaluators(adapter.evaluators())
+
+    def _prepare_network(
+        self, network: nn.Module, init_from: str | None, freeze: list[str], lora: LoRA | None
+    ) -> nn.Module:
+        """Initial weights, then frozen names, then LoRA adapters (before the EMA copy)."""
+        self.initial_weights = None
+        if init_from is not None:
+            self.initial_weights = load_initial_weights(network, init_from)
+            rank_zero_info(self.initial_weights.summary())
+        freeze_parameters(network, freeze)
+        if lora is not None:
+            add_lora(network, lora)
+        return network
 
     @property
     def sampling_network(self) -> nn.Module:
@@ -122,27 +158,34 @@ class FlowMatching(pl.LightningModule):
     def forward(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
         return self.network(x, t, **cond)
 
-    def flow_loss(
-        self, x1: Tensor, cond: Condition, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """The flow-matching loss of encoded data (condition dropout applied when training)."""
-        x0 = self.adapter.noise_like(x1, generator=generator)
-        t = self.time_distribution.sample(x1.shape[0], generator=generator, device=x1.device)
-        if self.training and self.hparams.cond_dropout > 0 and self.adapter.conditioned():
-            drop = (
-                torch.rand(x1.shape[0], device=x1.device, generator=generator)
-                < self.hparams.cond_dropout
-            )
-            cond = drop_conditions(cond, self.adapter.null_condition(cond), drop)
-        draw = self.path.sample(x0, x1, t.to(x1.dtype))
-        prediction = self.network(draw.x_t, draw.t, **cond)
-        return self.loss(prediction, draw.target, draw.t, mask=cond.get("x_mask"))
+    def context(self) -> TrainingContext:
+        """What the objective shares with the module for the current step."""
+        return TrainingContext(
+            path=self.path,
+            time_distribution=self.time_distribution,
+            loss=self.loss,
+            adapter=self.adapter,
+            ema_network=self.ema.module if self.ema is not None else None,
+            cond_dropout=self.hparams.cond_dropout if self.training else 0.0,
+        )
+
+    def objective_output(
+        self,
+        x1: Tensor,
+        cond: Condition,
+        batch: Batch,
+        generator: torch.Generator | None = None,
+    ) -> ObjectiveOutput:
+        """The objective's loss and terms for encoded data (condition dropout when training)."""
+        return self.objective(self.network, x1, cond, batch, generator, self.context())
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         x1, cond = self.adapter.encode(batch)
-        loss = self.flow_loss(x1, cond)
-        self.log("train/loss", loss, prog_bar=True, batch_size=x1.shape[0])
-        return loss
+        output = self.objective_output(x1, cond, batch)
+        self.log("train/loss", output.loss, prog_bar=True, batch_size=x1.shape[0])
+        for name, value in output.terms.items():
+            self.log(f"train/{name}", value, batch_size=x1.shape[0])
+        return output.loss
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         if self.ema is not None:
@@ -171,66 +214,34 @@ class FlowMatching(pl.LightningModule):
         )
         return result.samples, result.nfe
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        """Loss on fixed noise and times; the first batches are also generated and evaluated."""
-        self._evaluate_batch(batch, batch_idx, "val", self.hparams.val_sample_batches)
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        """As validation, on the test split, generating and evaluating *every* batch.
-
-        ``mmflow test`` / ``mmflow evaluate --split test`` report the held-out figures.
-        """
-        self._evaluate_batch(batch, batch_idx, "test", None)
-
-    def _evaluate_batch(
-        self, batch: Batch, batch_idx: int, stage: str, sample_batches: int | None
-    ) -> None:
+    def evaluate_batch(
+        self, batch: Batch, generator: torch.Generator, with_media: bool
+    ) -> EvaluatedBatch:
+        """The objective's loss on the generator's noise and times, then (``with_media``)
+        samples from the generator's next noise, decoded."""
         x1, cond = self.adapter.encode(batch)
-        generator = torch.Generator(device=x1.device).manual_seed(
-            self.hparams.sample_seed + batch_idx
-        )
-        self.log(
-            f"{stage}/loss",
-            self.flow_loss(x1, cond, generator),
-            prog_bar=True,
-            batch_size=x1.shape[0],
-        )
-        if sample_batches is not None and batch_idx >= sample_batches:
-            return
-        samples, _ = self.generate(cond, self.adapter.noise_like(x1, generator=generator))
-        media = self.adapter.decode(samples, cond, batch)
-        for metric in self._evaluators.values():
-            metric.to(self.device).update(media, batch)
-        if batch_idx == 0 and self.trainer.is_global_zero:
-            name = f"epoch{self.current_epoch:04d}" if stage == "val" else stage
-            self.adapter.save_media(media, self._media_dir(), name, batch)
+        output = self.objective_output(x1, cond, batch, generator)
+        media = self._media(x1, cond, batch, generator) if with_media else None
+        return EvaluatedBatch(output.loss, x1.shape[0], media, output.terms)
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> Any:
-        """Media generated under each example's condition (``mmflow predict``), on seeded noise."""
+    def predict_media(self, batch: Batch, generator: torch.Generator) -> Any:
+        """Media generated under each example's condition (``mmflow predict``)."""
         x1, cond = self.adapter.encode(batch)
-        generator = torch.Generator(device=x1.device).manual_seed(
-            self.hparams.sample_seed + batch_idx
-        )
+        return self._media(x1, cond, batch, generator)
+
+    def _media(self, x1: Tensor, cond: Condition, batch: Batch, generator: torch.Generator) -> Any:
         samples, _ = self.generate(cond, self.adapter.noise_like(x1, generator=generator))
         return self.adapter.decode(samples, cond, batch)
 
-    def on_validation_epoch_end(self) -> None:
-        """Log every evaluator as ``val/<name>``; a metric returning a dict logs each entry."""
-        self._log_evaluators("val")
-
-    def on_test_epoch_end(self) -> None:
-        """Log every evaluator as ``test/<name>``."""
-        self._log_evaluators("test")
-
-    def _log_evaluators(self, stage: str) -> None:
-        log_and_reset(self, self._evaluators, stage)
-
-    def _media_dir(self) -> Path:
-        root = self.trainer.log_dir or self.trainer.default_root_dir
-        return Path(root) / "samples"
+    def save_media(
+        self, media: Any, directory: Path, name: str, batch: Batch | None = None
+    ) -> list[Path]:
+        """The adapter's media writer."""
+        return self.adapter.save_media(media, directory, name, batch)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.network.parameters())
+        trainable = [p for p in self.network.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(trainable)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
