@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
-from typing_extensions import Self
 
 import mmflow
 from mmflow.files import load_state, load_weights, read_json, save_weights, write_json

@@ -44,3 +44,13 @@ def untrained_audio_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path
 
     path = tmp_path_factory.mktemp("audio-classifier") / "lass"
     return AudioClassifier(list(ALL_CLASSES)).save_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def example_wav_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example captioned WAV folder with one melody per program (16 files, ~10 s)."""
+    from modalities.audio.examples import write_example_folder
+
+    folder = tmp_path_factory.mktemp("example-wavs")
+    write_example_folder(folder, pieces=1, seconds=2.0)
+    return folder

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from jsonargparse import ArgumentParser
+from torch import nn
+
+from mmflow.files import save_weights
 
 from .mmflow.test_cli import ROOT, mmflow_command
 
@@ -18,6 +22,17 @@ RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 
 #: Audio recipes read a small version of the LASS sources (shared with the source tests).
 SMALL_AUDIO = {"max_clips_per_class": 10, "renders_per_program": 1, "render_seconds": 5.12}
+
+
+def untrained_network_folder(network: dict, folder: Path) -> Path:
+    """A pretrained folder (as ``mmflow export`` writes) of the recipe's network, untrained."""
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(nn.Module, "network")
+    built = parser.instantiate(parser.parse_object({"network": network}))["network"]
+    save_weights(
+        folder / "model.safetensors", {f"network.{k}": v for k, v in built.state_dict().items()}
+    )
+    return folder
 
 
 def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Path]) -> list[str]:
@@ -31,9 +46,16 @@ def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Pat
     args = [
         "--trainer.fast_dev_run=true",
         f"--trainer.default_root_dir={tmp_path}",
-        f"--data.init_args.cache_dir={cache_dir}",
     ]
-    if audio:
+    if config["data"]["class_path"].endswith("CaptionedWavFolder"):
+        folder = files["wav_folder"]
+        args += [
+            f"--data.init_args.root={folder}",
+            f"--data.init_args.captions_csv={folder / 'captions.csv'}",
+        ]
+    else:
+        args.append(f"--data.init_args.cache_dir={cache_dir}")
+    if config["data"]["class_path"].endswith("LASSMixtures"):
         args += [f"--data.init_args.{key}={value}" for key, value in SMALL_AUDIO.items()]
     adapter_args = model_args.get("adapter", {}).get("init_args", {})
     if "classifier_path" in adapter_args:
@@ -43,6 +65,9 @@ def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Pat
         args.append(f"--model.adapter.init_args.vae_path={files['mel_vae']}")
     if not is_flow and "classifier_path" in model_args:
         args.append(f"{prefix}classifier_path={files['audio_classifier']}")
+    if "init_from" in model_args:
+        folder = untrained_network_folder(model_args["network"], tmp_path / "init")
+        args.append(f"--model.init_from={folder}")
     if not is_flow and "export_dir" in model_args:
         args.append(f"{prefix}export_dir={tmp_path / 'export'}")
     if adapter_args.get("fid_max_samples"):
@@ -72,12 +97,19 @@ def test_there_are_recipes():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(ROOT)) for p in RECIPES])
 def test_recipe_fast_dev_run(
-    recipe, tmp_path, cache_dir, trained_classifier, tiny_mel_vae, untrained_audio_classifier
+    recipe,
+    tmp_path,
+    cache_dir,
+    trained_classifier,
+    tiny_mel_vae,
+    untrained_audio_classifier,
+    example_wav_folder,
 ):
     files = {
         "image_classifier": trained_classifier[2],
         "audio_classifier": untrained_audio_classifier,
         "mel_vae": tiny_mel_vae,
+        "wav_folder": example_wav_folder,
     }
     args = ["fit", "--config", str(recipe), *overrides(recipe, tmp_path, cache_dir, files)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -189,13 +189,15 @@ def midi_file_bytes(
     return header + b"MTrk" + len(track).to_bytes(4, "big") + track
 
 
-def random_melody(class_name: str, rng: np.random.Generator, beats: float) -> list[MidiNote]:
-    """A seeded melody for a pitched class: a random walk on a major or minor scale.
+def random_melody(
+    pitch_range: tuple[int, int], rng: np.random.Generator, beats: float, chords: bool = False
+) -> list[MidiNote]:
+    """A seeded melody in ``pitch_range``: a random walk on a major or minor scale.
 
-    Note lengths are drawn from {1/2, 1, 1, 2} beats; in chord classes a note becomes a triad
+    Note lengths are drawn from {1/2, 1, 1, 2} beats; with ``chords`` a note becomes a triad
     (scale degrees +0, +2, +4) with probability 0.3.
     """
-    low, high = PITCH_RANGES[class_name]
+    low, high = pitch_range
     steps = (0, 2, 4, 5, 7, 9, 11) if rng.random() < 0.5 else (0, 2, 3, 5, 7, 8, 10)
     root = int(rng.integers(low, low + 12))
     scale = [root + 12 * octave + step for octave in range(5) for step in steps]
@@ -206,7 +208,7 @@ def random_melody(class_name: str, rng: np.random.Generator, beats: float) -> li
     while start < beats:
         duration = float(rng.choice([0.5, 1.0, 1.0, 2.0]))
         velocity = int(rng.integers(70, 116))
-        chord = class_name in CHORD_CLASSES and rng.random() < 0.3
+        chord = chords and rng.random() < 0.3
         for offset in (0, 2, 4) if chord else (0,):
             pitch = scale[min(degree + offset, len(scale) - 1)]
             notes.append(MidiNote(start, duration, pitch, velocity))
@@ -330,7 +332,8 @@ def rendered_sources(
             if class_name == "drums":
                 notes, channel = random_drum_pattern(rng, beats), DRUM_CHANNEL
             else:
-                notes, channel = random_melody(class_name, rng, beats), 0
+                pitches, chords = PITCH_RANGES[class_name], class_name in CHORD_CLASSES
+                notes, channel = random_melody(pitches, rng, beats, chords), 0
             midi = midi_file_bytes(notes, program, channel, tempo)
             name = f"midi:{class_name}/program{program:03d}-piece{piece:02d}"
             sources.append(

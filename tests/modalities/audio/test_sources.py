@@ -33,7 +33,7 @@ SMALL = {"max_clips_per_class": 10, "renders_per_program": 1, "render_seconds": 
 def test_midi_writer_renders_to_non_silent_audio(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for name, notes, program, channel in [
-        ("piano", random_melody("piano", rng, 6), 0, 0),
+        ("piano", random_melody(sources.PITCH_RANGES["piano"], rng, 6, chords=True), 0, 0),
         ("drums", random_drum_pattern(rng, 6), 0, 9),
     ]:
         midi = midi_file_bytes(notes, program, channel, tempo_bpm=120)
