@@ -1,14 +1,85 @@
-"""Datamodule helpers shared by the commands: build one from a recipe, take real batches."""
+"""Datamodules: the split-and-loader base every modality's datamodule builds on, and the helpers
+the commands use (build one from a recipe, take real batches)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
+from torch.utils.data import DataLoader, Dataset
 
 from mmflow.modality import Batch
+
+SPLITS = ("train", "val", "test")
+
+
+def batch_as_is(batch: Batch) -> Batch:
+    """The collate function of datasets whose ``__getitems__`` already returns a dict batch."""
+    return batch
+
+
+class SplitDataModule(pl.LightningDataModule):
+    """Seeded train / val / test splits served as dict batches.
+
+    Subclasses prepare their data and fill ``self.datasets`` (``"train"``, ``"val"``,
+    ``"test"``: datasets whose ``__getitems__`` returns a whole dict batch) in ``setup``; this
+    base holds the loader and split settings, checks the fractions, and serves the loaders:
+    train shuffled, validation and test in order, predict on the test split.
+
+    Args:
+        batch_size: examples per batch.
+        num_workers: dataloader worker processes.
+        seed: seed of the splits (and of anything else the subclass fixes, e.g. mixtures).
+        val_fraction: fraction of the data held out for validation.
+        test_fraction: fraction held out for testing (sources without an official test set).
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+    ) -> None:
+        super().__init__()
+        fractions_fit = 0 <= val_fraction < 1 and 0 <= test_fraction < 1
+        if not (fractions_fit and val_fraction + test_fraction < 1):
+            raise ValueError(
+                f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in "
+                "[0, 1) and sum to less than 1"
+            )
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.datasets: dict[str, Dataset[Any]] = {}
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split: ``mmflow predict`` generates under its conditions."""
+        return self._loader("test", shuffle=False)
+
+    def _loader(self, split: str, shuffle: bool, order: list[int] | None = None) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            sampler=order,
+            num_workers=self.num_workers,
+            collate_fn=batch_as_is,
+            persistent_workers=self.num_workers > 0,
+        )
 
 
 def load_datamodule(recipe: str | Path) -> pl.LightningDataModule:

@@ -1,6 +1,6 @@
 """Interpolation paths between noise and data, and conversions between predictions.
 
-Convention (fixed, see DESIGN.md): time ``t`` runs over [0, 1], ``t = 0`` is noise and
+Convention (fixed, see ``docs/design.md``): time ``t`` runs over [0, 1], ``t = 0`` is noise and
 ``t = 1`` is data. An affine path is
 
     x_t = alpha(t) x1 + sigma(t) x0,        x0 ~ N(0, I),

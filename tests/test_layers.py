@@ -1,4 +1,4 @@
-"""DESIGN.md section 2: arrows point down only (recipes -> modalities -> mmflow)."""
+"""The layers of docs/design.md: arrows point down only (recipes -> modalities -> mmflow)."""
 
 import ast
 from pathlib import Path

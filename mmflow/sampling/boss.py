@@ -23,12 +23,10 @@ carried forward (BOSS's approximation). With the Euler reference, ``c_{i,i+1} = 
 grid approaches the ``K_max``-step Euler solution; with a higher-order reference (``"rk4"``)
 it approaches the exact flow. On a field whose trajectories are straight lines every grid
 costs zero. Because propagation is ignored, a lower BOSS cost means a lower endpoint error
-only where the flow does not amplify errors. Measured ratios of held-out Euler endpoint
-errors, BOSS grid over uniform grid, ``K_max = 64``, 2-16 steps: ``RiccatiFlow(0.5)`` from
-noise in [0, 1] (``du/dx > 0``, expanding) 1.04-1.08 (Euler reference; 1.07-1.16 with RK4),
-i.e. *worse*; ``RiccatiFlow(0.6)`` from noise in [-1, -0.5] (contracting) 0.73-0.91; towards a
-narrow Gaussian target (std 0.2, trajectories bending near the data, as image models do)
-0.28-0.38. The grid is optimised for Euler steps; other solvers accept it as any explicit
+only where the flow does not amplify errors: on an expanding flow (``du/dx > 0``) the BOSS
+grid can do worse than the uniform one, on a contracting one or towards a narrow target (where
+trajectories bend near the data, as image models' do) it does better (``docs/sampling.md``
+has the measured ratios). The grid is optimised for Euler steps; other solvers accept it as any explicit
 grid: ``sample(model, x0, method="heun", grid=boss_grid(...), nfe=None)``.
 
 Computing a grid costs ``K_max`` batched model calls per solver stage on the ``N`` noises,

@@ -38,11 +38,9 @@ result is never worse than it on the fit noise.
 most ``max_evals`` objective evaluations of ``nfe`` batched model calls on the ``N`` fit
 noises each, i.e. at most ``max_evals x nfe`` batched model calls. The grid is fitted on one
 batch of noise: judge it on held-out noise. Where a few samples carry most of the error (a
-mixture whose trajectories split between components), a small fit batch over-fits: on the
-16-D mixture of :mod:`mmflow.benchmark`, grids fitted on 512 noises were up to 5x *worse* on
-held-out noise than their start (dpmpp_3m at NFE 16), while 2048 noises generalised. Towards
-a narrow Gaussian (std 0.1, 2-D) the held-out endpoint MSE over the uniform grid's was 0.12
-(Euler, 6 steps, 64 fit noises) and 0.05 (Heun, NFE 8). Grids are cached per model
+mixture whose trajectories split between components), a small fit batch over-fits and the
+grid can do worse on held-out noise than its start (``docs/sampling.md`` has the figures).
+Grids are cached per model
 fingerprint, sampler, NFE, solver options, noise, reference, initial grid, objective, budget
 and model inputs (in memory and as JSON files), reusing BOSS's hashing helpers.
 

@@ -31,8 +31,8 @@ predictions ``m_1, m_2`` at ``lambda_{-1}, lambda_{-2}``, ``r_0 = (lambda_s - la
   ``x_t = first order + alpha_t h phi_2(-h) D1 + 2 alpha_t h phi_3(-h) D2``.
   The factor 2 is the Taylor term ``alpha_t h^3 phi_3(-h) m''``. The dpm-solver and diffusers
   code weights ``D2`` by ``alpha_t ((e^{-h} - 1 + h) / h^2 - 1/2) = alpha_t h phi_3(-h)``, half
-  of it; that leaves an ``alpha_t h^3 m'' / 12`` local error and, measured here, global order 2
-  instead of 3 (see the tests).
+  of it; that leaves an ``alpha_t h^3 m'' / 12`` local error and global order 2 instead of 3
+  (the tests measure both).
 
 DPM-Solver++ singlestep (``sample_dpmpp_singlestep``), intermediate times placed in lambda:
 
@@ -78,9 +78,6 @@ Endpoints, where lambda is infinite (t = 0: -inf, t = 1: +inf):
   order). The weights need no ``B(h)``: UniPC's bh1 and bh2 coincide there, as they do
   wherever ``rho`` solves its full system. Decreasing grids from t = 1 mirror this with
   ``t -> 1 - t`` and the noise prediction ``x0_hat = x - t u`` for ``m``.
-  Measured (endpoint RMSE, 500 samples) on the 16-D Gaussian mixture of ``mmflow.benchmark``,
-  uniform 32-step grid from t = 0: ``unipc_bh2_2`` 4.7e-3, 3.0e-3 with
-  ``lower_order_final=True``; 5.9e-2 with the first step left as uncorrected Euler.
 - A step into an endpoint ``e``: there ``x_e = P(e)`` exactly, ``P`` the data prediction
   (``e = 1``) or the noise prediction ``x0_hat = x - t u`` (``e = 0``, decreasing grids): the
   exact solution in t above tends to ``m(1)`` as ``t -> 1``.
@@ -94,7 +91,7 @@ Endpoints, where lambda is infinite (t = 0: -inf, t = 1: +inf):
   midpoint rule for 2S, Heun's third-order method (nodes 1/3, 2/3) for 3S.
 - Decreasing grids (data -> noise, inversion) use the same formulas with ``h < 0``.
 
-Known limit (measured in the tests): on a grid uniform in t over [0, 1] the lambda steps next
+Known limit (the tests show it): on a grid uniform in t over [0, 1] the lambda steps next
 to t = 0 and t = 1 stay near ``log 2`` however many steps there are, and the lambda-multistep
 methods converge with order 2 there whatever their nominal order. Interpolating in t on the
 steps whose points include the endpoint does not lift this: the lambda steps after them, from
@@ -122,15 +119,9 @@ Warm-up (``warmup``) of a multistep method, whose first steps lack history:
 second order (diffusers' ``lower_order_final``); its one-off ``O(h^2)`` local error caps the
 global order at 2. It is off by default, but on coarse grids whose last step is long it is
 the safer choice: the high-order step into t = 1 extrapolates the data prediction from points
-far from the endpoint and can overshoot. Measured on the 16-D mixture of
-:mod:`mmflow.benchmark` at NFE 8 on SD3's shift-2.5 grid (last step 0.74 -> 1, 4096 noises):
-``unipc_bh2_3`` ends 206 samples more than 0.5 (RMS) from their exact endpoints, only 21 of
-them in another mixture component; with ``lower_order_final`` 21, all of them switched
-(RMSE 0.265 -> 0.196, mean per-sample error 0.156 -> 0.116, median 0.071 -> 0.102). On grids
-fitted to the sampler (:mod:`mmflow.sampling.grid_search`, to the MSE on 2048 other noises)
-the last step is short and neither wins everywhere: ``unipc_bh1_3`` scores a mean error of
-0.031 without it and 0.041 with it, an RMSE of 0.133 and 0.115. Diffusers turns it on below
-15 steps.
+far from the endpoint and can overshoot. On grids fitted to the sampler
+(:mod:`mmflow.sampling.grid_search`) the last step is short and neither setting wins
+everywhere. Diffusers turns it on below 15 steps. ``docs/sampling.md`` has the measurements.
 
 Registered names (``mmflow.sampling.sample(..., method=name)``): ``dpmpp_1``, ``dpmpp_2m``,
 ``dpmpp_3m`` (1 evaluation per step), ``dpmpp_2s`` (2) and ``unipc_{bh1,bh2}_{1,2,3}`` (1; the

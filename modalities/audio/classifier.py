@@ -208,12 +208,12 @@ def _endless(loader) -> Iterator[dict[str, Any]]:
 def train_audio_classifier(
     datamodule: MixtureDataModule,
     out_path: str | Path | None = None,
+    gain_db: tuple[float, float] = (-20.0, 6.0),
+    balance_classes: bool = True,
     steps: int = 700,
     lr: float = 3e-3,
     weight_decay: float = 1e-4,
     width: int = 16,
-    gain_db: tuple[float, float] = (-20.0, 6.0),
-    balance_classes: bool = True,
     seed: int = 0,
 ) -> tuple[AudioClassifier, dict[str, Any]]:
     """Train an :class:`AudioClassifier` on the clean targets of the datamodule's train split.

@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from mmflow.data import SPLITS, SplitDataModule
 from mmflow.files import default_cache_dir
 
 from .captions import NULL_CAPTION, draw_captions
@@ -57,7 +57,6 @@ __all__ = [
     "mix_at_snr",
 ]
 
-SPLITS = ("train", "val", "test")
 MIX_PEAK = 0.9
 SILENCE_POWER = 1e-10
 
@@ -245,12 +244,7 @@ class MixtureDataset(Dataset):
         return {k: v[0] for k, v in batch.items()}
 
 
-def _batch_as_is(batch: dict[str, Any]) -> dict[str, Any]:
-    """Collate for :meth:`MixtureDataset.__getitems__`, which already returns a batch."""
-    return batch
-
-
-class MixtureDataModule(pl.LightningDataModule):
+class MixtureDataModule(SplitDataModule):
     """Shared mixing, splitting and loaders of the audio datamodules.
 
     Subclasses implement :meth:`load_clip_sets` (the clips of each split) and set
@@ -260,14 +254,13 @@ class MixtureDataModule(pl.LightningDataModule):
         clip_seconds: clip length in seconds (``round(clip_seconds * sample_rate)`` samples).
         sample_rate: sample rate of every waveform.
         batch_size: mixtures per batch.
-        num_workers: dataloader worker processes.
-        seed: seed of splits and of the fixed validation/test mixtures.
-        val_fraction: fraction of source recordings held out for validation.
-        test_fraction: fraction of source recordings held out for testing.
         snr_range: ``(low, high)`` dB; SNRs are drawn uniformly in it.
         held_out_phrasings: query validation/test mixtures only with caption phrasings never
             seen in training (template captions only).
         caption_dropout: probability that a training caption becomes ``""`` (the null query).
+        kwargs: the other loader and split settings of :class:`mmflow.data.SplitDataModule`
+            (``num_workers``, ``seed`` — which also fixes the validation and test mixtures —,
+            ``val_fraction``, ``test_fraction``: fractions of the source recordings).
     """
 
     class_names: tuple[str, ...] = ()
@@ -277,33 +270,20 @@ class MixtureDataModule(pl.LightningDataModule):
         clip_seconds: float = 2.56,
         sample_rate: int = 16000,
         batch_size: int = 16,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
         snr_range: tuple[float, float] = (-15.0, 15.0),
         held_out_phrasings: bool = True,
         caption_dropout: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        if not (
-            0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1
-        ):
-            raise ValueError(
-                f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in "
-                "[0, 1) and sum to less than 1"
-            )
+        super().__init__(batch_size=batch_size, **kwargs)
         if snr_range[0] > snr_range[1]:
             raise ValueError(f"snr_range {snr_range} must be (low, high) with low <= high")
         if not 0 <= caption_dropout <= 1:
             raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
         self.clip_seconds, self.sample_rate = clip_seconds, sample_rate
         self.clip_samples = round(clip_seconds * sample_rate)
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.snr_range = (float(snr_range[0]), float(snr_range[1]))
         self.held_out_phrasings, self.caption_dropout = held_out_phrasings, caption_dropout
-        self.datasets: dict[str, MixtureDataset] = {}
 
     def load_clip_sets(self) -> dict[str, ClipSet]:
         """The clips of ``train``, ``val`` and ``test``."""
@@ -329,9 +309,6 @@ class MixtureDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
     def val_dataloader(self) -> DataLoader:
         """The validation mixtures in one fixed, seeded order.
 
@@ -343,25 +320,6 @@ class MixtureDataModule(pl.LightningDataModule):
             len(self.datasets["val"]), generator=torch.Generator().manual_seed(0)
         )
         return self._loader("val", shuffle=False, order=order.tolist())
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """The test split's fixed mixtures: ``mmflow predict`` separates them."""
-        return self._loader("test", shuffle=False)
-
-    def _loader(self, split: str, shuffle: bool, order: list[int] | None = None) -> DataLoader:
-        self.setup()
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            sampler=order,
-            num_workers=self.num_workers,
-            collate_fn=_batch_as_is,
-            persistent_workers=self.num_workers > 0,
-        )
 
 
 class LASSMixtures(MixtureDataModule):
@@ -386,43 +344,23 @@ class LASSMixtures(MixtureDataModule):
         self,
         cache_dir: str | None = None,
         classes: list[str] | None = None,
-        clip_seconds: float = 2.56,
-        sample_rate: int = 16000,
         max_clips_per_class: int = 400,
         renders_per_program: int = 8,
         render_seconds: float = 10.24,
         rms_threshold: float = 1e-3,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        snr_range: tuple[float, float] = (-15.0, 15.0),
-        held_out_phrasings: bool = True,
-        caption_dropout: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            clip_seconds,
-            sample_rate,
-            batch_size,
-            num_workers,
-            seed,
-            val_fraction,
-            test_fraction,
-            snr_range,
-            held_out_phrasings,
-            caption_dropout,
-        )
+        super().__init__(**kwargs)
         self.cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.class_names = tuple(classes) if classes is not None else ALL_CLASSES
         self.settings = SourceSettings(
             self.class_names,
-            sample_rate,
+            self.sample_rate,
             self.clip_samples,
             max_clips_per_class,
-            seed,
-            val_fraction,
-            test_fraction,
+            self.seed,
+            self.val_fraction,
+            self.test_fraction,
             rms_threshold,
             renders_per_program,
             render_seconds,
@@ -482,32 +420,8 @@ class CaptionedWavFolder(MixtureDataModule):
         (others: see :class:`MixtureDataModule`)
     """
 
-    def __init__(
-        self,
-        root: str,
-        captions_csv: str,
-        clip_seconds: float = 2.56,
-        sample_rate: int = 16000,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        snr_range: tuple[float, float] = (-15.0, 15.0),
-        caption_dropout: float = 0.0,
-    ) -> None:
-        super().__init__(
-            clip_seconds,
-            sample_rate,
-            batch_size,
-            num_workers,
-            seed,
-            val_fraction,
-            test_fraction,
-            snr_range,
-            False,
-            caption_dropout,
-        )
+    def __init__(self, root: str, captions_csv: str, **kwargs: Any) -> None:
+        super().__init__(held_out_phrasings=False, **kwargs)
         self.root, self.captions_csv = Path(root), Path(captions_csv)
         self._rows: list[dict[str, str]] | None = None
 

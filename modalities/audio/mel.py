@@ -38,6 +38,16 @@ __all__ = [
 
 LOG_FLOOR = 1e-5
 
+#: FlowSep's mel framing (16 kHz, 1024-point FFT, hop 160, 64 bands up to 8 kHz): the defaults
+#: of :class:`LogMel` and of every audio part that owns one (the VAE, the vocoder).
+SAMPLE_RATE = 16000
+N_FFT = 1024
+HOP_LENGTH = 160
+WIN_LENGTH = 1024
+N_MELS = 64
+F_MIN = 0.0
+F_MAX = 8000.0
+
 
 class LogMel(nn.Module):
     """Waveforms ``[B, T]`` -> log-mel spectrograms ``[B, n_mels, frames]`` (see module docs).
@@ -57,13 +67,13 @@ class LogMel(nn.Module):
 
     def __init__(
         self,
-        sample_rate: int = 16000,
-        n_fft: int = 1024,
-        hop_length: int = 160,
-        win_length: int = 1024,
-        n_mels: int = 64,
-        f_min: float = 0.0,
-        f_max: float = 8000.0,
+        sample_rate: int = SAMPLE_RATE,
+        n_fft: int = N_FFT,
+        hop_length: int = HOP_LENGTH,
+        win_length: int = WIN_LENGTH,
+        n_mels: int = N_MELS,
+        f_min: float = F_MIN,
+        f_max: float = F_MAX,
     ) -> None:
         super().__init__()
         _check_positive(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels)
@@ -241,11 +251,11 @@ class MixturePhaseInverter(MelInverter):
 
       so the fine structure inside a band (harmonics, the mixture's own detail) comes from the
       mixture and only the band energies from the estimate — the mel estimate acts as a
-      band-wise mask. With the *true* source's mel this reaches 16.1 dB SI-SDRi on the LASS
-      test mixtures (SNR in [-15, 15] dB).
+      band-wise mask.
     - ``"pinv"``: the filterbank pseudo-inverse of :meth:`LogMel.magnitude_from_log_mel`,
-      which spreads each band's energy smoothly over its bins; the same oracle reaches
-      9.5 dB SI-SDRi. It does not look at the mixture's magnitude.
+      which spreads each band's energy smoothly over its bins. It does not look at the
+      mixture's magnitude, and with the true source's mel it scores well below
+      ``"mixture_gain"`` (``docs/audio.md`` has both oracle figures).
 
     The mixture's STFT is taken in the same framing as the mel, so frame ``m`` of the estimate
     meets frame ``m`` of the mixture.

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mel import LOG_FLOOR, LogMel
+from .mel import F_MAX, F_MIN, HOP_LENGTH, LOG_FLOOR, N_FFT, N_MELS, SAMPLE_RATE, WIN_LENGTH, LogMel
 from .parts import AudioPart
 
 __all__ = ["MelAutoencoder", "MelVAE", "kl_to_standard_normal"]
@@ -196,13 +196,13 @@ class MelVAE(AudioPart):
 
     def __init__(
         self,
-        sample_rate: int = 16000,
-        n_fft: int = 1024,
-        hop_length: int = 160,
-        win_length: int = 1024,
-        n_mels: int = 64,
-        f_min: float = 0.0,
-        f_max: float = 8000.0,
+        sample_rate: int = SAMPLE_RATE,
+        n_fft: int = N_FFT,
+        hop_length: int = HOP_LENGTH,
+        win_length: int = WIN_LENGTH,
+        n_mels: int = N_MELS,
+        f_min: float = F_MIN,
+        f_max: float = F_MAX,
         channels: int = 32,
         channel_multipliers: tuple[int, ...] = (1, 2, 2),
         num_res_blocks: int = 1,

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from mmflow.data import SPLITS, SplitDataModule
 from mmflow.files import atomic_write, default_cache_dir, file_sha256, write_json
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 MANIFEST_VERSION = 1
-SPLITS = ("train", "val", "test")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -86,12 +85,7 @@ class ImageArrayDataset(Dataset):
         return {"image": self.images[index].float() / self.max_value, "label": self.labels[index]}
 
 
-def _batch_as_is(batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Collate for :meth:`ImageArrayDataset.__getitems__`, which already returns a batch."""
-    return batch
-
-
-class ImageDataModule(pl.LightningDataModule, ABC):
+class ImageDataModule(SplitDataModule, ABC):
     """Shared split, cache and dataloader logic of the image datamodules.
 
     Subclasses say where the data comes from (:meth:`source_files`), how to decode it
@@ -103,14 +97,11 @@ class ImageDataModule(pl.LightningDataModule, ABC):
     ``val_fraction`` of one seeded permutation of all images.
 
     Args:
-        batch_size: images per batch.
-        num_workers: dataloader worker processes.
-        seed: seed of the train/val/test split.
-        val_fraction: fraction held out for validation.
-        test_fraction: fraction held out for testing (sources without an official test set).
         limit: keep at most this many training images (fast tests and smoke runs); val and
             test are unchanged.
         cache_dir: cache root; ``None`` means ``$MMFLOW_CACHE`` or ``~/.cache/mmflow``.
+        kwargs: the loader and split settings of :class:`mmflow.data.SplitDataModule`
+            (``batch_size``, ``num_workers``, ``seed``, ``val_fraction``, ``test_fraction``).
     """
 
     name: str = "images"
@@ -118,33 +109,11 @@ class ImageDataModule(pl.LightningDataModule, ABC):
     class_names: tuple[str, ...] = ()
 
     def __init__(
-        self,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        limit: int | None = None,
-        cache_dir: str | None = None,
+        self, limit: int | None = None, cache_dir: str | None = None, **kwargs: Any
     ) -> None:
-        super().__init__()
-        if (
-            not 0 <= val_fraction < 1
-            or not 0 <= test_fraction < 1
-            or val_fraction + test_fraction >= 1
-        ):
-            raise ValueError(
-                f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) "
-                "and sum to less than 1"
-            )
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
+        super().__init__(**kwargs)
         self.limit = limit
         self.cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.datasets: dict[str, ImageArrayDataset] = {}
 
     # -- what subclasses provide -------------------------------------------------------------
 
@@ -277,30 +246,6 @@ class ImageDataModule(pl.LightningDataModule, ABC):
     def num_classes(self) -> int:
         return len(self.manifest()["class_names"])
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """The test split: ``mmflow predict`` generates under its labels."""
-        return self._loader("test", shuffle=False)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        self.setup()
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=_batch_as_is,
-            persistent_workers=self.num_workers > 0,
-        )
-
 
 # -- sources ---------------------------------------------------------------------------------
 
@@ -344,20 +289,8 @@ class MNIST5k(ImageDataModule):
     name = "mnist5k"
     class_names = tuple(str(digit) for digit in range(10))
 
-    def __init__(
-        self,
-        path: str | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        limit: int | None = None,
-        cache_dir: str | None = None,
-    ) -> None:
-        super().__init__(
-            batch_size, num_workers, seed, val_fraction, test_fraction, limit, cache_dir
-        )
+    def __init__(self, path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.path = path
 
     def source_files(self) -> list[Path]:
@@ -390,20 +323,8 @@ class SklearnDigits(ImageDataModule):
     max_value = 16
     class_names = tuple(str(digit) for digit in range(10))
 
-    def __init__(
-        self,
-        pad_to: int | None = None,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        limit: int | None = None,
-        cache_dir: str | None = None,
-    ) -> None:
-        super().__init__(
-            batch_size, num_workers, seed, val_fraction, test_fraction, limit, cache_dir
-        )
+    def __init__(self, pad_to: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if pad_to is not None and pad_to < 8:
             raise ValueError(f"SklearnDigits: pad_to={pad_to} must be at least 8")
         self.pad_to = pad_to
@@ -489,17 +410,8 @@ class FashionMNIST(ImageDataModule):
     class_names = FASHION_MNIST_CLASSES
     install_hint = "install it with `apt-get install dataset-fashion-mnist` or point `root` at a folder of IDX files"
 
-    def __init__(
-        self,
-        root: str = "/usr/share/datasets/fashion-mnist",
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        limit: int | None = None,
-        cache_dir: str | None = None,
-    ) -> None:
-        super().__init__(batch_size, num_workers, seed, val_fraction, 0.0, limit, cache_dir)
+    def __init__(self, root: str = "/usr/share/datasets/fashion-mnist", **kwargs: Any) -> None:
+        super().__init__(test_fraction=0.0, **kwargs)
         self.root = root
 
     def _idx_file(self, stem: str) -> Path:
@@ -552,21 +464,9 @@ class ImageFolder(ImageDataModule):
     name = "image-folder"
 
     def __init__(
-        self,
-        root: str,
-        image_size: int = 32,
-        grayscale: bool = False,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        limit: int | None = None,
-        cache_dir: str | None = None,
+        self, root: str, image_size: int = 32, grayscale: bool = False, **kwargs: Any
     ) -> None:
-        super().__init__(
-            batch_size, num_workers, seed, val_fraction, test_fraction, limit, cache_dir
-        )
+        super().__init__(**kwargs)
         self.root = Path(root)
         self.image_size = image_size
         self.grayscale = grayscale

@@ -4,7 +4,7 @@ diffusers (SD3, Flux) writes the noise level ``sigma = 1 - t`` and a model outpu
 ``v = noise - data = -u``; it steps ``x <- x + (sigma_next - sigma) v``, which is our
 ``x <- x + (t_next - t) u``. The model is fed ``t = 1 - sigma`` with sigma read from
 ``scheduler.sigmas``, never from ``scheduler.timesteps`` (``1000 sigma``, rounded to integers
-by some schedulers; notes/samplers.md, pitfalls of section 1).
+by some schedulers).
 """
 
 import diffusers  # a dev dependency: `make test` installs it with `pip install -e ".[dev]"`
