@@ -406,10 +406,11 @@ def custom_grid(
     The grid need not reach 0 or 1 (e.g. stopping short of the data end). ``dtype`` defaults
     to the tensor's own floating dtype, else float32.
     """
-    grid = torch.as_tensor(values, device=device)
-    if dtype is not None:
-        grid = grid.to(dtype)
-    elif not grid.is_floating_point():
+    if isinstance(values, Tensor):
+        grid = values.to(device=device, dtype=dtype)
+    else:  # Python floats go straight to ``dtype``, not by way of float32
+        grid = torch.as_tensor(values, dtype=dtype, device=device)
+    if not grid.is_floating_point():
         grid = grid.to(torch.float32)
     if grid.ndim != 1:
         raise ValueError(f"`values` must be 1-D, got shape {tuple(grid.shape)}")

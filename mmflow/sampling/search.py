@@ -247,7 +247,9 @@ def _search_grid(
         if steps is not None or grid_kwargs:
             raise ValueError(f"`{method}`: give `steps` and `grid_kwargs` with a grid name only")
         try:
-            ts = custom_grid(grid if isinstance(grid, Tensor) else torch.tensor(grid))
+            ts = custom_grid(
+                grid if isinstance(grid, Tensor) else torch.tensor(grid, dtype=torch.float64)
+            )
         except ValueError as error:
             raise ValueError(f"`grid`: {error}") from None
     else:

@@ -166,7 +166,7 @@ class LogMel(nn.Module):
         call; the precomputed matrix makes it one matmul, and the result is smooth across the
         bins a mel band covers, so no energy is put where the mel says there is none.
         """
-        self._check_mels(log_mel)
+        self.check_mels(log_mel)
         mel = log_mel.exp()
         return torch.matmul(self.filterbank_pinv.to(mel.dtype), mel).clamp_min(0.0)
 
@@ -205,7 +205,8 @@ class LogMel(nn.Module):
             )
         return waveform
 
-    def _check_mels(self, log_mel: Tensor) -> None:
+    def check_mels(self, log_mel: Tensor) -> None:
+        """Refuse anything but a ``[B, n_mels, frames]`` log-mel of this transform."""
         if log_mel.ndim != 3 or log_mel.shape[1] != self.n_mels:
             raise ValueError(
                 f"expected a log-mel [B, {self.n_mels}, frames], got {tuple(log_mel.shape)}"
@@ -282,7 +283,7 @@ class MixturePhaseInverter(MelInverter):
     ) -> Tensor:
         if mixture_waveform is None:
             raise ValueError("MixturePhaseInverter.invert needs `mixture_waveform` (its phase)")
-        self.mel._check_mels(log_mel)
+        self.mel.check_mels(log_mel)
         mixture_spectrum = self.mel.stft(mixture_waveform.to(log_mel.dtype))
         if mixture_spectrum.shape[-1] != log_mel.shape[-1]:
             raise ValueError(

@@ -250,7 +250,7 @@ class MelVAE(AudioPart):
 
     def posterior(self, log_mel: Tensor) -> tuple[Tensor, Tensor]:
         """Unscaled ``(mean, logvar)`` of ``q(z | log_mel)`` for ``[B, n_mels, frames]`` input."""
-        self.mel._check_mels(log_mel)
+        self.mel.check_mels(log_mel)
         normalised = (log_mel - self.hparams.mel_mean) / self.hparams.mel_std
         return self.autoencoder.encode(self._pad(normalised.unsqueeze(1)))
 

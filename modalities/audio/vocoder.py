@@ -296,7 +296,7 @@ class MelVocoder(AudioPart):
 
     def vocode(self, log_mel: Tensor) -> Tensor:
         """Waveforms ``[B, frames * hop_length]`` of log-mels ``[B, n_mels, frames]``."""
-        self.mel._check_mels(log_mel)
+        self.mel.check_mels(log_mel)
         return self.generator(log_mel)
 
     def forward(self, log_mel: Tensor) -> Tensor:
@@ -393,7 +393,7 @@ class VocoderInverter(MelInverter):
     def invert(
         self, log_mel: Tensor, mixture_waveform: Tensor | None = None, length: int | None = None
     ) -> Tensor:
-        self.mel._check_mels(log_mel)
+        self.mel.check_mels(log_mel)
         length = self._length(log_mel, length)
         waveform = self.generator(log_mel)[:, :length]
         return F.pad(waveform, (0, length - waveform.shape[-1]))

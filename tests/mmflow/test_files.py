@@ -48,6 +48,9 @@ def test_weights_round_trip_and_errors_name_the_file(tmp_path):
     fresh = torch.nn.Linear(3, 2)
     load_state(fresh, load_weights(tmp_path / "w.safetensors"), tmp_path / "w.safetensors")
     assert torch.equal(fresh.weight, layer.weight)
+    assert torch.equal(fresh.bias, layer.bias)
+    loaded = load_weights(tmp_path / "w.safetensors")
+    assert set(loaded) == {"weight", "bias"} and torch.equal(loaded["bias"], layer.bias)
     with pytest.raises(ValueError, match="w.safetensors.*size mismatch"):
         load_state(
             torch.nn.Linear(4, 2),

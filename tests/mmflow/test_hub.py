@@ -6,6 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from mmflow.files import load_weights
 from mmflow.hub import from_pretrained, pretrained_from_checkpoint, save_pretrained
 from mmflow.training.cli import build_module
 
@@ -56,6 +57,8 @@ def test_from_pretrained_reproduces_the_module_bit_for_bit(trained, tmp_path):
     assert torch.equal(result.samples, expected)
     assert result.nfe == nfe == 8
     assert flow.defaults.cfg_scale == 2.0
+    # The equality is not vacuous: the trained network moves the noise.
+    assert (result.samples - x0).abs().max() > 1e-2
 
 
 def test_checkpoint_conversion_uses_the_ema_weights(trained):
@@ -73,6 +76,13 @@ def test_files_are_safetensors_and_json(trained, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     assert config["network"]["init_args"]["width"] == 32
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert config["generation"]["cfg_scale"] == 2.0 and config["generation"]["nfe"] == 8
+    # The stored tensors are the sampling (EMA) network's weights, under "network.".
+    weights = load_weights(folder / "model.safetensors")
+    ema = module.ema.module.state_dict()
+    assert {k for k in weights if k.startswith("network.")} == {f"network.{k}" for k in ema}
+    for name, value in ema.items():
+        assert torch.equal(weights[f"network.{name}"], value), name
 
 
 def test_corrupt_weights_name_the_file(trained, tmp_path):

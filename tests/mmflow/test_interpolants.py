@@ -153,6 +153,12 @@ def test_sample_target_is_time_derivative_of_x_t(name):
     torch.testing.assert_close(sample.target, (forward - backward) / (2 * h), **TOL)
     assert sample.t.shape == (5,)
     assert sample.x_t.shape == x0.shape
+    tb = t[:, None, None]
+    x_t = path.alpha(tb) * x1 + path.sigma(tb) * x0
+    if extra:
+        x_t = x_t + path.gamma(tb) * z
+    torch.testing.assert_close(sample.x_t, x_t, atol=1e-12, rtol=0)
+    assert torch.equal(sample.t, t)
 
 
 @pytest.mark.parametrize("name", list(all_paths()))
@@ -269,6 +275,11 @@ def test_retiming_endpoints_are_finite_and_terminal_scale_is_one():
     timing = converted.retiming(torch.tensor([0.0, 1.0], dtype=DTYPE))
     for value in (timing.t, timing.scale, timing.dt_dr, timing.dscale_dr):
         assert torch.isfinite(value).all()
+    # r is clamped to [eps, 1 - eps]; there the snr match is exact (the linear path reaches
+    # every snr): the scaled source point lies on the VP path.
+    clamped = torch.tensor([1e-5, 1 - 1e-5], dtype=DTYPE)
+    torch.testing.assert_close(timing.scale * LinearPath().alpha(timing.t), VPPath().alpha(clamped))
+    torch.testing.assert_close(timing.scale * LinearPath().sigma(timing.t), VPPath().sigma(clamped))
     # VP's sigma ~ sqrt(beta_min (1 - r)) near data, so s_r - 1 = O(sqrt(eps))
     assert abs(timing.scale[1].item() - 1.0) < 2e-3
     tighter = convert_velocity(lambda x, t: x, LinearPath(), VPPath(), eps=1e-9)
@@ -276,6 +287,10 @@ def test_retiming_endpoints_are_finite_and_terminal_scale_is_one():
     x = torch.randn(3, 2, dtype=DTYPE)
     torch.testing.assert_close(converted.to_source(converted.to_target(x, 0.4), 0.4), x)
     assert torch.isfinite(converted(x, torch.zeros(3, dtype=DTYPE))).all()
+    # u_bar = (s'/s) x_bar + s t' u(x_bar / s, t) with u(x, t) = x: a known multiple of x.
+    start = converted.retiming(torch.zeros((), dtype=DTYPE))
+    factor = start.dscale_dr / start.scale + start.dt_dr
+    torch.testing.assert_close(converted(x, torch.zeros(3, dtype=DTYPE)), factor * x)
 
 
 def test_converted_velocity_passes_batched_time_and_kwargs():
@@ -286,8 +301,12 @@ def test_converted_velocity_passes_batched_time_and_kwargs():
         return torch.zeros_like(x)
 
     converted = convert_velocity(model, LinearPath(), CosinePath())
-    converted(torch.randn(4, 3), 0.5, scale=2.0)
+    out = converted(torch.randn(4, 3), 0.5, scale=2.0)
     assert seen["t"].shape == (4,) and seen["scale"] == 2.0
+    # Cosine r = 0.5 has snr 1, as has linear t = 0.5; there s_r = sin + cos is stationary
+    # (s_r' = 0), so a zero source velocity stays zero.
+    torch.testing.assert_close(seen["t"], torch.full((4,), 0.5))
+    torch.testing.assert_close(out, torch.zeros(4, 3), atol=1e-6, rtol=0)
 
 
 def test_stochastic_interpolant_draws_latent_noise_with_generator():
@@ -298,6 +317,10 @@ def test_stochastic_interpolant_draws_latent_noise_with_generator():
     second = path.sample(x0, x1, t, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(first.x_t, second.x_t)
     assert first.z is not None and not torch.equal(first.x_t, LinearPath().sample(x0, x1, t).x_t)
+    expected = path.alpha(t[:, None]) * x1 + path.sigma(t[:, None]) * x0
+    torch.testing.assert_close(first.x_t, expected + path.gamma(t[:, None]) * first.z)
+    other = path.sample(x0, x1, t, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(other.z, first.z)
 
 
 def test_monte_carlo_conditional_target_matches_closed_form(gaussian):

@@ -161,9 +161,18 @@ def test_velocity_loss_module():
     huber = VelocityLoss(kind="pseudo_huber", huber_c=0.1)
     torch.testing.assert_close(huber(pred, target, t), pseudo_huber(pred, target, c=0.1))
     assert huber(pred, target, t, reduction="none").shape == (4,)
+    squared = ((pred - target) ** 2).flatten(1).sum(1)
+    torch.testing.assert_close(
+        huber(pred, target, t, reduction="none"), torch.sqrt(squared + 0.01) - 0.1
+    )
     pred.requires_grad_(True)
-    VelocityLoss(kind="pseudo_huber", weighting="min_snr")(pred, target, t, mask=mask).backward()
+    combined = VelocityLoss(kind="pseudo_huber", weighting="min_snr")(pred, target, t, mask=mask)
+    combined.backward()
     assert torch.isfinite(pred.grad).all()
+    expected = pseudo_huber(pred.detach(), target, mask=mask, weight=loss_weight(t, "min_snr"))
+    torch.testing.assert_close(combined.detach(), expected)
+    assert torch.equal(pred.grad[~mask], torch.zeros_like(pred.grad[~mask]))  # padding: no grad
+    assert pred.grad[mask].abs().min() > 0
 
 
 def test_bad_arguments_raise_value_error():

@@ -171,6 +171,10 @@ def test_registry_and_validation():
         "beta",
     }
     assert isinstance(make_time_distribution("logit_normal", loc=0.5), LogitNormal)
+    built = make_time_distribution("logit_normal", loc=0.5)
+    assert built.loc == 0.5 and built.scale == LogitNormal().scale
+    t = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    torch.testing.assert_close(built.pdf(t), LogitNormal(loc=0.5).pdf(t))
     with pytest.raises(ValueError, match="`name`"):
         make_time_distribution("gaussian")
     with pytest.raises(ValueError, match="`scale`"):
@@ -211,6 +215,15 @@ def test_uniform_and_shifted_grids(dtype):
         assert grid.shape == (9,) and grid.dtype == dtype
         assert grid[0].item() == 0.0 and grid[-1].item() == 1.0
         assert bool((grid[1:] > grid[:-1]).all())
+    k = torch.arange(9, dtype=torch.float64) / 8
+    torch.testing.assert_close(uniform_grid(8, dtype), k.to(dtype))
+    # SD3 shift in our time: t' = t / (s - (s - 1) t); the length shift of 1024 tokens is
+    # exp(0.5 + (1024 - 256) / (4096 - 256) * 0.65) = exp(0.63).
+    torch.testing.assert_close(shifted_grid(8, 3.0, dtype), (k / (3 - 2 * k)).to(dtype))
+    s = math.exp(0.63)
+    torch.testing.assert_close(
+        length_shifted_grid(8, 1024, dtype=dtype), (k / (s - (s - 1) * k)).to(dtype)
+    )
 
 
 def test_shift_matches_sd3_sigma_formula():
@@ -245,6 +258,8 @@ def test_make_grid_dispatch():
     )
     custom = make_grid([0.0, 0.2, 0.7, 0.96], dtype=torch.float64)
     assert custom.dtype == torch.float64 and custom.shape == (4,)
+    expected = torch.tensor([0.0, 0.2, 0.7, 0.96], dtype=torch.float64)
+    torch.testing.assert_close(custom, expected, atol=1e-7, rtol=0)
     with pytest.raises(ValueError, match="`spec`"):
         make_grid("cosine", 5)
     with pytest.raises(ValueError, match="`shift`"):

@@ -22,6 +22,21 @@ def test_image_text_forward_backward():
     out.square().mean().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert all(p.grad is not None for p in model.parameters())
+    # Samples are independent, and both conditions reach the output: changing sample 1's text
+    # or pooled vector changes sample 1 only.
+    with torch.no_grad():
+        base = model(x, t, **kw)
+        torch.testing.assert_close(base, out.detach())
+        for key in ("text", "pooled"):
+            changed = {"context": dict(kw["context"]), "pooled": kw["pooled"].clone()}
+            if key == "text":
+                changed["context"]["text"] = kw["context"]["text"].clone()
+                changed["context"]["text"][1] += 1.0
+            else:
+                changed["pooled"][1] += 1.0
+            other = model(x, t, **changed)
+            torch.testing.assert_close(other[0], base[0])
+            assert (other[1] - base[1]).abs().max() > 1e-3, key
 
 
 @pytest.mark.parametrize(
@@ -127,27 +142,47 @@ def test_patchify3d_model_runs():
         )
     )
     x = torch.randn(2, 2, 3, 4, 4)
-    out = model(x, torch.rand(2))
+    t = torch.rand(2)
+    out = model(x, t)
     assert out.shape == x.shape
     out.sum().backward()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x[1:], t[1:]), out[1:].detach(), atol=1e-5, rtol=1e-5)
+        # Attention mixes the frames: changing frame 0 changes the velocity of frame 2.
+        moved = x.clone()
+        moved[:, :, 0] += 1.0
+        assert (model(moved, t) - out)[:, :, 2].abs().max() > 1e-3
 
 
 def test_long_skips_and_single_blocks_change_the_function():
     x, t, kw = image_text_inputs()
     plain = randomize_(image_text_model(depth=3))
-    outs = {}
+    outs, models = {}, {}
     for name, kwargs in {
         "skips": {"long_skips": True},
         "single": {"num_single_blocks": 2},
         "both": {"long_skips": True, "num_single_blocks": 2},
     }.items():
-        model = randomize_(image_text_model(depth=3, **kwargs))
+        model = models[name] = randomize_(image_text_model(depth=3, **kwargs))
         outs[name] = model(x, t, **kw)
         assert outs[name].shape == x.shape
         outs[name].sum().backward()
         assert all(p.grad is not None for p in model.parameters()), name
     assert len(image_text_model(depth=3, long_skips=True, num_single_blocks=2).skips) == 2
     assert (outs["skips"] - plain(x, t, **kw)).abs().max() > 1e-3
+    # The single blocks do work: zeroing their adaLN modulations (gates 0, identity blocks)
+    # changes the output; resetting the skips to [I, 0] changes the "both" model's output.
+    with torch.no_grad():
+        single = models["single"]
+        for block in single.single_blocks:
+            block.layer.modulation.weight.zero_()
+            block.layer.modulation.bias.zero_()
+        assert (single(x, t, **kw) - outs["single"]).abs().max() > 1e-3
+        both = models["both"]
+        for skip in both.skips:
+            skip.weight.zero_()
+            skip.weight[:, :32].copy_(torch.eye(32))
+        assert (both(x, t, **kw) - outs["both"]).abs().max() > 1e-3
 
 
 def test_long_skips_start_as_identity():
@@ -236,3 +271,6 @@ def test_optional_context_can_be_left_out():
     with_text = model(x, t, **kw)
     without = model(x, t, pooled=kw["pooled"])
     assert without.shape == x.shape and (with_text - without).abs().max() > 1e-4
+    # Leaving the stream out equals passing it fully masked (its tokens are never attended).
+    masked = model(x, t, **kw, context_mask={"text": torch.zeros(2, 5, dtype=torch.bool)})
+    torch.testing.assert_close(masked, without, atol=1e-5, rtol=1e-5)

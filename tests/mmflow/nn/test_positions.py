@@ -51,6 +51,15 @@ def test_rope_identity_at_zero_and_unrotated_tail():
     torch.testing.assert_close(apply_rope(x, cos, sin)[..., 4:], x[..., 4:])
     batched = rope.rotary(torch.arange(8.0).view(2, 4, 1))
     assert batched[0].shape == (2, 1, 4, 4)
+    for b in range(2):  # a batch of ids gives, per sample, the unbatched rotation
+        cos_b, sin_b = rope.rotary(torch.arange(8.0).view(2, 4, 1)[b])
+        torch.testing.assert_close(batched[0][b : b + 1], cos_b)
+        torch.testing.assert_close(batched[1][b : b + 1], sin_b)
+    # Closed form: axis of 4 channels -> angles p * theta^(-2i/4), i = 0, 1; the tail is 0.
+    cos, sin = rope.rotary(torch.tensor([[3.0]]))
+    angles = torch.tensor([3.0, 3.0 / 100.0, 0.0, 0.0])
+    torch.testing.assert_close(cos.flatten(), angles.cos())
+    torch.testing.assert_close(sin.flatten(), angles.sin())
 
 
 def test_sincos_matches_formula_and_sd3_table():
@@ -79,6 +88,9 @@ def test_sincos_centre_crop():
 def test_learned_positions_and_bad_kind():
     pos = build_positions(PositionConfig("learned", max_len=4), 8, 4, "text")
     assert pos.add(torch.zeros(2, 3, 8), None, (3,)).shape == (2, 3, 8)
+    tokens = torch.randn(2, 3, 8)
+    torch.testing.assert_close(pos.add(tokens, None, (3,)), tokens + pos.table[:3])
+    assert pos.table.abs().sum() > 0  # the table starts random, so the positions differ
     with pytest.raises(ValueError, match="stream 'text'"):
         pos.add(torch.zeros(2, 5, 8), None, (5,))
     with pytest.raises(ValueError, match="stream 'a'"):

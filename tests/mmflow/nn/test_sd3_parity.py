@@ -72,6 +72,11 @@ def test_conversion_keeps_zero_init_structure_and_gradients():
     x, t, text, pooled = _inputs([0.3, 0.6], 8, 8)
     ours(x, t, context={"text": text}, pooled=pooled).sum().backward()
     assert all(p.grad is not None for p in ours.parameters())
+    assert any(p.grad.abs().sum() > 0 for p in ours.final.parameters())
+    # The converted model keeps the adaLN-Zero layout: re-initialising it outputs exactly 0.
+    ours.reset_parameters()
+    with torch.no_grad():
+        assert torch.equal(ours(x, t, context={"text": text}, pooled=pooled), torch.zeros_like(x))
 
 
 def test_rejects_dual_attention_and_bad_state_dicts():

@@ -24,6 +24,10 @@ def test_patchify3d_roundtrip():
     x = torch.randn(2, 2, 3, 4, 4)
     layout = tok.encode(x)
     assert layout.tokens.shape == (2, 12, 8) and layout.positions.shape == (12, 3)
+    assert layout.grid == (3, 2, 2)
+    # Token 7 is patch (t, h, w) = (1, 1, 1): frame 1, rows 2:4, cols 2:4, (c, pt, ph, pw) order.
+    assert layout.positions[7].tolist() == [1, 1, 1]
+    torch.testing.assert_close(layout.tokens[1, 7], x[1, :, 1:2, 2:4, 2:4].reshape(-1))
     assert torch.equal(tok.decode(layout.tokens, layout), x)
 
 
@@ -46,4 +50,10 @@ def test_set_tokens():
     x = torch.randn(2, 5, 4)
     layout = tok.encode(x)
     assert layout.positions is None and layout.grid == () and tok.num_axes == 0
+    assert torch.equal(layout.tokens, x)  # one token per element, features unchanged
+    mask = torch.tensor([[True, False, True, True, False], [True] * 5])
+    masked = tok.encode(x, mask)
+    assert torch.equal(masked.mask, mask)
+    back = tok.decode(x + 1, masked)  # outputs at padded elements are zero
+    assert torch.equal(back, torch.where(mask[..., None], x + 1, torch.zeros(())))
     assert torch.equal(tok.decode(layout.tokens, layout), x)

@@ -12,6 +12,7 @@ from mmflow.modality import drop_conditions
 from mmflow.nn import ChannelConcat, ContextConfig, MMDiT, Patchify2D
 from mmflow.training import FlowMatching
 from modalities.audio.adapter import FlowSepAdapter
+from modalities.audio.evaluators import si_sdr
 from modalities.audio.mel import GriffinLimInverter, LogMel, MelInverter
 from modalities.audio.vae import MelVAE
 
@@ -70,6 +71,18 @@ def test_encode_gives_target_latents_and_the_mixture_and_query_conditions(adapte
     tokens, mask = cond["context"]["query"], cond["context_mask"]["query"]
     assert tokens.shape[:2] == mask.shape and tokens.shape[2] == 384
     assert cond["pooled"].shape == (2, 384)
+    # x1 = E(mel(target)) and the mixture condition is E(mel(mixture)), row by row.
+    batch = make_batch()
+    with torch.no_grad():
+        vae = adapter.vae
+        torch.testing.assert_close(x1, vae.encode(vae.mel(batch["target"])))
+        torch.testing.assert_close(cond["mixture"], vae.encode(vae.mel(batch["mixture"])))
+    # Each query is encoded on its own: row 1 alone gives row 1; the two queries differ.
+    alone = adapter.query_condition(["a high tone"])
+    length = alone["context"]["query"].shape[1]
+    torch.testing.assert_close(alone["pooled"][0], cond["pooled"][1])
+    torch.testing.assert_close(alone["context"]["query"][0], tokens[1, :length])
+    assert not torch.allclose(cond["pooled"][0], cond["pooled"][1])
 
 
 def test_the_null_condition_drops_only_the_query(adapter) -> None:
@@ -93,6 +106,13 @@ def test_decode_returns_waveforms_at_the_mixture_length(adapter) -> None:
     waveforms = adapter.decode(x1, cond, batch)
     assert waveforms.shape == batch["mixture"].shape
     assert torch.isfinite(waveforms).all()
+    # VAE decoder cropped to the mixture's 4800 / 160 = 30 frames, then the mixture-phase
+    # inverter at the mixture's length.
+    with torch.no_grad():
+        log_mel = adapter.vae.decode(x1, 30)
+        expected = adapter.inverter.invert(log_mel, batch["mixture"], 4800)
+    torch.testing.assert_close(waveforms, expected)
+    assert waveforms.abs().max() > 0
 
 
 def test_mixture_phase_decoding_needs_the_batch(adapter) -> None:
@@ -152,6 +172,12 @@ def test_flow_matching_trains_validates_and_guides_with_the_adapter(adapter) -> 
     module.eval()
     samples, nfe = module.generate(cond, torch.randn(x1.shape))
     assert nfe == 2 and samples.shape == x1.shape
+    # The trained network is no longer zero and hears the query: guidance changes the samples.
+    x0 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(1))
+    guided, _ = module.generate(cond, x0)
+    unguided, _ = module.generate(cond, x0, cfg_scale=1.0)
+    assert (guided - x0).abs().max() > 1e-3
+    assert (guided - unguided).abs().max() > 1e-6
     waveforms = adapter.decode(samples, cond, batch)
     metrics = adapter.evaluators()
     for metric in metrics.values():
@@ -159,6 +185,9 @@ def test_flow_matching_trains_validates_and_guides_with_the_adapter(adapter) -> 
     values = {k: v for m in metrics.values() for k, v in m.compute().items()}
     assert {"si_sdri", "si_sdri/low", "sdri/high", "mel_l1"} <= set(values)
     assert all(math.isfinite(float(v)) for v in values.values())
+    improvement = si_sdr(waveforms, batch["target"]) - si_sdr(batch["mixture"], batch["target"])
+    assert float(values["si_sdri"]) == pytest.approx(improvement.mean().item())
+    assert float(values["si_sdri/low"]) == pytest.approx(improvement[0].item())
 
 
 def test_a_clip_shorter_than_one_stft_window_is_refused_by_name(adapter) -> None:

@@ -53,6 +53,11 @@ def test_an_untrained_separator_halves_the_mixture() -> None:
     log_mel = separator.mel(batch["mixture"])
     mask = separator.predict_mask(log_mel, batch["caption"])
     torch.testing.assert_close(mask, torch.full_like(mask, 0.5))
+    # The estimate is then the mixture's mel minus log 2 (at least the log floor 1e-5).
+    with torch.no_grad():
+        estimate = separator(batch["mixture"], batch["caption"])
+    expected = (log_mel + math.log(0.5)).clamp_min(math.log(1e-5))
+    torch.testing.assert_close(estimate, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_training_separates_by_query() -> None:
@@ -71,6 +76,14 @@ def test_training_separates_by_query() -> None:
     separator.eval()
     waveforms = separator.separate(batch)
     assert waveforms.shape == batch["mixture"].shape
+    # Both rows hold the same mixture, so the mask depends on the query alone: swapping the
+    # queries swaps the masks, and the two queries ask for different masks.
+    with torch.no_grad():
+        log_mel = separator.mel(batch["mixture"])
+        masks = separator.predict_mask(log_mel, batch["caption"])
+        swapped = separator.predict_mask(log_mel, batch["caption"][::-1])
+    torch.testing.assert_close(swapped, masks.flip(0))
+    assert (masks[0] - masks[1]).abs().max() > 0.1
     metrics = separator._evaluators
     metrics["si_sdri"].update(waveforms, batch)
     assert metrics["si_sdri"].compute()["si_sdri"] > 6.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -145,6 +147,7 @@ def test_silence_gives_finite_values() -> None:
     estimate[1] = 0.0
     estimate[2] = 0.0
     batch["target"][2] = 0.0
+    results = {}
     for metric_class in (
         SignalDistortionRatio,
         ScaleInvariantSDR,
@@ -153,8 +156,20 @@ def test_silence_gives_finite_values() -> None:
     ):
         metric = metric_class()
         metric.update(estimate, batch)
-        assert all(torch.isfinite(v) for v in metric.compute().values()), metric_class
+        results[metric_class] = metric.compute()
+        assert all(torch.isfinite(v) for v in results[metric_class].values()), metric_class
     assert plain_sdr(estimate[1:2], batch["target"][1:2]).item() == pytest.approx(0.0, abs=1e-9)
+    # Documented values: both silent (rows 0, 2) and a silent estimate (row 1) give 0 dB.
+    zeros = torch.zeros(3, dtype=torch.float64)
+    torch.testing.assert_close(plain_sdr(estimate, batch["target"]), zeros, atol=1e-9, rtol=0)
+    torch.testing.assert_close(si_sdr(estimate, batch["target"]), zeros, atol=1e-9, rtol=0)
+    assert results[SignalDistortionRatio]["sdr"].item() == pytest.approx(0.0, abs=1e-9)
+    assert results[ScaleInvariantSDR]["si_sdr"].item() == pytest.approx(0.0, abs=1e-9)
+    expected = (0.0 - si_sdr(batch["mixture"], batch["target"])).mean()
+    assert results[ScaleInvariantSDRImprovement]["si_sdri"].item() == pytest.approx(expected.item())
+    # Mel-L1: silence is the log floor log(1e-5); only row 1 differs from its target.
+    row_1 = (metric.mel(batch["target"][1:2]) - math.log(1e-5)).abs().mean() / 3
+    assert results[MelL1]["mel_l1"].item() == pytest.approx(row_1.item(), rel=1e-5)
 
 
 def test_mel_l1_is_zero_for_the_target_and_positive_otherwise() -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import soundfile
 import torch
+from PIL import Image
 
 from modalities.audio.media import save_spectrogram_png, write_separation_examples
 from modalities.audio.mel import LogMel
@@ -33,6 +35,13 @@ def test_write_separation_examples(tmp_path) -> None:
     assert torch.allclose(torch.from_numpy(samples).float(), reference, atol=1e-4)
     assert paths[3].stat().st_size > 1000
     assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # 16-bit PCM of the waveforms clipped to [-1, 1]; the estimate is the reference here.
+    for path, expected in ((paths[0], mixture.clamp(-1, 1)), (paths[1], reference)):
+        samples, _ = soundfile.read(str(path))
+        assert torch.allclose(torch.from_numpy(samples).float(), expected, atol=1e-4), path.name
+    assert abs(soundfile.read(str(paths[0]))[0]).max() > 0.999  # the clipped peaks reach 1
+    with Image.open(paths[3]) as image:
+        assert image.size == (3 * 400, 300)  # three 4 x 3 inch panels at 100 dpi
 
 
 def test_given_log_mels_are_plotted(tmp_path) -> None:
@@ -48,6 +57,10 @@ def test_given_log_mels_are_plotted(tmp_path) -> None:
         tmp_path, "ex1", tone(300.0), tone(310.0), tone(300.0), 16000, log_mels=log_mels
     )
     assert paths[-1].stat().st_size > 1000
+    # The given log-mels are what is drawn: the same picture as plotting them directly.
+    with Image.open(path) as direct, Image.open(paths[-1]) as written:
+        assert direct.size == written.size == (1200, 300)
+        assert np.array_equal(np.asarray(direct), np.asarray(written))
 
 
 def test_bad_shapes_are_named(tmp_path) -> None:

@@ -39,6 +39,16 @@ def test_frames_are_samples_over_hop() -> None:
     assert mel(waveform).shape == (3, 64, 1024)
     assert mel.frames_for(163840) == 1024
     assert mel.frames_for(1601) == mel(torch.randn(1, 1601)).shape[-1]
+    assert mel.frames_for(1601) == (1601 + 2 * 432 - 1024) // 160 + 1 == 10
+    # Magnitude mel under a natural log: scaling the waveform by 2 adds log 2 above the floor;
+    # silence sits exactly at the floor; rows of a batch are transformed independently.
+    short = torch.randn(2, 1601, generator=torch.Generator().manual_seed(0))
+    base = mel(short)
+    assert base.min() > math.log(1e-5) + 1
+    torch.testing.assert_close(mel(2 * short), base + math.log(2), atol=1e-4, rtol=0)
+    torch.testing.assert_close(mel(short[1:]), base[1:])
+    silence = mel(torch.zeros(1, 1601))
+    torch.testing.assert_close(silence, torch.full_like(silence, math.log(1e-5)))
 
 
 def test_tone_peaks_in_its_mel_band() -> None:

@@ -73,6 +73,16 @@ def test_interferers_come_from_other_classes_and_batches_have_the_contract() -> 
     assert batch["mixture"].shape == (24, 1600) and batch["class_index"].dtype == torch.long
     assert len(batch["caption"]) == 24 and all(isinstance(c, str) and c for c in batch["caption"])
     assert batch["snr_db"].min() >= -15 and batch["snr_db"].max() <= 15
+    # Item i: clip i as target (at most peak-normalised), mixed at the reported SNR.
+    torch.testing.assert_close(batch["mixture"], batch["target"] + batch["interferer"])
+    factor = (batch["target"] * clips.clips).sum(1) / clips.clips.square().sum(1)
+    assert (factor > 0).all() and (factor <= 1 + 1e-6).all()
+    torch.testing.assert_close(batch["target"], clips.clips * factor[:, None])
+    measured = _power_db(batch["target"]) - _power_db(batch["interferer"])
+    torch.testing.assert_close(measured, batch["snr_db"].double(), atol=0.01, rtol=0)
+    assert torch.equal(batch["class_index"], clips.class_index)
+    for caption, k in zip(batch["caption"], batch["class_index"].tolist()):
+        assert caption in captions_for(CLASSES[k], "train")
     draws = dataset._draw(torch.arange(24).repeat(50), torch.Generator().manual_seed(0))
     assert (clips.groups[draws["interferer"]] != clips.groups.repeat(50)).all()
     assert set(draws["interferer"].tolist()) == set(range(24))  # every other clip is reachable
@@ -148,6 +158,9 @@ def test_captioned_wav_folder_builds_mixtures(tmp_path: Path) -> None:
     batch = next(iter(module.train_dataloader()))
     assert batch["mixture"].shape == (4, 16000)
     assert all(c.startswith("a ") for c in batch["caption"])
+    torch.testing.assert_close(batch["mixture"], batch["target"] + batch["interferer"])
+    for caption, k in zip(batch["caption"], batch["class_index"].tolist()):
+        assert caption.startswith(f"a {module.class_names[k]} sound ")  # the target's own row
     val = module.datasets["val"]
     classes = val.clip_set.class_index
     assert (classes[val.fixed_draws["interferer"]] != classes).all()

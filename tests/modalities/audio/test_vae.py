@@ -45,9 +45,21 @@ def test_shapes_for_frame_counts_not_divisible_by_f() -> None:
     mean, logvar = vae.posterior(log_mel)
     assert mean.shape == logvar.shape == (2, 4, 16, 10) == (2, *vae.latent_shape(37))
     latents = vae.encode(log_mel)
-    assert vae.decode(latents, num_frames=37).shape == log_mel.shape
+    cropped = vae.decode(latents, num_frames=37)
+    assert cropped.shape == log_mel.shape
     reconstruction, _, _ = vae(log_mel)
     assert reconstruction.shape == log_mel.shape
+    with torch.no_grad():
+        # Flow latents are latent_scale * mu (the scale is 1 at construction).
+        torch.testing.assert_close(latents, mean)
+        # 37 frames are padded with the log floor (silence) to 40, a multiple of f = 4.
+        padded = torch.cat([log_mel, torch.full((2, 64, 3), math.log(1e-5))], dim=-1)
+        torch.testing.assert_close(vae.posterior(padded)[0], mean)
+        # decode divides by latent_scale and crops the padded output to num_frames.
+        vae.latent_scale.fill_(0.5)
+        full = vae.decode(0.5 * latents)
+        assert full.shape == (2, 64, 40)
+        torch.testing.assert_close(full[..., :37], cropped)
 
 
 def test_downsample_factor_follows_the_levels() -> None:

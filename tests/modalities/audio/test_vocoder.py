@@ -62,6 +62,20 @@ def test_output_has_hop_samples_per_frame(frames: int) -> None:
     waveform = vocoder.vocode(log_mel)
     assert waveform.shape == (2, frames * 160)
     assert waveform.abs().max() <= 1.0
+    assert waveform.abs().max() > 1e-3  # not silent: the (non-zero) generator responds
+    if frames == 37:
+        with torch.no_grad():
+            # Rows are vocoded independently; the network is convolutional, so changing frame 0
+            # changes the start of the waveform and leaves frames 20.. (far outside the
+            # receptive field) as they were.
+            changed = log_mel.clone()
+            changed[:, :, 0] += 3.0
+            both = vocoder.vocode(torch.cat([log_mel[1:], changed[1:]]))
+            torch.testing.assert_close(both[0], waveform[1], atol=1e-6, rtol=0)
+            assert (both[1, :160] - waveform[1, :160]).abs().max() > 1e-4
+            torch.testing.assert_close(
+                both[1, 20 * 160 :], waveform[1, 20 * 160 :], atol=1e-6, rtol=0
+            )
     generator = VocoderGenerator(n_mels=40, hop_length=120, channels=16, upsample_factors=(3, 5, 8))
     assert generator(torch.randn(1, 40, frames)).shape == (1, frames * 120)
 

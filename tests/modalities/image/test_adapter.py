@@ -12,6 +12,7 @@ from PIL import Image
 from mmflow.modality import drop_conditions
 from mmflow.nn import MMDiT, Patchify2D
 from modalities.image import PixelAdapter, save_image_grid
+from tests.mmflow.nn.helpers import randomize_
 
 
 def _batch(size: int = 4) -> dict:
@@ -49,6 +50,8 @@ def test_unconditional_adapter_has_empty_conditions():
     x1, cond = adapter.encode(_batch())
     assert cond == {} and adapter.null_condition(cond) == {} and not adapter.conditioned()
     assert len(adapter.evaluators()) == 0 and x1.shape == (4, 1, 8, 8)
+    torch.testing.assert_close(x1, _batch()["image"] * 2 - 1)
+    torch.testing.assert_close(adapter.decode(x1), _batch()["image"])
 
 
 def test_conditions_feed_the_mmdit():
@@ -58,6 +61,19 @@ def test_conditions_feed_the_mmdit():
     t = torch.rand(4)
     assert model(x1, t, **cond).shape == x1.shape
     assert model(x1, t, **adapter.null_condition(cond)).shape == x1.shape
+    # A fresh MMDiT outputs exactly 0 (adaLN-Zero), so compare with randomised weights.
+    randomize_(model, std=0.2, seed=0)
+    with torch.no_grad():
+        labelled = model(x1, t, **cond)
+        null = model(x1, t, **adapter.null_condition(cond))
+        changed = {"class_labels": cond["class_labels"].clone()}
+        changed["class_labels"][1] = (changed["class_labels"][1] + 1) % 3
+        relabelled = model(x1, t, **changed)
+    per_sample = (labelled - null).flatten(1).abs().amax(dim=1)
+    assert (per_sample > 1e-3).all(), per_sample  # every sample sees its condition
+    assert not torch.allclose(relabelled[1], labelled[1], atol=1e-4)
+    others = [0, 2, 3]
+    torch.testing.assert_close(relabelled[others], labelled[others])
 
 
 def test_save_media_writes_a_readable_png_grid(tmp_path: Path):

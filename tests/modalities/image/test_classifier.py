@@ -75,6 +75,14 @@ def test_fd_ours_respects_max_samples(mnist: MNIST5k, trained_classifier):
     metric.update(batch["image"], batch)
     metric.update(batch["image"], batch)
     assert metric.real_count.item() == 150 and metric.fake_count.item() == 150
+    # Exactly the first 150 images were kept: all 100, then the first 50 of the second batch.
+    kept = torch.cat([batch["image"], batch["image"][:50]])
+    with torch.no_grad():
+        features = model.features(kept).double()
+    mean, _ = metric.statistics("real")
+    torch.testing.assert_close(mean, features.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(metric.statistics("fake")[0], mean)
+    assert abs(metric.compute().item()) < 1e-6 * metric.statistics("real")[1].trace().item()
 
 
 class BrightnessClassifier(nn.Module):
@@ -118,7 +126,11 @@ def test_command_line_trains_and_reports(
     )
     assert status == 0 and (out / "config.json").is_file()
     assert (out / "model.safetensors").is_file()
-    assert "validation accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "validation accuracy" in printed
     assert SmallCNN.from_pretrained(out).config.num_classes == 10
+    info = json.loads((out / "config.json").read_text())["info"]
+    assert f"validation accuracy {info['val_accuracy']:.4f}" in printed
+    assert info["dataset"] == "sklearn-digits" and 0.0 <= info["val_accuracy"] <= 1.0
     missing = main(["--dataset", "folder", "--root", str(tmp_path / "none"), "--out", str(out)])
     assert missing == 1 and "image folder" in capsys.readouterr().err

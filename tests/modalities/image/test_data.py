@@ -25,8 +25,19 @@ def _check_batch(batch: dict, channels: int, size: int) -> None:
     assert images.min() >= 0 and images.max() <= 1
 
 
+def _split_images(datamodule) -> list[bytes]:
+    """Every image of the train, val and test splits, as sorted raw bytes (a multiset)."""
+    arrays = [datamodule.datasets[split].images.numpy() for split in ("train", "val", "test")]
+    return sorted(image.tobytes() for array in arrays for image in array)
+
+
 def test_mnist5k_batches_and_split_sizes(mnist: MNIST5k):
     _check_batch(next(iter(mnist.train_dataloader())), 1, 28)
+    batch = next(iter(mnist.train_dataloader()))
+    torch.testing.assert_close(batch["image"], (batch["image"] * 255).round() / 255, atol=0, rtol=0)
+    items = mnist.datasets["val"][[0, 3]]  # items are the stored uint8 pixels / 255
+    assert torch.equal(items["image"], mnist.datasets["val"].images[[0, 3]].float() / 255)
+    assert torch.equal(items["label"], mnist.datasets["val"].labels[[0, 3]])
     assert mnist.manifest()["counts"] == {"train": 4000, "val": 500, "test": 500}
     assert mnist.image_shape == (1, 28, 28) and mnist.num_classes == 10
     assert torch.bincount(mnist.datasets["train"].labels, minlength=10).min() > 300
@@ -72,6 +83,15 @@ def test_sklearn_digits_scaled_and_padded(cache_dir: str):
     batch = next(iter(digits.val_dataloader()))
     _check_batch(batch, 1, 8)
     assert batch["image"].max() == 1.0
+    # The splits partition scikit-learn's digits, pixel values 0..16 mapped by / 16.
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    expected = sorted(image.astype(np.uint8).tobytes() for image in reference.images[:, None])
+    assert _split_images(digits) == expected
+    assert torch.equal((batch["image"] * 16).round(), batch["image"] * 16)
+    labels = torch.cat([digits.datasets[s].labels for s in ("train", "val", "test")])
+    assert torch.equal(torch.bincount(labels), torch.bincount(torch.from_numpy(reference.target)))
     padded = SklearnDigits(cache_dir=cache_dir, pad_to=16)
     padded.setup()
     assert padded.image_shape == (1, 16, 16)
@@ -184,6 +204,20 @@ def test_image_folder_rgb_and_grayscale(tmp_path: Path):
     gray = ImageFolder(str(root), image_size=12, grayscale=True, cache_dir=str(tmp_path / "cache"))
     gray.setup()
     _check_batch(next(iter(gray.val_dataloader())), 1, 12)
+    # Every image is its file, centre-cropped to a square and resized bilinearly (PIL).
+    for datamodule, size, mode in ((rgb, 16, "RGB"), (gray, 12, "L")):
+        expected = []
+        for path in sorted(root.glob("*/*.*")):
+            if path.suffix == ".txt":
+                continue
+            with Image.open(path) as image:
+                image = image.convert(mode)
+            side = min(image.size)
+            left, top = (image.width - side) // 2, (image.height - side) // 2
+            image = image.crop((left, top, left + side, top + side))
+            pixels = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+            expected.append(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
+        assert _split_images(datamodule) == sorted(array.tobytes() for array in expected)
 
 
 def test_changed_source_rebuilds_the_cache_with_a_log_line(
