@@ -31,7 +31,7 @@ def _options(name: str, device: torch.device, measurement: torch.Tensor) -> dict
     spec = SAMPLERS[name]
     generator = torch.Generator(device=device).manual_seed(0)
     if spec.kind == "search":
-        reward = lambda x1, **_: -(x1 - 1).square().sum(dim=1)  # noqa: E731
+        reward = lambda x1, **_: -(x1 - 1).square().sum(dim=1)
         extra = {"initial_particles": 3} if name == "rbf" else {}
         return {"reward": reward, "steps": 4, "generator": generator, **extra}
     if spec.kind == "adaptive":

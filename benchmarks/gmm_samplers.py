@@ -12,60 +12,18 @@ samplers (``OPTIMISED``) also run at NFE 8 and 16 on grids optimised for them
 than the evaluation noise, so their errors are held out. Three endpoint errors are reported
 at each counted NFE: the mean per-sample error ``1/N sum_n ||x_n - x1_n|| / sqrt(D)`` (the
 average endpoint error, "EPE"), the RMSE and the median per-sample error. ``--metric`` picks
-the one the acceptance judges and the optimised grids are fitted to (``mean``, the default, or
+the one judged and the optimised grids are fitted to (``mean``, the default, or
 ``rmse``); diffusers' best row is chosen under that same metric.
 
-**Why 4096 evaluation noises, and a recheck on 32768 more.** The mixture's components are
-well separated, so a coarse solver sends a few samples to another component than the exact
-flow does (a *switch*, counted by :func:`benchmarks.samplers.component_switches`), each about
-2.3 (RMS) from its exact endpoint, and those carry most of the squared error: at NFE 8 the
-best rows switch 0.4-1.2% of the samples, at NFE 16 0.05-0.1%, i.e. 2-4 of 4096. The RMSE
-then counts rare events and swings with the noise (on 500 noises the NFE-16 ratio was 0.24,
-0.19 and 0.12 for seeds 0-2, on 4096 0.79 for seed 0). So each side's best row is rerun on
-``--recheck`` further noises (32768, seed ``seed + RECHECK_SEED_OFFSET``, dopri5 references)
-and those errors, switch counts and ratios are printed and saved as well; they are also free
-of the winner's curse of picking the best of many rows on one batch.
-
-**Two ways to end far from the exact endpoint.** A switch happens where the exact trajectory
-passes within the solver's error of a basin boundary while the responsibilities change (t in
-about [0.05, 0.45]). An overshoot is a long last step's: a high-order step into t = 1
-extrapolates the data prediction from points far from the endpoint (``lower_order_final`` in
-:mod:`mmflow.sampling.multistep`). On SD3-shifted grids at NFE 8, mmflow's UniPC-3 ends 206
-of 4096 samples more than 0.5 from the exact endpoint, only 21 of them switched; diffusers
-takes its last steps at lower order below 15 steps and does not overshoot there. The fitted
-grids keep the last step short (0.13-0.19 at NFE 8): 0-4 of 4096 of their samples end that
-far without switching.
-
-**Why the RMSE ratio stays above 0.5.** With each switch adding a squared distance of about
-5, the MSE of the best rows is mostly switches, and half the RMSE needs a quarter of the
-switches. Measured on the 32768 recheck noises (seed 0): with grids fitted to the MSE
-(``--metric rmse``) mmflow's best row (UniPC-3 on its fitted grid) switches 220 times at
-NFE 8 and 14 at NFE 16, diffusers' best-RMSE rows (UniPC bh2-3 on SD3 shifts 3 and 2) 132
-and 18, for RMSE ratios of 0.73 and 0.80 and mean-error ratios of 0.24 and 0.12. Diffusers'
-shift-3 grid spends its steps where components are chosen and switches less at NFE 8, at the
-price of a typical error four times mmflow's. Under the default metric (grids fitted to the
-mean error) the recheck gives mean-error ratios of 0.27 and 0.18 and RMSE ratios of 0.59 and
-0.64.
-
-Fairness rule of the acceptance: diffusers competes with its own documented options -- its
-default schedules, ``flow_shift`` values (``SHIFTS``), solver orders and explicit uniform or
-shifted sigmas -- but not on mmflow's BOSS grids, which are mmflow's method, not a diffusers
-option; mmflow may use any of its samplers and grids, BOSS and optimised grids included. The table and the ratio
-follow that rule; one extra line, labelled as such, gives the ratio with diffusers on the BOSS
-grids too, and ``metrics.json`` keeps every row.
-
+Each side's best row is rerun on ``--recheck`` further noises (dopri5 references) and those
+errors, switch counts (:func:`benchmarks.samplers.component_switches`) and ratios are printed
+and saved as well. diffusers competes with its own documented options (default schedules,
+``flow_shift`` values, solver orders, explicit uniform or shifted sigmas) but not on mmflow's
+BOSS grids; one extra line, labelled as such, gives the ratio with diffusers on BOSS grids too.
 Prints the table (each sampler's best grid per NFE, each side's best row, their ratio) and
 writes ``metrics.json`` and ``metrics_vs_nfe.png`` (one line per sampler through its best
 grid; diffusers dashed; a panel per error and one for the switch fraction) to ``--out``.
-A run takes about 20 min on one thread beside another run (the recheck about 4 of them). The issue's acceptance: mmflow's best
-endpoint error at NFE 8 and 16 at most half of diffusers' best under the same metric.
-
-**Why the mean per-sample error is the default.** "Endpoint error" is, by its common use (the
-EPE of optical flow), the average Euclidean distance between estimated and true endpoints;
-the RMSE is the root of the *mean squared* distance. The RMSE verdict stays one flag away:
-``--metric rmse`` fits the grids to the MSE and judges the RMSE. Measured: mean-error ratios
-0.24 / 0.27 / 0.22 at NFE 8 and 0.16 / 0.19 / 0.16 at NFE 16 for seeds 0 / 1 / 2; with
-``--metric rmse`` (seed 0) RMSE ratios 0.67 and 0.79, for the reason above.
+``docs/benchmarks.md`` has the figures and why the run is set up this way.
 
     python -m benchmarks.gmm_samplers --out outputs/benchmarks/gmm_samplers
 """

@@ -3,9 +3,9 @@
 The trained MNIST flow (recipe ``recipes/image/mnist.yaml``) generates with the **null
 (unconditional) class** and no guidance, so that only the reward steers the search towards a
 target digit. The reward is ``r(x1_hat) = log p(target | x1_hat)`` under the project's MNIST
-classifier (``.cache/classifiers/mnist5k``, the one behind FD-ours and class
-accuracy), evaluated on the path's data estimate ``x1_hat`` (``x + (1 - t) u`` on the linear
-path), decoded to [0, 1].
+classifier (``.cache/classifiers/mnist5k``, the one behind FD-ours and class accuracy),
+evaluated on the path's data estimate ``x1_hat`` (``x + (1 - t) u`` on the linear path),
+decoded to [0, 1].
 
 For every NFE budget (model evaluations per image, counted) and method the script reports the
 mean reward (with its standard error over images), the accuracy of the reward classifier
@@ -17,82 +17,21 @@ to trust; it is trained into ``outputs/inference_scaling/`` on first use, about 
 returns a data estimate from ``t < 1`` returns a smooth average image, which a classifier
 can score highly. FD-ours is not reported: it uses the reward classifier's own features.
 
-**Methods and why these settings.** Each method runs in the setting that scored best on
-*validation* images (40 images, noise seed 1000, budgets 80/160/320, and 10/20/40 for the
-step counts of ``best_of_n_short`` and ``rbf``; the reported run uses seed 0), so the
-comparison is not tuned for one method:
+Methods (each through :func:`mmflow.sampling.sample`), in the settings that scored best on
+validation images of another noise seed (``docs/benchmarks.md`` has the validation runs):
 
-- ``best_of_n``: Euler ODE, 10 uniform steps (the benchmark's reference sampler).
-- ``best_of_n_short``: Euler ODE, 3 steps from 40 NFE and 2 below: best-of-N's best grid on
-  validation (more candidates, and the last step is the data estimate from t = 2/3, as
-  blurred as RBF's). Validation mean reward at 80/160/320: 3 steps -0.25/-0.05/-0.04,
-  5 steps -0.49/-0.14/-0.08, 10 steps -1.03/-0.46/-0.10; at 10/20/40 (40 images):
-  1 step -5.94/-5.61/-5.06, 2 steps -2.13/-1.26/-0.53, 3 steps -2.35/-1.50/-0.46,
-  4 steps -3.59/-2.19/-0.82.
+- ``best_of_n``: Euler ODE, 10 uniform steps (the benchmark's reference sampler);
+- ``best_of_n_short``: Euler ODE on 2-3 uniform steps (best-of-N's best grid);
 - ``smc``: Euler-Maruyama particles on the linear path, ``g = 3 (1 - t)^2``, lambda = 1,
-  10 uniform steps from 80 NFE (-0.54/-0.10/-0.02; 5 steps -0.37/-0.08/-0.04; on the
-  VP-converted model with Kim et al.'s grid it was worse on a 20-image check, -0.57 at 320)
-  and 5 below (at 10/20/40: -4.14/-1.38/-0.46, against 10 steps -5.97/-3.83/-1.17, 4 steps
-  -3.60/-1.55/-0.71, 3 steps -7.90/-7.21/-5.42; with ``c = 1`` 2-3 steps reach -2.33 at 10
-  NFE but -1.02/-0.49 at 40, and one rule for every budget below 80 is kept).
-- ``rbf``: rollover budget forcing on the linear-path SDE with Kim et al.'s time grid
-  (:func:`mmflow.sampling.search.rbf_time_grid`, ``time_schedule: exp``) over 20 steps,
-  ``g = 6 (1 - t)^2`` and 5% of the budget as initial particles (Kim et al.: 25 of 500):
-  -0.18/-0.00/-0.00. Their grid ends the search at t = 0.69 (20 steps), where proposals
-  still differ, instead of spending the rolled-over budget on a last transition at t = 0.9
-  where they barely do (uniform grid, c = 6: -0.42/-0.51/-0.37). Below 80 NFE the grid
-  shrinks (next paragraphs).
+  5 or 10 uniform steps;
+- ``rbf``: rollover budget forcing on the linear-path SDE; Kim et al.'s time grid
+  (:func:`mmflow.sampling.search.rbf_time_grid`) from 40 NFE, with steps and the diffusion
+  scale following the budget (:func:`scaled_diffusion`); below 40 NFE a 3-step uniform grid
+  whose initial particles are scored after one step (``initial_step``), returning the
+  best-scored estimate (``return_best``);
 - ``rbf_kim_vp``: Kim et al.'s headline setting as published: the linear -> VP converted
   model (:func:`mmflow.sampling.sde.linear_to_vp`), their 10-step grid, ``g = 3 (1 - t)^2``,
-  5% initial particles (-1.23/-1.03/-0.64). Its search ends at VP time 0.56 (linear
-  t = 0.29), so it returns a heavily blurred data estimate. VP with c = 6 reached -0.29 at 320
-  and VP over 20 steps -0.34; neither beat the linear path.
-
-**RBF at small budgets.** With one proposal per transition RBF is a single SDE chain with
-nothing to choose, so at 10-40 NFE the 20-step grid made it the weakest row (validation
--6.71/-5.21/-1.38 at 10/20/40). Its steps follow the budget, ``steps = clamp(budget // 4, 6,
-20)`` from 40 NFE (10 steps at 40, 20 from 80 NFE on, so the 80-320 setting is unchanged;
-below 40 NFE see the next paragraph), and the diffusion scale follows the grid, ``c = 6
-sqrt(steps / 20)`` (:func:`scaled_diffusion`): Euler-Maruyama moves ``x`` by ``h eps s`` with
-``eps = c^2 (1 - t)^4 / 2`` and ``h ~ 1 / steps``, so ``c = 6`` on 4-6 steps overshoots
-(validation -25 to -37 at every budget; the best step count with c = 6 kept gave only
--6.71/-2.87/-0.94). Validation mean reward at 10/20/40 with the scaled c (40 images, seed
-1000): 4 steps -2.38/-1.41/-0.90, 6 steps -2.15/-1.53/-0.65, 8 steps -3.66/-1.72/-0.57, 10
-steps -5.40/-1.66/-0.57, 14 steps -5.42/-3.18/-0.71; at 80 NFE 10/14/20 steps gave
--0.19/-0.18/-0.18. The rule's -2.15/-1.53/-0.57 ties best-of-N's validation rows at 10 and
-trails them slightly at 20 and 40 (within about one standard error). The price is blur: a
-6-step grid ends the search at t = 0.45 (``crisp`` about 0.78 against 0.87 at 20 steps).
-
-**Below 40 NFE** RBF departs from Kim et al. in two options of
-:func:`mmflow.sampling.search.rollover_budget_forcing`. Its initial particles, 35% of the
-budget (4 at 10 NFE, 7 at 20), each take the Euler step to t = 1/3 of a 3-step uniform grid
-and are scored there (``initial_step``): for a perfect flow every noise's data estimate at
-t = 0 is the data mean, so ranking there chooses nothing. The best one's transition
-1/3 -> 2/3 gets the other proposals (2 at 10 NFE, 6 at 20), and the search returns the
-best-scored data estimate it saw (``return_best``), where Kim et al. return the last
-transition's best proposal even when it scores below the chosen initial particle; every
-estimate scored here is a two- or three-step sample like best-of-N's. With ``c`` at the
-scaled value (2.32), the paired gain over best-of-N on 200 validation images (seed 1000,
-standard errors 0.10-0.14) was, for 3/4 initial particles at 10 NFE, +0.11/+0.13 with
-``return_best`` and -0.09/-0.34 without, and for 5/6/7 at 20 NFE +0.13/+0.17/+0.26 with and
-+0.07/+0.10/+0.16 without; c = 3 lost (-0.40/-0.26 at 10 NFE) and the grids
-[0, 0.4, 0.7, 1] and [0, 0.5, 0.67 or 0.75, 1] were within the noise of the uniform one. On
-1000 fresh images (seed 4) the rule gains +0.12 +- 0.06 at 10 NFE and +0.25 +- 0.04 at 20, and
-the check classifier agrees (accuracy 0.37 against 0.34, 0.58 against 0.51).
-
-**The rules it replaced** ranked initial particles at t = 0, as Kim et al. do (more of them
-did not help: 2% vs 5% of the budget, and 1-4 at 10 NFE). At 10 NFE the first transition of
-a 2-step uniform grid was searched at half the scaled c, 9 proposals sharing their first
-evaluation; on 200 validation images c at 0.2-1.5 times the scaled value scored -2.81 to
--1.94 (best at 0.5) against best-of-N's -1.88, and on 1000 fresh images (seed 3) it trailed
-best-of-N by 0.16 +- 0.05. At 20 NFE the 6-step rule scored -1.34 against -1.15, the best of
-uniform 2-4 steps and Kim et al.'s grid on 3-8 steps with c at 0.3-2 times the scaled value.
-``benchmarks.rbf_proposals`` measures why: proposals of one chain share its state, and
-this model's data estimate at t = 0 varies by about a quarter over noises, so even proposals
-with fresh noise from t = 0 are correlated (the best of 9 scores -2.13 against -1.85 for the
-best of 5 independent two-step samples). Independent initial particles scored after a step,
-and keeping the best estimate, remove that handicap. Grids are shortened where a budget
-cannot pay for one pass (``time_grid``).
+  5% initial particles.
 
 Every method starts from the same initial noise per image (the first candidate / particle),
 so rows differ by the search only, and each row's reward gain over ``best_of_n_short`` is a

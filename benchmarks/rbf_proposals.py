@@ -16,14 +16,7 @@ accurate at ``t = 0`` (training rarely draws it), and ``m0 = x1_hat(x0, 0)`` var
 
 The script prints the relative spread of ``m0`` over noises, ``||m0(x0) - m0(z)|| / ||m0(x0)||``,
 and the mean reward of the best of ``k`` candidates, for ``k`` proposals of one chain and for
-``k`` independent two-step Euler samples (best-of-N). On 100 validation images (noise seed
-1000) the spread is 0.25 and the best of 9 chain proposals (RBF's 10-NFE budget minus the
-chain's first evaluation) scores -2.13, below the best of 5 independent samples (-1.85,
-best-of-N at 10 NFE). RBF's own Euler-Maruyama proposals on that grid (the earlier 10-NFE
-rule of ``benchmarks.inference_scaling``) trailed best-of-N. The benchmark's RBF now
-starts from independent initial particles scored after one step and keeps the best-scored
-estimate (the ``initial_step`` and ``return_best`` options of ``rollover_budget_forcing``),
-which gains over best-of-N at 10 and 20 NFE. Writes ``metrics.json`` to ``--out``.
+``k`` independent two-step Euler samples (best-of-N). ``docs/benchmarks.md`` has the figures. Writes ``metrics.json`` to ``--out``.
 
     python -m benchmarks.rbf_proposals
 """
