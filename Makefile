@@ -10,7 +10,7 @@ STAMP     := $(VENV)/.mmflow-installed
 # torch is pinned first so pip takes the build on this machine's disk instead of
 # downloading a multi-gigabyte one; torchaudio 2.11 runs beside it.
 TORCH_PIN := torch==2.14.1 torchaudio==2.11.0
-# Real data from Debian's packages (data-sources.md); machines here run as root.
+# Real data from Debian's packages (the tests read them); machines here run as root.
 DEB_PACKAGES := dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en \
                 fluidsynth timgm6mb-soundfont bucklespring-data sound-theme-freedesktop
 

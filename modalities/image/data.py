@@ -1,8 +1,8 @@
 """Image datamodules: MNIST-5k, Fashion-MNIST (IDX), sklearn digits and PNG/JPG folders.
 
 All yield dict batches ``{"image": float [B, C, H, W] in [0, 1], "label": long [B]}``. None
-of them is synthetic: each reads a real dataset from a local file (see
-``/work/shared/data-sources.md``); nothing is downloaded.
+of them is synthetic: each reads a real dataset from a local file (a Python package's data
+or a Debian data package, see ``docs/image.md``); nothing is downloaded.
 
 :class:`ImageDataModule` holds everything the four share. ``prepare_data`` decodes the source
 once into ``<cache_dir>/image/<name>-<key>/`` as ``splits.npz`` (uint8 pixels per split) plus

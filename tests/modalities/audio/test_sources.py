@@ -1,7 +1,7 @@
 """Real sources: the MIDI writer + fluidsynth, the prepared clip cache and LASSMixtures.
 
-These use the Debian packages listed in ``/work/shared/data-sources.md``; when one is missing
-they fail with the ``apt-get install`` line that fixes it (they never skip).
+These use the Debian packages that ``make test`` installs (the Makefile lists them); when one
+is missing they fail with the ``apt-get install`` line that fixes it (they never skip).
 """
 
 from __future__ import annotations
