@@ -54,6 +54,23 @@ class GaussianLinearFlow(nn.Module):
         t = self._time(torch.as_tensor(t, dtype=x0.dtype).expand(x0.shape[0]), x0)
         return t * self.mean + self.variance(t).sqrt() * x0
 
+    def transport(self, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """The flow map from time ``t`` to time ``s`` (both ``[B]``):
+        ``x_s = s m + sqrt(V_s / V_t) (x - t m)``."""
+        t, s = self._time(t, x), self._time(s, x)
+        return s * self.mean + (self.variance(s) / self.variance(t)).sqrt() * (x - t * self.mean)
+
+    def average_velocity(self, x: Tensor, t: Tensor, step_size: Tensor) -> Tensor:
+        """The exact average velocity over ``[t, t + h]`` along the flow through ``x`` at ``t``,
+        ``(x_{t+h} - x_t) / h`` (``[B]`` times and steps; ``h = 0`` gives ``u*(x, t)``).
+
+        It is what a shortcut model ``s(x, t, d)`` and a MeanFlow model learn: one step of
+        size ``h`` with it lands exactly on the flow.
+        """
+        h = self._time(step_size, x)
+        exact = (self.transport(x, t, t + step_size) - x) / h.where(h != 0, torch.ones_like(h))
+        return torch.where(h != 0, exact, self(x, t))
+
 
 class RiccatiFlow(nn.Module):
     """A nonlinear, time-dependent field with a closed-form flow.

@@ -42,6 +42,7 @@ KINDS: dict[str, str] = {
     "ode": "fixed-step ODE",
     "multistep": "multistep and exponential-integrator ODE (log-SNR)",
     "adaptive": "adaptive ODE (torchdiffeq)",
+    "fewstep": "few-step models (the step size as a network input)",
     "sde": "SDE",
     "guidance": "guidance by a loss",
     "inverse": "inverse problems",

@@ -24,7 +24,14 @@ from typing import Any
 
 from torch import Tensor
 
-from mmflow.sampling._shared import Callback, VelocityModel, check_grid, report_step, velocity_at
+from mmflow.sampling._shared import (
+    Callback,
+    VelocityModel,
+    batched_time,
+    check_grid,
+    report_step,
+    velocity_at,
+)
 from mmflow.sampling.registry import register_sampler
 
 
@@ -117,6 +124,31 @@ def sample_rk4(
     return x
 
 
+def sample_step_euler(
+    model: VelocityModel,
+    x: Tensor,
+    ts: Tensor,
+    callback: Callback | None = None,
+    **model_kwargs: Any,
+) -> Tensor:
+    """Euler with the step as a network input, 1 evaluation per step: the rule of few-step
+    models that predict the average velocity over a whole step (shortcut models, MeanFlow).
+
+    ``x_{i+1} = x_i + h_i u(x_i, t_i, step_size=h_i)``. A model trained so that
+    ``u(x, t, h) = (x_{t+h} - x_t) / h`` along its flow makes this exact for any grid; at
+    ``h -> 0`` it is Euler on the instantaneous velocity.
+    """
+    check_grid(ts)
+    if "step_size" in model_kwargs:
+        raise ValueError("`step_euler` sets `step_size` itself; do not pass it as a model input")
+    for i in range(len(ts) - 1):
+        h = ts[i + 1] - ts[i]
+        u = velocity_at(model, x, ts[i], {**model_kwargs, "step_size": batched_time(h, x)})
+        x = x + h * u
+        report_step(callback, i, ts, x, u)
+    return x
+
+
 for _name, _fn, _evals, _order, _description in (
     ("euler", sample_euler, 1, 1, "explicit Euler (DDIM on the linear path)"),
     ("heun", sample_heun, 2, 2, "Heun's trapezoid rule, both evaluations on every step"),
@@ -124,3 +156,11 @@ for _name, _fn, _evals, _order, _description in (
     ("rk4", sample_rk4, 4, 4, "classical fourth-order Runge-Kutta"),
 ):
     register_sampler(_name, _evals, _order, description=_description)(_fn)
+
+register_sampler(
+    "step_euler",
+    1,
+    1,
+    kind="fewstep",
+    description="Euler with the step size as a network input (shortcut, MeanFlow models)",
+)(sample_step_euler)

@@ -158,3 +158,38 @@ def test_bad_arguments_are_named(weights, means, stds, message):
 def test_wrong_event_shape_is_refused(mixture):
     with pytest.raises(ValueError, match="`x` must have shape"):
         mixture(torch.zeros(3, 3, dtype=DTYPE), torch.zeros(3, dtype=DTYPE))
+
+
+def test_transport_composes_and_matches_the_flow():
+    field = GaussianLinearFlow(
+        torch.tensor([1.0, -2.0], dtype=torch.float64),
+        torch.tensor([0.4, 1.7], dtype=torch.float64),
+    )
+    x0 = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t, s, u = (torch.full((32,), v, dtype=torch.float64) for v in (0.2, 0.55, 0.9))
+    x_t = field.flow(x0, 0.2)
+    torch.testing.assert_close(field.transport(x_t, t, u), field.flow(x0, 0.9))
+    torch.testing.assert_close(
+        field.transport(field.transport(x_t, t, s), s, u), field.flow(x0, 0.9)
+    )
+
+
+def test_average_velocity_is_the_mean_of_the_velocity_along_the_flow():
+    """``(1/h) int_t^{t+h} u*(x_s, s) ds`` by Simpson's rule on 201 points equals the closed form,
+    and the closed form tends to ``u*`` as ``h -> 0``."""
+    field = GaussianLinearFlow(
+        torch.tensor([1.0, -2.0], dtype=torch.float64),
+        torch.tensor([0.4, 1.7], dtype=torch.float64),
+    )
+    x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t0, h = 0.1, 0.7
+    times = torch.linspace(t0, t0 + h, 201, dtype=torch.float64)
+    velocities = torch.stack([field(field.flow(x0, s.item()), s.expand(16)) for s in times])
+    weights = torch.ones(201, dtype=torch.float64)
+    weights[1:-1:2], weights[2:-1:2] = 4.0, 2.0
+    integral = (weights[:, None, None] * velocities).sum(0) * (h / 200) / 3
+    t = torch.full((16,), t0, dtype=torch.float64)
+    average = field.average_velocity(field.flow(x0, t0), t, torch.full_like(t, h))
+    torch.testing.assert_close(average, integral / h, rtol=1e-9, atol=1e-9)
+    zero_step = field.average_velocity(field.flow(x0, t0), t, torch.zeros_like(t))
+    torch.testing.assert_close(zero_step, field(field.flow(x0, t0), t))

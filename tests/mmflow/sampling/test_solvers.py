@@ -82,7 +82,8 @@ def test_convergence_order_on_gaussian_target(noise, method, order, steps):
 PLAIN_STEPPERS = sorted(
     name
     for name, spec in SAMPLERS.items()
-    if (spec.on_grid and not spec.options()[1]) or spec.kind == "diffusers"
+    if (spec.on_grid and not spec.options()[1] and spec.kind != "fewstep")
+    or spec.kind == "diffusers"
 )
 
 
@@ -161,3 +162,34 @@ def test_plan_grid_is_the_grid_sample_integrates_over():
     assert len(planned) == 5
     with pytest.raises(ValueError, match="positive multiple of 2"):
         plan_grid("heun", 7)
+
+
+@pytest.mark.parametrize(
+    "grid", [[0.0, 1.0], [0.0, 0.5, 1.0], [0.0, 0.1, 0.7, 1.0], [0.0, 0.25, 0.5, 0.75, 1.0]]
+)
+def test_step_euler_with_the_exact_average_velocity_lands_on_the_flow(field, noise, grid):
+    """One step of any size with ``(x_{t+h} - x_t) / h`` is exact, so every grid is."""
+    ts = torch.tensor(grid, dtype=torch.float64)
+    result = sample(field.average_velocity, noise, method="step_euler", grid=ts, nfe=None)
+    torch.testing.assert_close(result.samples, field.flow(noise, 1.0), rtol=1e-10, atol=1e-10)
+    assert result.nfe == len(grid) - 1
+
+
+def test_step_euler_passes_each_step_size_and_refuses_one_from_the_caller(noise):
+    seen = []
+
+    def model(x, t, step_size):
+        seen.append((t[0].item(), step_size[0].item()))
+        assert step_size.shape == t.shape
+        return torch.zeros_like(x)
+
+    sample(model, noise, method="step_euler", grid=torch.tensor([0.0, 0.25, 1.0]), nfe=None)
+    assert seen == [(0.0, 0.25), (0.25, 0.75)]
+    with pytest.raises(ValueError, match="step_size"):
+        sample(model, noise, method="step_euler", nfe=2, step_size=torch.ones(64))
+
+
+def test_plain_euler_on_the_instantaneous_velocity_is_not_exact(field, noise):
+    """The contrast that makes the test above meaningful: one Euler step misses the flow."""
+    one_step = sample(field, noise, method="euler", nfe=1).samples
+    assert (one_step - field.flow(noise, 1.0)).abs().max() > 0.1
