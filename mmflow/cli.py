@@ -2,11 +2,13 @@
 
 ``mmflow fit | validate | test | predict --config recipe.yaml`` is a ``LightningCLI`` over
 :class:`mmflow.training.FlowMatching` and any ``LightningDataModule`` (``data.class_path``);
-``--print_config`` shows every setting. Four more subcommands:
+``--print_config`` shows every setting. Five more subcommands:
 
 - ``mmflow sample``: a checkpoint or a pretrained folder -> media files;
 - ``mmflow evaluate``: validate a checkpoint on a recipe's data and write the metrics as JSON;
 - ``mmflow export``: a checkpoint -> a pretrained folder (safetensors + JSON config);
+- ``mmflow couplings``: a teacher's (noise, sample, condition) shards for reflow and
+  distillation (:mod:`mmflow.fewstep.couplings`);
 - ``mmflow info``: every sampling method with its NFE rule, the time grids, time
   distributions and interpolants, by the names recipes use.
 
@@ -129,6 +131,67 @@ def _export(argv: Sequence[str]) -> int:
     return 0
 
 
+def _couplings(argv: Sequence[str]) -> int:
+    """``mmflow couplings --checkpoint CKPT --data recipe.yaml --out DIR --num_samples N ...``."""
+    from mmflow.data import load_datamodule
+    from mmflow.fewstep.couplings import write_couplings
+
+    parser = ArgumentParser(
+        prog="mmflow couplings",
+        description="Run a teacher's sampler over many noises and store the (noise, sample, "
+        "condition) triples in shards; a killed run resumes where it stopped.",
+    )
+    parser.add_argument("--checkpoint", type=str | None, default=None, help="Lightning checkpoint")
+    parser.add_argument(
+        "--pretrained", type=str | None, default=None, help="`mmflow export` folder"
+    )
+    parser.add_argument(
+        "--data", type=str, required=True, help="recipe whose `data:` gives conditions"
+    )
+    parser.add_argument("--out", type=str, required=True, help="folder of the shards")
+    parser.add_argument("--num_samples", type=int, required=True)
+    parser.add_argument("--shard_size", type=int, default=500)
+    parser.add_argument("--batch_size", type=int, default=250)
+    parser.add_argument("--sampler", type=str | None, default=None, help="default: the teacher's")
+    parser.add_argument("--nfe", type=int | None, default=None, help="default: the teacher's")
+    parser.add_argument(
+        "--cfg_scale", type=float | None, default=None, help="default: the teacher's"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--process_index", type=int, default=0)
+    parser.add_argument("--num_processes", type=int, default=1)
+    parser.add_argument("--accelerator", type=str, default="cpu")
+    parser.add_argument("--devices", type=int, default=1, help="Lightning deals shards out")
+    args = parser.parse_args(list(argv))
+    flow = load_flow(args.checkpoint, args.pretrained)
+    datamodule = load_datamodule(args.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    examples = getattr(datamodule, "datasets", {}).get("train")
+    if examples is None:
+        raise ValueError(
+            f"{args.data}: its datamodule has no `datasets['train']` to take conditions from"
+        )
+    written = write_couplings(
+        flow,
+        args.checkpoint or args.pretrained,
+        examples,
+        args.out,
+        num_samples=args.num_samples,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        sampler=args.sampler or flow.defaults.sampler,
+        nfe=args.nfe or flow.defaults.nfe,
+        cfg_scale=flow.defaults.cfg_scale if args.cfg_scale is None else args.cfg_scale,
+        seed=args.seed,
+        process_index=args.process_index,
+        num_processes=args.num_processes,
+        trainer_kwargs={"accelerator": args.accelerator, "devices": args.devices},
+    )
+    print(f"{len(written)} shards written to {args.out}")
+    return 0
+
+
 def _evaluate(argv: Sequence[str]) -> int:
     """``mmflow evaluate --out metrics.json [--split val|test] --config recipe.yaml --ckpt_path X``.
 
@@ -171,6 +234,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "sample": _sample,
     "evaluate": _evaluate,
     "export": _export,
+    "couplings": _couplings,
     "info": _info,
 }
 

@@ -29,6 +29,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from mmflow.fewstep.couplings import coupling_parts
 from mmflow.finetune import LoRA, add_lora, freeze_parameters, load_initial_weights
 from mmflow.generation import generate
 from mmflow.interpolants import AffinePath, LinearPath
@@ -158,6 +159,12 @@ class FlowMatching(EvaluatedModule):
     def forward(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
         return self.network(x, t, **cond)
 
+    def encode(self, batch: Batch) -> tuple[Tensor, Condition]:
+        """``(x1, cond)``: the adapter's encoding of a modality batch, or the stored sample and
+        condition of a coupling batch (:mod:`mmflow.fewstep.couplings`), already encoded."""
+        parts = coupling_parts(batch)
+        return parts if parts is not None else self.adapter.encode(batch)
+
     def context(self) -> TrainingContext:
         """What the objective shares with the module for the current step."""
         return TrainingContext(
@@ -180,7 +187,7 @@ class FlowMatching(EvaluatedModule):
         return self.objective(self.network, x1, cond, batch, generator, self.context())
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        x1, cond = self.adapter.encode(batch)
+        x1, cond = self.encode(batch)
         output = self.objective_output(x1, cond, batch)
         self.log("train/loss", output.loss, prog_bar=True, batch_size=x1.shape[0])
         for name, value in output.terms.items():
@@ -219,14 +226,14 @@ class FlowMatching(EvaluatedModule):
     ) -> EvaluatedBatch:
         """The objective's loss on the generator's noise and times, then (``with_media``)
         samples from the generator's next noise, decoded."""
-        x1, cond = self.adapter.encode(batch)
+        x1, cond = self.encode(batch)
         output = self.objective_output(x1, cond, batch, generator)
         media = self._media(x1, cond, batch, generator) if with_media else None
         return EvaluatedBatch(output.loss, x1.shape[0], media, output.terms)
 
     def predict_media(self, batch: Batch, generator: torch.Generator) -> Any:
         """Media generated under each example's condition (``mmflow predict``)."""
-        x1, cond = self.adapter.encode(batch)
+        x1, cond = self.encode(batch)
         return self._media(x1, cond, batch, generator)
 
     def _media(self, x1: Tensor, cond: Condition, batch: Batch, generator: torch.Generator) -> Any:
