@@ -6,14 +6,17 @@ pointed at test fixtures, and GPU recipes moved to the CPU with tiny batches.
 
 import os
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from jsonargparse import ArgumentParser
 from torch import nn
 
-from mmflow.files import save_weights
+from mmflow.fewstep.couplings import MANIFEST_NAME, CouplingSettings, shard_name
+from mmflow.files import save_weights, write_json
 
 from .mmflow.test_cli import ROOT, mmflow_command
 
@@ -35,6 +38,20 @@ def untrained_network_folder(network: dict, folder: Path) -> Path:
     return folder
 
 
+def tiny_couplings(folder: Path, size: int = 8, num_classes: int = 10) -> Path:
+    """A coupling folder of one shard of random 28 x 28 pairs with class labels."""
+    settings = CouplingSettings("test", "euler", 1, 1.0, 0, 1, size, (1, 28, 28))
+    write_json(folder / MANIFEST_NAME, asdict(settings))
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        "x0": torch.randn(size, 1, 28, 28, generator=generator),
+        "x1": torch.rand(size, 1, 28, 28, generator=generator) * 2 - 1,
+        "cond/class_labels": torch.randint(0, num_classes, (size,), generator=generator),
+    }
+    save_weights(folder / shard_name(0), tensors)
+    return folder
+
+
 def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Path]) -> list[str]:
     """Point data, classifiers and pretrained parts at test fixtures; GPU recipes to the CPU."""
     config = yaml.safe_load(recipe.read_text())
@@ -52,6 +69,11 @@ def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Pat
         args += [
             f"--data.init_args.root={folder}",
             f"--data.init_args.captions_csv={folder / 'captions.csv'}",
+        ]
+    elif config["data"]["class_path"].endswith("CouplingDataModule"):
+        args += [
+            f"--data.init_args.couplings={tiny_couplings(tmp_path / 'couplings')}",
+            f"--data.init_args.data.init_args.cache_dir={cache_dir}",
         ]
     else:
         args.append(f"--data.init_args.cache_dir={cache_dir}")

@@ -5,7 +5,7 @@ same way for all of them (the flow of every modality, and baselines compared wit
 
 - each validation / test batch gets a generator seeded with ``sample_seed + batch_idx``, so
   epochs and models are compared on the same noise;
-- ``{stage}/loss`` (and any further terms) is logged for every batch;
+- ``{stage}/loss`` (and any further terms) is logged for every batch that defines one;
 - the first ``val_sample_batches`` validation batches (every test batch) also produce media,
   which update the evaluators (``metric.update(media, batch)``) and, for the first batch, are
   written by :meth:`save_media` under ``<log dir>/samples``;
@@ -34,9 +34,10 @@ __all__ = ["EvaluatedBatch", "EvaluatedModule"]
 
 @dataclass
 class EvaluatedBatch:
-    """What one batch gave: its loss (and terms), its size, and media if they were made."""
+    """What one batch gave: its loss (and terms; ``None`` when the batch defines none), its
+    size, and media if they were made."""
 
-    loss: Tensor
+    loss: Tensor | None
     size: int
     media: Any | None = None
     terms: dict[str, Tensor] = field(default_factory=dict)
@@ -96,7 +97,8 @@ class EvaluatedModule(pl.LightningModule):
     ) -> None:
         with_media = sample_batches is None or batch_idx < sample_batches
         result = self.evaluate_batch(batch, self._generator(batch_idx), with_media)
-        self.log(f"{stage}/loss", result.loss, prog_bar=True, batch_size=result.size)
+        if result.loss is not None:
+            self.log(f"{stage}/loss", result.loss, prog_bar=True, batch_size=result.size)
         for name, value in result.terms.items():
             self.log(f"{stage}/{name}", value, batch_size=result.size)
         if result.media is None:

@@ -225,11 +225,15 @@ class FlowMatching(EvaluatedModule):
         self, batch: Batch, generator: torch.Generator, with_media: bool
     ) -> EvaluatedBatch:
         """The objective's loss on the generator's noise and times, then (``with_media``)
-        samples from the generator's next noise, decoded."""
+        samples from the generator's next noise, decoded. A batch without the entries the
+        objective reads (real data for an objective on stored noise) has no loss."""
         x1, cond = self.encode(batch)
-        output = self.objective_output(x1, cond, batch, generator)
+        loss, terms = None, {}
+        if all(key in batch for key in self.objective.batch_keys()):
+            output = self.objective_output(x1, cond, batch, generator)
+            loss, terms = output.loss, output.terms
         media = self._media(x1, cond, batch, generator) if with_media else None
-        return EvaluatedBatch(output.loss, x1.shape[0], media, output.terms)
+        return EvaluatedBatch(loss, x1.shape[0], media, terms)
 
     def predict_media(self, batch: Batch, generator: torch.Generator) -> Any:
         """Media generated under each example's condition (``mmflow predict``)."""

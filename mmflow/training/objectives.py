@@ -102,6 +102,16 @@ class TrainingObjective(nn.Module):
     :class:`mmflow.pretrained.Frozen`); parameters it registers are not optimised.
     """
 
+    def batch_keys(self) -> tuple[str, ...]:
+        """The batch entries the objective reads beyond the encoded ``(x1, cond)``: by the
+        convention of objectives on stored pairs, the ``noise_key`` attribute when set.
+
+        Validation and test batches of real data lack them (a coupling is only defined for
+        training pairs); the module then scores generated samples without a loss.
+        """
+        noise_key = getattr(self, "noise_key", None)
+        return (noise_key,) if noise_key else ()
+
     def forward(
         self,
         network: nn.Module,

@@ -119,6 +119,21 @@ def test_stored_noise_must_exist_and_fit_the_data():
         module.training_step({**batch, "noise": torch.zeros(4, 3)}, 0)
 
 
+def test_real_validation_data_without_stored_noise_scores_samples_without_a_loss(tmp_path):
+    module = FlowMatching(ToyAdapter(), ToyVelocity(), objective=FlowMatchingObjective("noise"))
+    assert module.objective.batch_keys() == ("noise",)
+    assert FlowMatchingObjective().batch_keys() == ()
+    metrics = make_trainer(tmp_path, limit_val_batches=2).validate(
+        module, ToyData(), verbose=False
+    )[0]
+    assert "val/mean_error" in metrics and "val/loss" not in metrics
+    batch = {"point": torch.zeros(4, 2), "label": torch.zeros(4, dtype=torch.long)}
+    with_noise = module.evaluate_batch(
+        {**batch, "noise": torch.zeros(4, 2)}, torch.Generator().manual_seed(0), False
+    )
+    assert with_noise.loss is not None and torch.isfinite(with_noise.loss)
+
+
 class RecordingObjective(FlowMatchingObjective):
     """Flow matching that records what the module handed it."""
 
