@@ -188,12 +188,13 @@ def _is_adaptive(name: str) -> bool:
 def expand_samplers(names: Sequence[str]) -> list[str]:
     """``["all"]`` -> every ODE sampler plus ``dopri5``; otherwise the names, checked.
 
-    A name is a registered ODE solver or adaptive method.
+    A name is a registered ODE solver, adaptive method or few-step rule (``step_euler``, for
+    models that take the step size).
     """
     if list(names) == ["all"]:
         return [*ode_sampler_names(), DEFAULT_ADAPTIVE]
     for name in names:
-        if get_sampler(name).kind not in ("ode", "multistep", "adaptive"):
+        if get_sampler(name).kind not in ("ode", "multistep", "fewstep", "adaptive"):
             raise ValueError(f"`{name}` is not an ODE solver (kind {get_sampler(name).kind})")
     return list(names)
 
