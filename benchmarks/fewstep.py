@@ -19,6 +19,8 @@ the modality's evaluators (FD-ours and class accuracy for images), through
 :func:`benchmarks.samplers.sampler_sweep`. Speed is samples per second of ``generate`` at
 batch ``--speed_batch`` on this machine (median of three timed runs after one warm-up), so a
 row's speed-up over the reference row is its cost ratio in wall-clock time, guidance included.
+Straightness (:mod:`mmflow.fewstep.straightness`) is measured for models sampled with an ODE
+solver, along 32 Euler steps of their guided velocity from the first batch's conditions.
 """
 
 from __future__ import annotations
@@ -36,13 +38,16 @@ import torch
 import yaml
 from jsonargparse import ArgumentParser
 
-from benchmarks.samplers import sampler_sweep
+from benchmarks.samplers import guided_model, sampler_sweep
 from mmflow.cli import run_command
 from mmflow.data import load_datamodule, take_batches
+from mmflow.fewstep.straightness import straightness
 from mmflow.hub import PretrainedFlow, load_flow
+from mmflow.sampling import get_sampler
 
 SPEED_BATCH = 256
 SPEED_REPEATS = 3
+STRAIGHTNESS_NFE = 32
 ENTRY_KEYS = {"name", "checkpoint", "pretrained", "sampler", "nfe", "cfg_scale", "train_seconds"}
 
 
@@ -71,6 +76,7 @@ class FewStepRow:
     parameters: int
     train_seconds: float | None
     samples_per_second: float
+    straightness: float | None
 
 
 def read_models(path: str | Path) -> list[ModelEntry]:
@@ -110,12 +116,27 @@ def samples_per_second(
     return batch / statistics.median(timings)
 
 
+def model_straightness(
+    flow: PretrainedFlow, entry: ModelEntry, batch: Any, seed: int
+) -> float | None:
+    """Straightness of the (guided) velocity along its Euler trajectories from the first batch's
+    conditions; ``None`` for models sampled by a step-size rule (their velocity at a step is
+    not the instantaneous one)."""
+    if get_sampler(entry.sampler).kind not in ("ode", "multistep"):
+        return None
+    x1, cond = flow.adapter.encode(batch)
+    noise = flow.adapter.noise_like(x1, generator=torch.Generator().manual_seed(seed))
+    model = guided_model(flow, entry.cfg_scale)
+    return float(straightness(model, noise, STRAIGHTNESS_NFE, **cond))
+
+
 def evaluate_model(
     entry: ModelEntry, batches: list[Any], seed: int, speed_batch: int
 ) -> list[FewStepRow]:
     """Every budget of one model: metrics on ``batches``, parameters and speed."""
     flow = load_flow(entry.checkpoint, entry.pretrained)
     parameters = sum(p.numel() for p in flow.network.parameters())
+    straight = model_straightness(flow, entry, batches[0], seed)
     rows = []
     for nfe in entry.nfe:
         sweep = sampler_sweep(flow, batches, [entry.sampler], [nfe], entry.cfg_scale, seed)
@@ -133,6 +154,7 @@ def evaluate_model(
                 parameters,
                 entry.train_seconds,
                 speed,
+                straight,
             )
         )
     return rows
@@ -141,7 +163,17 @@ def evaluate_model(
 def table(rows: Sequence[FewStepRow], reference: FewStepRow) -> str:
     """A Markdown table; ``speed-up`` is samples per second over the reference row's."""
     metric_names = list(reference.metrics)
-    head = ["model", "sampler", "NFE", *metric_names, "params", "train s", "samples/s", "speed-up"]
+    head = [
+        "model",
+        "sampler",
+        "NFE",
+        *metric_names,
+        "straightness",
+        "params",
+        "train s",
+        "samples/s",
+        "speed-up",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         values = [f"{row.metrics.get(name, float('nan')):.4g}" for name in metric_names]

@@ -44,6 +44,7 @@ def test_the_table_scores_every_budget_and_measures_speed(tmp_path):
     assert all("mean_error" in r["metrics"] for r in rows)
     assert rows[0]["train_seconds"] == 12 and rows[1]["train_seconds"] is None
     assert rows[0]["parameters"] == rows[1]["parameters"] > 0
+    assert rows[0]["straightness"] > 0 and rows[0]["straightness"] != rows[1]["straightness"]
     teacher, one_step = rows[0]["samples_per_second"], rows[1]["samples_per_second"]
     assert one_step > 3 * teacher, "16 guided evaluations against 1 unguided one"
     table = (out / "fewstep.md").read_text()
