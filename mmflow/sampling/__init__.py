@@ -19,6 +19,7 @@ from mmflow.sampling._shared import NFECounter, model_fingerprint
 from mmflow.sampling.analytic import GaussianLinearFlow, GaussianMixtureFlow, RiccatiFlow
 from mmflow.sampling.boss import boss_grid
 from mmflow.sampling.diffusers_schedulers import DIFFUSERS_SCHEDULERS
+from mmflow.sampling.flowturbo import sample_flowturbo  # noqa: F401
 from mmflow.sampling.grid_search import optimized_grid
 from mmflow.sampling.guidance import ClassifierFreeGuidance, concat_conditions
 from mmflow.sampling.inverse import Denoising, LinearOperator

@@ -1,0 +1,204 @@
+"""FlowTurbo's refiner against the Gaussian flow's exact velocity: the objective's target
+vanishes for the exact refiner, a small refiner trained on it improves the sampler's refiner
+steps, and the objective trains inside the FlowMatching module."""
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from mmflow.fewstep.flowturbo import RefinerObjective, VelocityRefiner
+from mmflow.interpolants import LinearPath
+from mmflow.losses import VelocityLoss
+from mmflow.modality import ModalityAdapter
+from mmflow.nn import MMDiT, Patchify2D, SetTokens
+from mmflow.sampling import sample
+from mmflow.sampling.analytic import GaussianLinearFlow
+from mmflow.timesteps import Uniform
+from mmflow.training import FlowMatching
+from mmflow.training.objectives import TrainingContext
+
+from ..training.test_module import make_trainer
+from ..training.toy import ToyAdapter, ToyData
+
+MEAN = torch.tensor([1.0, -2.0, 0.5])
+STD = torch.tensor([0.3, 0.8, 2.0])
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny networks train faster on one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Unconditional(ModalityAdapter):
+    """Standard Gaussian noise, no condition."""
+
+    def null_condition(self, cond):
+        return cond
+
+    def conditioned(self) -> bool:
+        return False
+
+
+class SetAdapter(ToyAdapter):
+    """The toy points as a set of one token each, ``[B, 1, 2]``."""
+
+    def encode(self, batch):
+        return batch["point"][:, None], {"class_labels": batch["label"]}
+
+    def decode(self, x1, cond, batch=None):
+        return x1[:, 0]
+
+
+def context_for(adapter: ModalityAdapter, cond_dropout: float = 0.0) -> TrainingContext:
+    return TrainingContext(LinearPath(), Uniform(), VelocityLoss(), adapter, None, cond_dropout)
+
+
+def gaussian(dtype: torch.dtype = torch.float64) -> GaussianLinearFlow:
+    return GaussianLinearFlow(MEAN.to(dtype), STD.to(dtype))
+
+
+def gaussian_data(field: GaussianLinearFlow, batch: int, seed: int = 0) -> Tensor:
+    """``x1 ~ N(m, s^2)`` as ``[B, 1, 3]`` sets of one token."""
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, 1, 3, generator=generator, dtype=field.mean.dtype)
+    return field.mean + field.std * z
+
+
+def refiner_loss(objective, network, x1, seed: int = 0) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return objective(network, x1, {}, {}, generator, context_for(Unconditional())).loss
+
+
+def test_the_exact_refiner_meets_the_target_and_no_refiner_does_not():
+    field = gaussian()
+    objective = RefinerObjective(flow=field)
+    x1 = gaussian_data(field, 512)
+
+    def exact(x, t, velocity):
+        return field(x, t) - velocity
+
+    def zero(x, t, velocity):
+        return torch.zeros_like(velocity)
+
+    assert refiner_loss(objective, exact, x1) < 1e-28
+    assert refiner_loss(objective, zero, x1) > 1e-3
+
+
+def test_steps_stay_inside_the_unit_interval_and_below_max_delta():
+    field, seen = gaussian(), []
+
+    def spy(x, t, velocity):
+        seen.append(t)
+        return torch.zeros_like(velocity)
+
+    objective = RefinerObjective(flow=field, max_delta=0.5)
+    for seed in range(4):
+        refiner_loss(objective, spy, gaussian_data(field, 256), seed)
+    t_next = torch.cat(seen)
+    assert 0 <= t_next.min() and t_next.max() <= 1
+
+
+def test_a_seeded_generator_fixes_every_draw():
+    field = gaussian()
+    objective = RefinerObjective(flow=field)
+    x1 = gaussian_data(field, 64)
+
+    def half(x, t, velocity):
+        return 0.5 * (field(x, t) - velocity)
+
+    assert torch.equal(refiner_loss(objective, half, x1, 0), refiner_loss(objective, half, x1, 0))
+    assert not torch.equal(
+        refiner_loss(objective, half, x1, 0), refiner_loss(objective, half, x1, 1)
+    )
+
+
+def small_refiner(seed: int = 0) -> VelocityRefiner:
+    torch.manual_seed(seed)
+    return VelocityRefiner(SetTokens(3), hidden_size=32, depth=1, num_heads=2)
+
+
+def flowturbo_error(field, refiner, x0) -> Tensor:
+    options = {"heun_steps": 1, "corrector_steps": 1, "refiner_steps": 4, "refiner": refiner}
+    result = sample(field, x0, "flowturbo", 3, solver_options=options)
+    assert result.nfe == 3 and result.info["refiner_calls"] == 8
+    return (result.samples - field.flow(x0, 1.0)).square().mean().sqrt()
+
+
+def test_a_trained_refiner_brings_refiner_steps_closer_to_the_flow(single_thread):
+    field = gaussian(torch.float32)
+    objective = RefinerObjective(flow=field)
+    refiner = small_refiner()
+    x0 = torch.randn(512, 1, 3, generator=torch.Generator().manual_seed(7))
+    untrained = flowturbo_error(field, refiner, x0)
+    optimizer = torch.optim.Adam(refiner.parameters(), lr=2e-3)
+    for step in range(300):
+        loss = refiner_loss(objective, refiner, gaussian_data(field, 128, seed=step), seed=step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        trained = flowturbo_error(field, refiner, x0)
+    assert trained < 0.5 * untrained, (trained, untrained)
+
+
+def test_the_refiner_starts_at_zero_and_takes_images_and_classes():
+    refiner = VelocityRefiner(Patchify2D(4, 2), hidden_size=32, num_heads=4, num_classes=10)
+    x, v = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    labels = torch.tensor([3, 10])
+    assert torch.equal(refiner(x, torch.rand(2), v, class_labels=labels), torch.zeros_like(x))
+    nn.init.normal_(refiner.final.linear.weight)
+    out = refiner(x, torch.rand(2), v, class_labels=labels)
+    assert out.shape == x.shape and out.abs().sum() > 0
+
+
+def test_the_refiner_is_a_small_fraction_of_a_base_flow_of_its_width():
+    base = MMDiT(SetTokens(3), hidden_size=64, depth=24, num_heads=4)
+    refiner = VelocityRefiner(SetTokens(3), hidden_size=64, depth=1, num_heads=4)
+    share = sum(p.numel() for p in refiner.parameters()) / sum(p.numel() for p in base.parameters())
+    assert share < 0.08
+
+
+def tiny_base() -> MMDiT:
+    """A base flow whose output is not zero at construction (there is something to refine)."""
+    base = MMDiT(SetTokens(2), hidden_size=16, depth=1, num_heads=2, num_classes=3)
+    nn.init.normal_(base.final.linear.weight)
+    return base
+
+
+def test_the_objective_trains_a_refiner_inside_flow_matching(tmp_path, single_thread):
+    torch.manual_seed(0)
+    base = tiny_base()
+    refiner = VelocityRefiner(SetTokens(2), hidden_size=16, num_heads=2, num_classes=3)
+    module = FlowMatching(
+        SetAdapter(),
+        refiner,
+        objective=RefinerObjective(flow=base),
+        optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+        ema_decay=None,
+    )
+    before = [p.detach().clone() for p in refiner.parameters()]
+    trainer = make_trainer(tmp_path, max_steps=3, limit_val_batches=0)
+    trainer.fit(module, ToyData(size=96, batch_size=32, seed=0))
+    assert trainer.global_step == 3
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert "train/target_rms" in trainer.callback_metrics
+    assert any(not torch.equal(a, b) for a, b in zip(before, refiner.parameters(), strict=True))
+    assert all(p.grad is None for p in base.parameters())
+    assert not any(name.startswith("objective.flow") for name in module.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"flow": 3}, "flow"),
+        ({"flow": "/nonexistent/flow.ckpt"}, "flow"),
+        ({"flow": nn.Identity(), "max_delta": 0.0}, "max_delta"),
+    ],
+)
+def test_bad_arguments_are_refused_by_name(arguments, named):
+    with pytest.raises(ValueError, match=f"`{named}`"):
+        RefinerObjective(**arguments)
