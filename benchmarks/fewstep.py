@@ -179,11 +179,13 @@ def table(rows: Sequence[FewStepRow], reference: FewStepRow) -> str:
         values = [f"{row.metrics.get(name, float('nan')):.4g}" for name in metric_names]
         train = "—" if row.train_seconds is None else f"{row.train_seconds:.0f}"
         speed_up = row.samples_per_second / reference.samples_per_second
+        straight = "—" if row.straightness is None else f"{row.straightness:.4f}"
         cells = [
             row.name,
             row.sampler,
             str(row.nfe),
             *values,
+            straight,
             f"{row.parameters / 1e6:.2f} M",
             train,
             f"{row.samples_per_second:.1f}",

@@ -49,6 +49,9 @@ def test_the_table_scores_every_budget_and_measures_speed(tmp_path):
     assert one_step > 3 * teacher, "16 guided evaluations against 1 unguided one"
     table = (out / "fewstep.md").read_text()
     assert "| teacher | heun | 8 |" in table and "1.0x" in table
+    header, _, first, *_ = table.splitlines()
+    assert first.count("|") == header.count("|")
+    assert f"{rows[0]['straightness']:.4f}" in first
 
 
 def test_a_bad_models_file_is_named(tmp_path):
