@@ -224,3 +224,21 @@ def load_flow(
     if checkpoint is not None:
         return pretrained_from_checkpoint(checkpoint, map_location=map_location)
     return from_pretrained(pretrained, map_location=map_location)
+
+
+def velocity_network(source: nn.Module | str | Path, argument: str = "network") -> nn.Module:
+    """A trained flow's velocity network, for objectives that hold one frozen (a teacher, a
+    base flow): a module as given, or the network :func:`load_flow` reads from a Lightning
+    checkpoint (a file) or a pretrained folder (``mmflow export``). ``argument`` names the
+    constructor argument in errors."""
+    if isinstance(source, nn.Module):
+        return source
+    if not isinstance(source, (str, Path)):  # a bad value, reported as a user's error
+        kind = type(source).__name__
+        raise ValueError(f"`{argument}` must be a module or a path, got a {kind}")  # noqa: TRY004
+    path = Path(source)
+    if path.is_dir():
+        return load_flow(pretrained=path).network
+    if path.is_file():
+        return load_flow(checkpoint=path).network
+    raise ValueError(f"`{argument}`: {path} is neither a checkpoint file nor a pretrained folder")

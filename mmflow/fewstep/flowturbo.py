@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmflow.hub import load_flow
+from mmflow.hub import velocity_network
 from mmflow.modality import Batch, Condition
 from mmflow.nn import ClassEmbedder, FinalLayer, PositionConfig, SingleBlock, TimestepEmbedder
 from mmflow.nn.positions import build_positions
@@ -28,7 +28,7 @@ from mmflow.nn.tokenizers import Tokenizer
 from mmflow.pretrained import Frozen
 from mmflow.training.objectives import ObjectiveOutput, TrainingContext, TrainingObjective
 
-__all__ = ["RefinerObjective", "VelocityRefiner", "load_base_flow"]
+__all__ = ["RefinerObjective", "VelocityRefiner"]
 
 
 class VelocityRefiner(nn.Module):
@@ -134,22 +134,6 @@ def _key_mask(mask: Tensor | None) -> Tensor | None:
     return (mask | ~mask.any(dim=1, keepdim=True))[:, None, None, :]
 
 
-def load_base_flow(flow: nn.Module | str | Path) -> nn.Module:
-    """The base flow's velocity network: a module as given, or one loaded with
-    :func:`mmflow.hub.load_flow` from a Lightning checkpoint (a file) or a pretrained folder."""
-    if isinstance(flow, nn.Module):
-        return flow
-    if not isinstance(flow, (str, Path)):
-        # a bad argument value, reported like every other bad constructor argument
-        raise ValueError(f"`flow` must be a module or a path, got a {type(flow).__name__}")  # noqa: TRY004
-    path = Path(flow)
-    if path.is_dir():
-        return load_flow(pretrained=path).network
-    if path.is_file():
-        return load_flow(checkpoint=path).network
-    raise ValueError(f"`flow`: {path} is neither a checkpoint file nor a pretrained folder")
-
-
 class RefinerObjective(TrainingObjective):
     """Train the refiner ``r`` (the ``network``) on a frozen flow ``u`` (FlowTurbo's
     ``transport.training_losses``):
@@ -165,7 +149,7 @@ class RefinerObjective(TrainingObjective):
 
     Args:
         flow: the base flow's velocity network, or a Lightning checkpoint file or pretrained
-            folder to load it from (:func:`load_base_flow`); it is held frozen.
+            folder to load it from (:func:`mmflow.hub.velocity_network`); it is held frozen.
         max_delta: the largest step ``h`` (0.12 in FlowTurbo's code).
     """
 
@@ -173,7 +157,7 @@ class RefinerObjective(TrainingObjective):
         super().__init__()
         if not 0 < max_delta <= 1:
             raise ValueError(f"`max_delta` must be in (0, 1], got {max_delta}")
-        self.flow = Frozen(load_base_flow(flow))
+        self.flow = Frozen(velocity_network(flow, "flow"))
         self.max_delta = float(max_delta)
 
     def forward(

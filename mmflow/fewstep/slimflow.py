@@ -32,14 +32,13 @@ image-specific and is left to the data. Time: ``t = 0`` noise, ``t = 1`` data.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from mmflow.fewstep.distillation import DistillationLoss, DistillationLossKind
-from mmflow.hub import load_flow
+from mmflow.hub import velocity_network
 from mmflow.modality import Batch, Condition
 from mmflow.pretrained import Frozen
 from mmflow.training.objectives import (
@@ -55,7 +54,6 @@ __all__ = [
     "FlowGuidedDistillationObjective",
     "annealed_noise",
     "annealing_randomness",
-    "load_teacher",
 ]
 
 AnnealingSchedule = Literal["linear", "cosine", "exp"]
@@ -90,24 +88,6 @@ def annealed_noise(pair_noise: Tensor, fresh_noise: Tensor, beta: float) -> Tens
     if beta == 0:
         return pair_noise
     return math.sqrt(1 - beta**2) * pair_noise + beta * fresh_noise
-
-
-def load_teacher(teacher: nn.Module | str | Path) -> nn.Module:
-    """The teacher's velocity network: a module as is, or the network of a trained flow read
-    with :func:`mmflow.hub.load_flow` from a Lightning checkpoint (a file) or a pretrained
-    folder (``mmflow export``)."""
-    if isinstance(teacher, nn.Module):
-        return teacher
-    if not isinstance(teacher, (str, Path)):
-        # a bad argument value, reported like every other bad constructor argument
-        kind = type(teacher).__name__
-        raise ValueError(f"`teacher` must be a module or a path, got a {kind}")  # noqa: TRY004
-    path = Path(teacher)
-    if path.is_dir():
-        return load_flow(pretrained=path).network
-    if path.is_file():
-        return load_flow(checkpoint=path).network
-    raise ValueError(f"`teacher`: {path} is neither a checkpoint file nor a pretrained folder")
 
 
 class AnnealingReflowObjective(TrainingObjective):
@@ -193,7 +173,7 @@ class FlowGuidedDistillationObjective(TrainingObjective):
 
     Args:
         teacher: the 2-rectified flow's velocity network, or the path of its checkpoint or
-            pretrained folder (:func:`load_teacher`); held frozen.
+            pretrained folder (:func:`mmflow.hub.velocity_network`); held frozen.
         noise_key: the batch entry holding the teacher's noise.
         distillation_weight, guidance_weight: weights of the two terms (1 and 1 in the code).
         guide_time_range: ``(low, high)`` of the uniform ``t'`` (``(0.2, 0.8)`` in the code).
@@ -229,7 +209,7 @@ class FlowGuidedDistillationObjective(TrainingObjective):
             raise ValueError(
                 f"`guide_time_range` must satisfy 0 <= low <= high < 1, got {guide_time_range}"
             )
-        self.teacher = Frozen(load_teacher(teacher))
+        self.teacher = Frozen(velocity_network(teacher, "teacher"))
         self.noise_key = noise_key
         self.distillation_weight = float(distillation_weight)
         self.guidance_weight = float(guidance_weight)

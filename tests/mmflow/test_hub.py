@@ -7,7 +7,12 @@ import pytorch_lightning as pl
 import torch
 
 from mmflow.files import load_weights
-from mmflow.hub import from_pretrained, pretrained_from_checkpoint, save_pretrained
+from mmflow.hub import (
+    from_pretrained,
+    pretrained_from_checkpoint,
+    save_pretrained,
+    velocity_network,
+)
 from mmflow.training.cli import build_module
 
 from .training.test_module import make_module
@@ -119,3 +124,12 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
     broken.write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="broken.ckpt"):
         pretrained_from_checkpoint(broken)
+
+
+def test_velocity_network_takes_a_module_or_a_trained_flow_and_names_a_bad_source(tmp_path):
+    module = torch.nn.Linear(2, 2)
+    assert velocity_network(module) is module
+    with pytest.raises(ValueError, match="`teacher` must be a module or a path, got a int"):
+        velocity_network(3, "teacher")
+    with pytest.raises(ValueError, match="`flow`: .*nowhere is neither a checkpoint file"):
+        velocity_network(tmp_path / "nowhere", "flow")
