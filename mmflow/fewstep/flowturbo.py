@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from mmflow.hub import velocity_network
 from mmflow.modality import Batch, Condition
 from mmflow.nn import ClassEmbedder, FinalLayer, PositionConfig, SingleBlock, TimestepEmbedder
+from mmflow.nn.mmdit import joint_key_mask
 from mmflow.nn.positions import build_positions
 from mmflow.nn.tokenizers import Tokenizer
 from mmflow.pretrained import Frozen
@@ -121,17 +122,10 @@ class VelocityRefiner(nn.Module):
         if self.class_embed is not None:
             c = c + self.class_embed(class_labels)
         c_act = F.silu(c).to(tokens.dtype)
-        mask = _key_mask(layout.mask)
+        mask = joint_key_mask({"x": tokens}, {"x": layout.mask}, x.shape[0])
         for block in self.blocks:
             tokens = block({"x": tokens}, c_act, None, mask)["x"]
         return self.tokenizer.decode(self.final(tokens, c_act), layout)
-
-
-def _key_mask(mask: Tensor | None) -> Tensor | None:
-    """``[B, L]`` real-token mask -> SDPA key mask ``[B, 1, 1, L]`` (all-padding rows open)."""
-    if mask is None:
-        return None
-    return (mask | ~mask.any(dim=1, keepdim=True))[:, None, None, :]
 
 
 class RefinerObjective(TrainingObjective):

@@ -236,7 +236,7 @@ class MMDiT(nn.Module):
         xs, masks, rope = self._embed_x(layout, positions.get(X_STREAM))
         self._embed_context(context, context_mask, positions, batch, xs, masks, rope)
         c = self._condition(_check_t(t, batch), batch, pooled, class_labels, step_size)
-        xs = self._run_blocks(xs, F.silu(c), rope, _joint_mask(xs, masks, batch))
+        xs = self._run_blocks(xs, F.silu(c), rope, joint_key_mask(xs, masks, batch))
         return self.tokenizer.decode(self.final(xs[X_STREAM], F.silu(c)), layout)
 
     def _check_keys(self, context: dict, context_mask: dict, positions: dict) -> None:
@@ -379,7 +379,7 @@ def _check_ids(ids: Tensor, batch_length: tuple[int, int], stream: str) -> Tenso
     return ids.float()
 
 
-def _joint_mask(
+def joint_key_mask(
     xs: dict[str, Tensor], masks: dict[str, Tensor | None], batch: int
 ) -> Tensor | None:
     """Key mask ``[B, 1, 1, L_total]`` over the concatenated streams, ``None`` if nothing is padded.

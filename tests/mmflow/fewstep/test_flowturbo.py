@@ -7,54 +7,16 @@ import torch
 from torch import Tensor, nn
 
 from mmflow.fewstep.flowturbo import RefinerObjective, VelocityRefiner
-from mmflow.interpolants import LinearPath
-from mmflow.losses import VelocityLoss
-from mmflow.modality import ModalityAdapter
 from mmflow.nn import MMDiT, Patchify2D, SetTokens
 from mmflow.sampling import sample
 from mmflow.sampling.analytic import GaussianLinearFlow
-from mmflow.timesteps import Uniform
 from mmflow.training import FlowMatching
-from mmflow.training.objectives import TrainingContext
 
 from ..training.test_module import make_trainer
-from ..training.toy import ToyAdapter, ToyData
+from ..training.toy import SetAdapter, ToyData, Unconditional, toy_context
 
 MEAN = torch.tensor([1.0, -2.0, 0.5])
 STD = torch.tensor([0.3, 0.8, 2.0])
-
-
-@pytest.fixture
-def single_thread():
-    """Tiny networks train faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class Unconditional(ModalityAdapter):
-    """Standard Gaussian noise, no condition."""
-
-    def null_condition(self, cond):
-        return cond
-
-    def conditioned(self) -> bool:
-        return False
-
-
-class SetAdapter(ToyAdapter):
-    """The toy points as a set of one token each, ``[B, 1, 2]``."""
-
-    def encode(self, batch):
-        return batch["point"][:, None], {"class_labels": batch["label"]}
-
-    def decode(self, x1, cond, batch=None):
-        return x1[:, 0]
-
-
-def context_for(adapter: ModalityAdapter, cond_dropout: float = 0.0) -> TrainingContext:
-    return TrainingContext(LinearPath(), Uniform(), VelocityLoss(), adapter, None, cond_dropout)
 
 
 def gaussian(dtype: torch.dtype = torch.float64) -> GaussianLinearFlow:
@@ -70,7 +32,7 @@ def gaussian_data(field: GaussianLinearFlow, batch: int, seed: int = 0) -> Tenso
 
 def refiner_loss(objective, network, x1, seed: int = 0) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return objective(network, x1, {}, {}, generator, context_for(Unconditional())).loss
+    return objective(network, x1, {}, {}, generator, toy_context(Unconditional())).loss
 
 
 def test_the_exact_refiner_meets_the_target_and_no_refiner_does_not():

@@ -13,55 +13,18 @@ from mmflow.fewstep.meanflow import (
     from_meanflow_convention,
     meanflow_target,
 )
-from mmflow.interpolants import LinearPath
-from mmflow.losses import VelocityLoss
-from mmflow.modality import ModalityAdapter
 from mmflow.nn import MMDiT, SetTokens
 from mmflow.sampling import sample
 from mmflow.sampling.analytic import GaussianLinearFlow
 from mmflow.timesteps import LogitNormal, Uniform
 from mmflow.training import FlowMatching
 from mmflow.training.cli import build_module
-from mmflow.training.objectives import TrainingContext
 
 from ..training.test_module import make_trainer
-from ..training.toy import ToyAdapter, ToyData
+from ..training.toy import SetAdapter, ToyAdapter, ToyData, Unconditional, toy_context
 
 MEAN = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
 STD = torch.tensor([0.3, 0.8, 2.0], dtype=torch.float64)
-
-
-@pytest.fixture
-def single_thread():
-    """Tiny networks train faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class Unconditional(ModalityAdapter):
-    """Standard Gaussian noise, no condition."""
-
-    def null_condition(self, cond):
-        return cond
-
-    def conditioned(self) -> bool:
-        return False
-
-
-class SetAdapter(ToyAdapter):
-    """The toy points as a set of one token each, ``[B, 1, 2]``, for an MMDiT."""
-
-    def encode(self, batch):
-        return batch["point"][:, None], {"class_labels": batch["label"]}
-
-    def decode(self, x1, cond, batch=None):
-        return x1[:, 0]
-
-
-def context_for(adapter: ModalityAdapter, cond_dropout: float = 0.0) -> TrainingContext:
-    return TrainingContext(LinearPath(), Uniform(), VelocityLoss(), adapter, None, cond_dropout)
 
 
 def tiny_mmdit() -> MMDiT:
@@ -225,7 +188,7 @@ def test_a_trained_model_steps_from_noise_to_data_in_one_evaluation(single_threa
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 400)
     for _ in range(400):
         x1 = mean + std * torch.randn(512, 2)
-        output = objective(network, x1, {}, {}, None, context_for(Unconditional()))
+        output = objective(network, x1, {}, {}, None, toy_context(Unconditional()))
         optimizer.zero_grad()
         output.loss.backward()
         optimizer.step()
@@ -278,7 +241,7 @@ def test_the_objective_trains_an_mmdit_with_guidance_in_the_target():
     batch = next(iter(ToyData(batch_size=16).train_dataloader()))
     x1, cond = SetAdapter().encode(batch)
     for _ in range(3):
-        output = objective(network, x1, cond, batch, None, context_for(SetAdapter(), 0.1))
+        output = objective(network, x1, cond, batch, None, toy_context(SetAdapter(), 0.1))
         optimizer.zero_grad()
         output.loss.backward()
         optimizer.step()
@@ -318,7 +281,7 @@ def test_the_guided_velocity_mixes_the_models_predictions():
         velocity,
         {"class_labels": labels},
         dropped,
-        context_for(adapter, 0.1),
+        toy_context(adapter, 0.1),
     )
     constants = network.constants.detach()
     expected = 2.0 * velocity + 0.25 * constants[labels] - 1.25 * constants[3]
@@ -333,7 +296,7 @@ def test_the_target_of_a_constant_network_is_the_guided_velocity():
     x1 = torch.randn(8, 2)
     cond = {"class_labels": torch.arange(8) % 3}
     output = MeanFlowObjective()(
-        network, x1, cond, {}, torch.Generator().manual_seed(3), context_for(adapter)
+        network, x1, cond, {}, torch.Generator().manual_seed(3), toy_context(adapter)
     )
     x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(3))
     expected = (network.constants[cond["class_labels"]] - (x1 - x0)).square().mean()
@@ -347,7 +310,7 @@ def test_a_seeded_generator_fixes_every_draw():
 
     def loss(seed: int) -> Tensor:
         generator = torch.Generator().manual_seed(seed)
-        return objective(network, x1, cond, {}, generator, context_for(adapter, 0.3)).loss
+        return objective(network, x1, cond, {}, generator, toy_context(adapter, 0.3)).loss
 
     assert torch.equal(loss(0), loss(0))
     assert not torch.equal(loss(0), loss(1))
@@ -401,7 +364,7 @@ def test_a_recipe_names_the_objective_and_its_time_distribution():
 def test_guidance_needs_a_conditioned_adapter():
     with pytest.raises(ValueError, match="cfg_omega"):
         MeanFlowObjective(cfg_omega=2.0)(
-            AffineAverageVelocity(2), torch.randn(4, 2), {}, {}, None, context_for(Unconditional())
+            AffineAverageVelocity(2), torch.randn(4, 2), {}, {}, None, toy_context(Unconditional())
         )
 
 

@@ -4,39 +4,21 @@ trained with it samples the exact flow in one step, and it trains inside FlowMat
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import pytest
 import torch
 from torch import Tensor, nn
 
 from mmflow.fewstep.shortcut import ShortcutObjective
-from mmflow.interpolants import LinearPath
-from mmflow.losses import VelocityLoss
-from mmflow.modality import ModalityAdapter
 from mmflow.nn import MMDiT, SetTokens
 from mmflow.sampling import sample
 from mmflow.sampling.analytic import GaussianLinearFlow
-from mmflow.timesteps import Uniform
 from mmflow.training import FlowMatching
-from mmflow.training.objectives import TrainingContext
 
 from ..training.test_module import make_trainer
-from ..training.toy import ToyAdapter, ToyData
+from ..training.toy import SetAdapter, ToyAdapter, ToyData, one_thread, toy_context
 
 MEAN = torch.tensor([1.0, -0.5])
 STD = torch.tensor([0.3, 1.5])
-
-
-def make_context(adapter: ModalityAdapter | None = None, cond_dropout: float = 0.0):
-    return TrainingContext(
-        path=LinearPath(),
-        time_distribution=Uniform(),
-        loss=VelocityLoss(),
-        adapter=adapter or ModalityAdapter(),
-        ema_network=None,
-        cond_dropout=cond_dropout,
-    )
 
 
 def exact_shortcut(field: GaussianLinearFlow):
@@ -73,7 +55,7 @@ def test_the_exact_shortcut_is_a_fixed_point_of_the_bootstrap_target(flow_matchi
     )
     x1 = gaussian_data(512, seed=0, dtype=torch.float64)
     generator = torch.Generator().manual_seed(1)
-    batch = objective.regression_batch(exact_shortcut(field), x1, {}, generator, make_context())
+    batch = objective.regression_batch(exact_shortcut(field), x1, {}, generator, toy_context())
     rows = batch.bootstrap_rows
     x_t, t, step = batch.x_t[:rows], batch.t[:rows], batch.step_size[:rows]
     exact = field.average_velocity(x_t, t, step)
@@ -113,7 +95,7 @@ def test_sampled_step_sizes_and_times_lie_on_the_dyadic_grid():
     network = RecordingNetwork()
     x1 = gaussian_data(1024, seed=2)
     generator = torch.Generator().manual_seed(3)
-    batch = objective.regression_batch(network, x1, {}, generator, make_context())
+    batch = objective.regression_batch(network, x1, {}, generator, toy_context())
     rows = batch.bootstrap_rows
     assert rows == 1024 // 8
     t, step = batch.t[:rows].double(), batch.step_size[:rows].double()
@@ -133,7 +115,7 @@ def test_sampled_step_sizes_and_times_lie_on_the_dyadic_grid():
     torch.testing.assert_close(t_second, batch.t[:rows] + step.float() / 2)
     # Seeded draws repeat exactly.
     again = objective.regression_batch(
-        network, x1, {}, torch.Generator().manual_seed(3), make_context()
+        network, x1, {}, torch.Generator().manual_seed(3), toy_context()
     )
     assert torch.equal(again.t, batch.t) and torch.equal(again.x0, batch.x0)
 
@@ -145,7 +127,7 @@ def test_the_official_variant_trains_flow_matching_at_the_finest_step_on_a_time_
         gaussian_data(256, seed=4),
         {},
         torch.Generator().manual_seed(5),
-        make_context(),
+        toy_context(),
     )
     rows = batch.bootstrap_rows
     assert objective.shortcut_step_sizes == [1, 1 / 2, 1 / 4, 1 / 8]
@@ -193,7 +175,7 @@ def test_guidance_enters_the_targets_at_the_finest_level_and_spares_bootstrap_ro
     network = ClassConstant(torch.tensor([1.0, 1.0, 1.0, 0.0]))  # label 3 is the null class
     labels = torch.zeros(512, dtype=torch.long)
     x1 = gaussian_data(512, seed=7)
-    context = make_context(ToyAdapter(), cond_dropout=1.0)
+    context = toy_context(ToyAdapter(), cond_dropout=1.0)
     guided = ShortcutObjective(bootstrap_fraction=0.5, max_steps=4, guidance_scale=1.5)
     batch = guided.regression_batch(
         network, x1, {"class_labels": labels}, torch.Generator().manual_seed(8), context
@@ -238,17 +220,6 @@ class ShortcutMLP(nn.Module):
         return self.body(torch.cat([x, self._features(t), self._features(step_size)], dim=1))
 
 
-@contextmanager
-def single_thread():
-    """Small models train faster on one thread than on contended cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def test_a_trained_shortcut_model_lands_on_the_exact_flow_in_one_step():
     torch.manual_seed(0)
     field = GaussianLinearFlow(MEAN, STD)
@@ -257,8 +228,8 @@ def test_a_trained_shortcut_model_lands_on_the_exact_flow_in_one_step():
     steps = 400
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    context = make_context()
-    with single_thread():
+    context = toy_context()
+    with one_thread():
         for step in range(steps):
             output = objective(model, gaussian_data(512, seed=100 + step), {}, {}, None, context)
             optimizer.zero_grad()
@@ -279,16 +250,6 @@ def test_a_trained_shortcut_model_lands_on_the_exact_flow_in_one_step():
     assert euler > 1.0
     assert shortcut[1] < 0.35 and shortcut[2] < 0.25 and shortcut[4] < 0.25, shortcut
     assert shortcut[1] < 0.3 * euler
-
-
-class SetAdapter(ToyAdapter):
-    """The toy points as a set of one token each, ``[B, 1, 2]``."""
-
-    def encode(self, batch):
-        return batch["point"][:, None], {"class_labels": batch["label"]}
-
-    def decode(self, x1, cond, batch=None):
-        return x1[:, 0]
 
 
 def test_the_objective_trains_an_mmdit_with_its_ema_inside_flow_matching(tmp_path):

@@ -17,7 +17,7 @@ from mmflow.training import (
 from mmflow.training.cli import build_module
 
 from .test_module import make_trainer
-from .toy import CLASS_MEANS, CLASS_STD, ToyAdapter, ToyData, ToyVelocity
+from .toy import CLASS_MEANS, CLASS_STD, SetAdapter, ToyAdapter, ToyData, ToyVelocity
 
 
 class DataPredictionObjective(TrainingObjective):
@@ -175,13 +175,6 @@ class StepSizeObjective(TrainingObjective):
         draw = context.path.sample(x0, x1, t)
         prediction = network(draw.x_t, draw.t, step_size=1 - draw.t, **cond)
         return ObjectiveOutput(context.loss(prediction, draw.target, draw.t))
-
-
-class SetAdapter(ToyAdapter):
-    """The toy points as a set of one token each, ``[B, 1, 2]``."""
-
-    def encode(self, batch):
-        return batch["point"][:, None], {"class_labels": batch["label"]}
 
 
 def test_extra_network_inputs_reach_the_network_and_are_trained(tmp_path):

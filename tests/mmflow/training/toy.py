@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import Metric
 
+from mmflow.interpolants import LinearPath
+from mmflow.losses import VelocityLoss
 from mmflow.modality import ModalityAdapter
+from mmflow.timesteps import Uniform
+from mmflow.training.objectives import TrainingContext
 
 CLASS_MEANS = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]])
 CLASS_STD = 0.3
@@ -128,3 +135,43 @@ class ToyVelocity(nn.Module):
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor) -> Tensor:
         h = self.inp(torch.cat([x, t[:, None].to(x.dtype)], dim=1)) + self.embed(class_labels)
         return self.body(h)
+
+
+class SetAdapter(ToyAdapter):
+    """The toy points as a set of one token each, ``[B, 1, 2]``, for an MMDiT."""
+
+    def encode(self, batch):
+        return batch["point"][:, None], {"class_labels": batch["label"]}
+
+    def decode(self, x1, cond, batch=None):
+        return x1[:, 0]
+
+
+class Unconditional(ModalityAdapter):
+    """Standard Gaussian noise, no condition."""
+
+    def null_condition(self, cond):
+        return cond
+
+    def conditioned(self) -> bool:
+        return False
+
+
+def toy_context(
+    adapter: ModalityAdapter | None = None, cond_dropout: float = 0.0
+) -> TrainingContext:
+    """What a module lends an objective: the linear path, uniform times, the MSE, no EMA."""
+    return TrainingContext(
+        LinearPath(), Uniform(), VelocityLoss(), adapter or ModalityAdapter(), None, cond_dropout
+    )
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Tiny networks train faster on one thread than on two contended cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
