@@ -13,6 +13,8 @@ Run from the repository root::
       nfe: [32]                      # the budgets to score
       cfg_scale: 2.0                 # classifier-free guidance while sampling (1 = none)
       train_seconds: 291             # measured by the run that trained it (the docs say how)
+      solver_options: {...}          # the sampler's own settings (FlowTurbo's step counts);
+                                     # without it, the model's stored ones for its own sampler
 
 Every row generates from the same noise under the same test conditions and is scored with
 the modality's evaluators (FD-ours and class accuracy for images), through
@@ -30,7 +32,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +45,22 @@ from mmflow.cli import run_command
 from mmflow.data import load_datamodule, take_batches
 from mmflow.fewstep.straightness import straightness
 from mmflow.hub import PretrainedFlow, load_flow
+from mmflow.pretrained import Frozen
 from mmflow.sampling import get_sampler
 
 SPEED_BATCH = 256
 SPEED_REPEATS = 3
 STRAIGHTNESS_NFE = 32
-ENTRY_KEYS = {"name", "checkpoint", "pretrained", "sampler", "nfe", "cfg_scale", "train_seconds"}
+ENTRY_KEYS = {
+    "name",
+    "checkpoint",
+    "pretrained",
+    "sampler",
+    "nfe",
+    "cfg_scale",
+    "train_seconds",
+    "solver_options",
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,7 @@ class ModelEntry:
     checkpoint: str | None = None
     pretrained: str | None = None
     train_seconds: float | None = None
+    solver_options: dict[str, Any] | None = None
 
 
 @dataclass
@@ -100,6 +113,13 @@ def read_models(path: str | Path) -> list[ModelEntry]:
     return models
 
 
+def parameter_count(network: torch.nn.Module) -> int:
+    """Every parameter the network samples with, frozen parts held outside its state dict
+    (FlowTurbo's base flow) included."""
+    frozen = [m.part for m in network.modules() if isinstance(m, Frozen)]
+    return sum(p.numel() for part in (network, *frozen) for p in part.parameters())
+
+
 def samples_per_second(
     flow: PretrainedFlow, sampler: str, nfe: int, cfg_scale: float, batch: int
 ) -> float:
@@ -135,7 +155,11 @@ def evaluate_model(
 ) -> list[FewStepRow]:
     """Every budget of one model: metrics on ``batches``, parameters and speed."""
     flow = load_flow(entry.checkpoint, entry.pretrained)
-    parameters = sum(p.numel() for p in flow.network.parameters())
+    if entry.solver_options is not None:
+        flow.defaults = replace(
+            flow.defaults, sampler=entry.sampler, solver_options=entry.solver_options
+        )
+    parameters = parameter_count(flow.network)
     straight = model_straightness(flow, entry, batches[0], seed)
     rows = []
     for nfe in entry.nfe:

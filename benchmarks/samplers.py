@@ -325,9 +325,15 @@ def run_method(
     noise: Tensor,
     nfe: int | None,
     grids: TimeGrids,
+    solver_options: dict[str, Any] | None = None,
     **model_kwargs: Any,
 ) -> SampleResult:
-    """Integrate ``model`` from ``noise`` with ``method`` at ``nfe`` (``None`` for adaptive)."""
+    """Integrate ``model`` from ``noise`` with ``method`` at ``nfe`` (``None`` for adaptive).
+
+    ``solver_options`` (a model's stored sampler settings, e.g. FlowTurbo's step counts) run
+    the sampler on its own grid, which those settings lay out."""
+    if solver_options:
+        return sample(model, noise, method.name, nfe, solver_options=solver_options, **model_kwargs)
     if method.kind == "adaptive":
         tolerances = {"rtol": method.tolerance, "atol": method.tolerance}
         return sample(model, noise, method.name, solver_options=tolerances, **model_kwargs)
@@ -432,6 +438,7 @@ def _run_cell(
     method: Method,
     nfe: int | None,
     seed: int,
+    solver_options: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float] | None, list[int], list[float], tuple[Any, Batch | None]]:
     """Metrics of one cell over every batch (``None`` once a batch's samples are not finite),
     the counted NFE per batch, the first batch's grid, media and batch."""
@@ -443,7 +450,7 @@ def _run_cell(
         x1, cond = flow.adapter.encode(batch)
         generator = torch.Generator().manual_seed(seed + index)
         noise = flow.adapter.noise_like(x1.cpu(), generator=generator).to(device)
-        result = run_method(method, model, noise, nfe, TimeGrids(), **cond)
+        result = run_method(method, model, noise, nfe, TimeGrids(), solver_options, **cond)
         counts.append(result.nfe)
         if not bool(torch.isfinite(result.samples).all()):
             return None, counts, [], (None, None)
@@ -485,12 +492,15 @@ def sampler_sweep(
     model = guided_model(flow, scale)
     rows = []
     for method, nfe in _cells(checkpoint_methods(samplers, schedulers, tolerances), nfes):
-        reason = None if nfe is None else steps_or_reason(method, nfe)[1]
+        options = flow.defaults.options_for(method.name) if method.kind == "mmflow" else None
+        reason = None if nfe is None or options else steps_or_reason(method, nfe)[1]
         if reason is not None:
             rows.append(_row(method, nfe, scale, not_applicable=reason))
             continue
         start = time.perf_counter()
-        values, counts, times, (media, batch) = _run_cell(flow, model, batches, method, nfe, seed)
+        values, counts, times, (media, batch) = _run_cell(
+            flow, model, batches, method, nfe, seed, options
+        )
         seconds = time.perf_counter() - start
         counted = _checked_count(method, nfe, counts)
         if values is None:

@@ -37,11 +37,27 @@ WEIGHTS_NAME = "model.safetensors"
 
 @dataclass
 class GenerationDefaults:
-    """Sampler settings stored with a pretrained model."""
+    """Sampler settings stored with a pretrained model; ``solver_options`` (the sampler's own
+    settings, ``sample(..., solver_options=...)``) go with ``sampler`` only."""
 
     sampler: str = "heun"
     nfe: int = 16
     cfg_scale: float = 1.0
+    solver_options: dict[str, Any] | None = None
+
+    @classmethod
+    def from_hparams(cls, hparams: Any) -> GenerationDefaults:
+        """The validation settings of a ``FlowMatching`` module's hyperparameters."""
+        return cls(
+            hparams.get("sampler", "heun"),
+            hparams.get("nfe", 16),
+            hparams.get("cfg_scale", 1.0),
+            hparams.get("solver_options"),
+        )
+
+    def options_for(self, sampler: str | None) -> dict[str, Any] | None:
+        """``solver_options`` when generating with ``sampler`` (``None``: the default one)."""
+        return self.solver_options if sampler in (None, self.sampler) else None
 
 
 class PretrainedFlow(nn.Module):
@@ -77,6 +93,7 @@ class PretrainedFlow(nn.Module):
             sampler=sampler or self.defaults.sampler,
             nfe=nfe or self.defaults.nfe,
             cfg_scale=self.defaults.cfg_scale if cfg_scale is None else cfg_scale,
+            solver_options=self.defaults.options_for(sampler),
         )
 
 
@@ -160,9 +177,7 @@ def pretrained_from_checkpoint(
     _load_part(adapter, state, "adapter", path)
     if lora:
         network = merge_lora(network)
-    defaults = GenerationDefaults(
-        hparams.get("sampler", "heun"), hparams.get("nfe", 16), hparams.get("cfg_scale", 1.0)
-    )
+    defaults = GenerationDefaults.from_hparams(hparams)
     return PretrainedFlow(network.eval(), adapter.eval(), defaults, config).to(map_location)
 
 
@@ -183,7 +198,7 @@ def _parts_of(model: nn.Module) -> _Parts:
             f"save_pretrained: the model has no config for {missing}; build it from a recipe "
             "(`mmflow fit --config ...`) or with mmflow.cli.build_module so it can be rebuilt"
         )
-    defaults = GenerationDefaults(hparams["sampler"], hparams["nfe"], hparams["cfg_scale"])
+    defaults = GenerationDefaults.from_hparams(hparams)
     network = model.sampling_network
     if has_lora(network):
         network = merge_lora(network)

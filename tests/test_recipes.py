@@ -4,6 +4,7 @@ Each runs through the installed ``mmflow`` command, with the data cache and the 
 pointed at test fixtures, and GPU recipes moved to the CPU with tiny batches.
 """
 
+import copy
 import os
 import subprocess
 from dataclasses import asdict
@@ -27,15 +28,51 @@ RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 SMALL_AUDIO = {"max_clips_per_class": 10, "renders_per_program": 1, "render_seconds": 5.12}
 
 
-def untrained_network_folder(network: dict, folder: Path) -> Path:
-    """A pretrained folder (as ``mmflow export`` writes) of the recipe's network, untrained."""
+def untrained_network_folder(model: dict, folder: Path, classifier: Path) -> Path:
+    """A pretrained folder (as ``mmflow export`` writes) of a recipe's network and adapter,
+    the network untrained and the adapter's classifier the test's."""
     parser = ArgumentParser()
     parser.add_subclass_arguments(nn.Module, "network")
+    network = copy.deepcopy(model["network"])
     built = parser.instantiate(parser.parse_object({"network": network}))["network"]
     save_weights(
         folder / "model.safetensors", {f"network.{k}": v for k, v in built.state_dict().items()}
     )
+    adapter = copy.deepcopy(model["adapter"])
+    if "classifier_path" in adapter.get("init_args", {}):
+        adapter["init_args"]["classifier_path"] = str(classifier)
+    write_json(folder / "config.json", {"network": model["network"], "adapter": adapter})
     return folder
+
+
+def recipe_writing(path: str) -> dict:
+    """The model config of the recipe whose outputs hold ``path`` (a trained flow that another
+    recipe starts from: its teacher, base flow or initial weights)."""
+    for recipe in RECIPES:
+        config = yaml.safe_load(recipe.read_text())
+        root = config["trainer"].get("default_root_dir")
+        if root and path.startswith(root.rstrip("/") + "/"):
+            return config["model"]
+    raise AssertionError(f"no recipe writes {path}: a recipe starts from a flow nobody trains")
+
+
+def trained_flow_overrides(model_args: dict, tmp_path: Path, classifier: Path) -> list[str]:
+    """Untrained stand-ins for the trained flows a recipe starts from: ``init_from``, an
+    objective's ``teacher`` and a network's ``flow``, each built like the recipe that trains it."""
+    sources = {
+        "--model.init_from": model_args.get("init_from"),
+        "--model.objective.init_args.teacher": model_args.get("objective", {})
+        .get("init_args", {})
+        .get("teacher"),
+        "--model.network.init_args.flow": model_args["network"].get("init_args", {}).get("flow"),
+    }
+    args = []
+    for index, (option, path) in enumerate(sources.items()):
+        if isinstance(path, str):
+            folder = tmp_path / f"trained{index}"
+            untrained_network_folder(recipe_writing(path), folder, classifier)
+            args.append(f"{option}={folder}")
+    return args
 
 
 def tiny_couplings(folder: Path, size: int = 8, num_classes: int = 10) -> Path:
@@ -87,9 +124,9 @@ def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Pat
         args.append(f"--model.adapter.init_args.vae_path={files['mel_vae']}")
     if not is_flow and "classifier_path" in model_args:
         args.append(f"{prefix}classifier_path={files['audio_classifier']}")
-    if "init_from" in model_args:
-        folder = untrained_network_folder(model_args["network"], tmp_path / "init")
-        args.append(f"--model.init_from={folder}")
+    if is_flow:
+        classifier = files["audio_classifier" if audio else "image_classifier"]
+        args += trained_flow_overrides(model_args, tmp_path, classifier)
     if not is_flow and "export_dir" in model_args:
         args.append(f"{prefix}export_dir={tmp_path / 'export'}")
     if adapter_args.get("fid_max_samples"):

@@ -8,8 +8,14 @@ earlier point to the velocity at a later one:
 
 The ``flowturbo`` sampler (:mod:`mmflow.sampling.flowturbo`) ends with steps that call ``r``
 instead of ``u``. :class:`VelocityRefiner` is the light network (the paper: one DiT block
-whose input concatenates ``x`` and ``v`` channel-wise); :class:`RefinerObjective` trains it on
-a frozen flow.
+whose input concatenates ``x`` and ``v`` channel-wise); :class:`TurboFlow` holds it beside the
+frozen flow as one network, and :class:`RefinerObjective` trains it.
+
+One network keeps a FlowTurbo model an ordinary mmflow model: ``network(x, t, **c)`` is the
+flow's velocity, so every sampler, validation, export and ``mmflow sample`` work on it, and
+``network(x, t, velocity=v, **c)`` is the refiner's correction, which the ``flowturbo`` sampler
+calls for its refiner steps (through classifier-free guidance too: the correction of the
+guided velocity is the guided combination of the two corrections, as guidance is linear).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from mmflow.nn.tokenizers import Tokenizer
 from mmflow.pretrained import Frozen
 from mmflow.training.objectives import ObjectiveOutput, TrainingContext, TrainingObjective
 
-__all__ = ["RefinerObjective", "VelocityRefiner"]
+__all__ = ["RefinerObjective", "TurboFlow", "VelocityRefiner"]
 
 
 class VelocityRefiner(nn.Module):
@@ -128,9 +134,39 @@ class VelocityRefiner(nn.Module):
         return self.tokenizer.decode(self.final(tokens, c_act), layout)
 
 
+class TurboFlow(nn.Module):
+    """A frozen flow ``u`` and its trainable velocity refiner ``r`` as one network::
+
+        network(x, t, **c)              = u(x, t, **c)
+        network(x, t, velocity=v, **c)  = r(x, t, v, **c)
+
+    Only the refiner trains and is saved: the flow is held :class:`~mmflow.pretrained.Frozen`,
+    outside the state dict, and rebuilt from ``flow`` (a checkpoint or pretrained folder) when
+    the model is loaded.
+
+    Args:
+        flow: the base flow's velocity network, or a Lightning checkpoint file or pretrained
+            folder to load it from (:func:`mmflow.hub.velocity_network`).
+        refiner: the light refiner, e.g. :class:`VelocityRefiner`.
+    """
+
+    def __init__(self, flow: nn.Module | str | Path, refiner: nn.Module) -> None:
+        super().__init__()
+        self.flow = Frozen(velocity_network(flow, "flow"))
+        self.refiner = refiner
+
+    def forward(
+        self, x: Tensor, t: Tensor, velocity: Tensor | None = None, **cond: Tensor
+    ) -> Tensor:
+        """The flow's velocity, or with ``velocity`` the refiner's correction to it."""
+        if velocity is None:
+            return self.flow(x, t, **cond)
+        return self.refiner(x, t, velocity, **cond)
+
+
 class RefinerObjective(TrainingObjective):
-    """Train the refiner ``r`` (the ``network``) on a frozen flow ``u`` (FlowTurbo's
-    ``transport.training_losses``):
+    """Train the refiner ``r`` of a :class:`TurboFlow` network on its frozen flow ``u``
+    (FlowTurbo's ``transport.training_losses``):
 
         x0 ~ noise,  t ~ time_distribution,  c' = dropout(c),  x_t = alpha(t) x1 + sigma(t) x0,
         h ~ U[0, max_delta] clipped to 1 - t,   v = u(x_t, t, c'),   x' = x_t + h v,
@@ -138,20 +174,18 @@ class RefinerObjective(TrainingObjective):
 
     i.e. ``|v + r(x', t + h, v) - u(x', t + h)|^2`` with the module's loss (MSE by default).
     Each sample draws its own ``h`` (the reference code draws one per batch and lets
-    ``t + h`` pass 1), and all three calls see the same dropped condition. The flow's
-    evaluations run without gradients.
+    ``t + h`` pass 1), and all three calls see the same dropped condition. The flow is
+    ``network(x, t, **c)`` and the refiner ``network(x, t, velocity=v, **c)``
+    (:class:`TurboFlow`); the flow's evaluations run without gradients.
 
     Args:
-        flow: the base flow's velocity network, or a Lightning checkpoint file or pretrained
-            folder to load it from (:func:`mmflow.hub.velocity_network`); it is held frozen.
         max_delta: the largest step ``h`` (0.12 in FlowTurbo's code).
     """
 
-    def __init__(self, flow: nn.Module | str | Path, max_delta: float = 0.12) -> None:
+    def __init__(self, max_delta: float = 0.12) -> None:
         super().__init__()
         if not 0 < max_delta <= 1:
             raise ValueError(f"`max_delta` must be in (0, 1], got {max_delta}")
-        self.flow = Frozen(velocity_network(flow, "flow"))
         self.max_delta = float(max_delta)
 
     def forward(
@@ -169,20 +203,22 @@ class RefinerObjective(TrainingObjective):
         draw = context.path.sample(x0, x1, t.to(x1.dtype))
         draws = torch.rand(x1.shape[0], device=x1.device, generator=generator).to(x1.dtype)
         step = torch.minimum(self.max_delta * draws, 1 - draw.t)
-        x_next, t_next, velocity, target = self.refiner_target(draw.x_t, draw.t, step, cond)
-        prediction = network(x_next, t_next, velocity, **cond)
+        x_next, t_next, velocity, target = refiner_target(network, draw.x_t, draw.t, step, cond)
+        prediction = network(x_next, t_next, velocity=velocity, **cond)
         loss = context.loss(prediction, target, t_next, mask=cond.get("x_mask"))
         return ObjectiveOutput(loss, {"target_rms": target.square().mean().sqrt()})
 
-    @torch.no_grad()
-    def refiner_target(
-        self, x_t: Tensor, t: Tensor, step: Tensor, cond: Condition
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(x', t + h, v, u(x', t + h) - v)`` with ``v = u(x_t, t)`` and ``x' = x_t + h v``."""
-        velocity = self.flow(x_t, t, **cond)
-        x_next = x_t + step.reshape(-1, *([1] * (x_t.ndim - 1))) * velocity
-        t_next = t + step
-        return x_next, t_next, velocity, self.flow(x_next, t_next, **cond) - velocity
-
     def extra_repr(self) -> str:
         return f"max_delta={self.max_delta}"
+
+
+@torch.no_grad()
+def refiner_target(
+    network: nn.Module, x_t: Tensor, t: Tensor, step: Tensor, cond: Condition
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x', t + h, v, u(x', t + h) - v)`` with ``v = u(x_t, t)``, ``x' = x_t + h v`` and ``u``
+    the network's flow (``network(x, t, **cond)``)."""
+    velocity = network(x_t, t, **cond)
+    x_next = x_t + step.reshape(-1, *([1] * (x_t.ndim - 1))) * velocity
+    t_next = t + step
+    return x_next, t_next, velocity, network(x_next, t_next, **cond) - velocity

@@ -17,7 +17,9 @@ The refiner blocks follow the reference code (``VelocityRefinerBlock`` in FlowTu
 ``models_assemble.py``): both refiner calls take the velocity ``c`` the step started with, the
 second correction is added to ``d`` (not to ``c``), and the step hands ``d``, not ``d'``, on.
 ``r`` is trained (:class:`mmflow.fewstep.flowturbo.RefinerObjective`) so that
-``c + r(x + h c, t + h, c) = u(x + h c, t + h)`` for ``c = u(x, t)``.
+``c + r(x + h c, t + h, c) = u(x + h c, t + h)`` for ``c = u(x, t)``. It is the model itself
+called with the cached velocity, ``model(x, t, velocity=c, **kwargs)`` (a
+:class:`mmflow.fewstep.flowturbo.TurboFlow`), unless the ``refiner`` option names another.
 
 The cost is counted: ``result.nfe`` is the flow's evaluations, ``2 N_H + N_P`` plus one when
 ``N_H = 0 < N_P``, and ``result.info["refiner_calls"]`` the refiner's, ``2 N_R``. Steps are
@@ -26,6 +28,7 @@ tensor code only (no host reads), so the sampler runs on CUDA without synchronis
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,7 +54,7 @@ Refiner = Callable[..., Tensor]
 class _CountedRefiner:
     """Calls ``refiner(x, t, velocity, **model_kwargs)`` with ``t`` of shape ``[B]``, counted."""
 
-    def __init__(self, refiner: Refiner | None) -> None:
+    def __init__(self, refiner: Refiner) -> None:
         self.refiner = refiner
         self.calls = 0
 
@@ -62,6 +65,12 @@ class _CountedRefiner:
         return self.refiner(x, batched_time(t, x), velocity, **model_kwargs)
 
 
+def _model_refiner(
+    model: VelocityModel, x: Tensor, t: Tensor, velocity: Tensor, **kwargs: Any
+) -> Tensor:
+    return model(x, t, velocity=velocity, **kwargs)
+
+
 def flowturbo_evaluations(heun_steps: int, corrector_steps: int) -> int:
     """Evaluations of the flow for ``N_H`` Heun and ``N_P`` pseudo-corrector steps:
     ``2 N_H + N_P``, plus one when the first corrector step has no cache (``N_H = 0 < N_P``)."""
@@ -70,11 +79,7 @@ def flowturbo_evaluations(heun_steps: int, corrector_steps: int) -> int:
 
 
 def _check_steps(
-    heun_steps: int | None,
-    corrector_steps: int,
-    refiner_steps: int,
-    refiner: Refiner | None,
-    nfe: int | None,
+    heun_steps: int | None, corrector_steps: int, refiner_steps: int, nfe: int | None
 ) -> tuple[int, int, int]:
     """Validate the step counts (``heun_steps=None`` spends the rest of ``nfe`` on Heun)."""
     for name, value in (("corrector_steps", corrector_steps), ("refiner_steps", refiner_steps)):
@@ -86,8 +91,6 @@ def _check_steps(
         raise ValueError(f"`heun_steps` must be a non-negative integer, got {heun_steps!r}")
     if heun_steps + corrector_steps + refiner_steps == 0:
         raise ValueError("`heun_steps`, `corrector_steps` and `refiner_steps` are all 0")
-    if refiner_steps and refiner is None:
-        raise ValueError(f"`refiner_steps`={refiner_steps} needs a `refiner` in solver_options")
     if refiner_steps and heun_steps + corrector_steps == 0:
         raise ValueError(
             "`refiner_steps` need a Heun or corrector step before them: the refiner corrects "
@@ -156,11 +159,12 @@ def sample_flowturbo(
         heun_steps: ``N_H``, Heun steps first; ``None`` spends what ``nfe`` leaves after the
             corrector steps on Heun steps (``N_H = (nfe - N_P) / 2``).
         corrector_steps: ``N_P``, pseudo-corrector steps next.
-        refiner_steps: ``N_R``, refiner steps last; they need a ``refiner`` and a Heun or
-            corrector step before them. Without a refiner only ``refiner_steps=0`` is allowed.
+        refiner_steps: ``N_R``, refiner steps last; they need a Heun or corrector step
+            before them.
         refiner: the velocity refiner, ``refiner(x, t, velocity, **model_kwargs)`` with ``t``
             of shape ``[B]``, returning the correction added to ``velocity``
-            (:class:`mmflow.fewstep.flowturbo.VelocityRefiner`).
+            (:class:`mmflow.fewstep.flowturbo.VelocityRefiner`); by default the model's own,
+            ``model(x, t, velocity=velocity, **model_kwargs)``.
 
     ``nfe`` is ``None`` or the flow evaluations the steps spend (:func:`flowturbo_evaluations`);
     ``grid`` is a grid name (uniform by default, as in FlowTurbo) or ``N_H + N_P + N_R + 1``
@@ -171,8 +175,10 @@ def sample_flowturbo(
         refiner calls as ``info["refiner_calls"]``.
     """
     heun_steps, corrector_steps, refiner_steps = _check_steps(
-        heun_steps, corrector_steps, refiner_steps, refiner, nfe
+        heun_steps, corrector_steps, refiner_steps, nfe
     )
+    if refiner is None:
+        refiner = functools.partial(_model_refiner, model)
     blocks = ["heun"] * heun_steps + ["corrector"] * corrector_steps + ["refiner"] * refiner_steps
     ts = _time_grid(len(blocks), grid, grid_kwargs, x0)
     counted, counted_refiner = NFECounter(model), _CountedRefiner(refiner)

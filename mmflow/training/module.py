@@ -77,6 +77,8 @@ class FlowMatching(EvaluatedModule):
         scheduler: builds an LR scheduler (stepped every optimizer step), or ``None``.
         sampler: sampler name used in validation and generation (see ``mmflow info``).
         nfe: model evaluations for validation sampling.
+        solver_options: the sampler's own settings (``sample(..., solver_options=...)``), used
+            whenever the module generates with ``sampler``, e.g. FlowTurbo's step counts.
         cfg_scale: classifier-free guidance scale for validation sampling (1 = no guidance).
         val_sample_batches: validation batches that are also generated and evaluated.
         sample_seed: seed of the validation noise, so epochs are compared on the same noise.
@@ -102,6 +104,7 @@ class FlowMatching(EvaluatedModule):
         scheduler: LRSchedulerCallable | None = None,
         sampler: str = "heun",
         nfe: int = 16,
+        solver_options: dict[str, Any] | None = None,
         cfg_scale: float = 1.0,
         val_sample_batches: int = 1,
         sample_seed: int = 0,
@@ -208,16 +211,20 @@ class FlowMatching(EvaluatedModule):
     ) -> tuple[Tensor, int]:
         """Integrate the (guided) EMA velocity from ``x0``; returns ``(x1, counted NFE)``.
 
-        ``sampler``, ``nfe`` and ``cfg_scale`` default to the module's validation settings.
+        ``sampler``, ``nfe`` and ``cfg_scale`` default to the module's validation settings; the
+        module's ``solver_options`` go with its own sampler only.
         """
+        method = sampler or self.hparams.sampler
+        own_sampler = method == self.hparams.sampler
         result = generate(
             self.sampling_network,
             self.adapter,
             cond,
             x0,
-            sampler=sampler or self.hparams.sampler,
+            sampler=method,
             nfe=nfe or self.hparams.nfe,
             cfg_scale=self.hparams.cfg_scale if cfg_scale is None else cfg_scale,
+            solver_options=self.hparams.get("solver_options") if own_sampler else None,
         )
         return result.samples, result.nfe
 

@@ -133,3 +133,21 @@ def test_velocity_network_takes_a_module_or_a_trained_flow_and_names_a_bad_sourc
         velocity_network(3, "teacher")
     with pytest.raises(ValueError, match="`flow`: .*nowhere is neither a checkpoint file"):
         velocity_network(tmp_path / "nowhere", "flow")
+
+
+def test_solver_options_travel_with_the_model_and_its_own_sampler_only(tmp_path):
+    config = {
+        **CONFIG,
+        "sampler": "flowturbo",
+        "nfe": 4,
+        "solver_options": {"heun_steps": 1, "corrector_steps": 2},
+    }
+    module = build_module(config)
+    save_pretrained(module, tmp_path / "p")
+    flow = from_pretrained(tmp_path / "p")
+    assert flow.defaults.solver_options == {"heun_steps": 1, "corrector_steps": 2}
+    cond, x0 = _inputs()
+    result = flow.generate(cond, x0)
+    assert result.info["blocks"] == ["heun", "corrector", "corrector"]
+    assert torch.equal(result.samples, module.generate(cond, x0)[0])
+    assert flow.generate(cond, x0, sampler="heun", nfe=4).nfe == 4

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from mmflow.fewstep.flowturbo import RefinerObjective, VelocityRefiner
+from mmflow.fewstep.flowturbo import RefinerObjective, TurboFlow, VelocityRefiner
 from mmflow.nn import MMDiT, Patchify2D, SetTokens
 from mmflow.sampling import sample
 from mmflow.sampling.analytic import GaussianLinearFlow
@@ -30,6 +30,15 @@ def gaussian_data(field: GaussianLinearFlow, batch: int, seed: int = 0) -> Tenso
     return field.mean + field.std * z
 
 
+def turbo(field, refiner):
+    """The two modes of a TurboFlow network from plain functions."""
+
+    def network(x, t, velocity=None):
+        return field(x, t) if velocity is None else refiner(x, t, velocity)
+
+    return network
+
+
 def refiner_loss(objective, network, x1, seed: int = 0) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
     return objective(network, x1, {}, {}, generator, toy_context(Unconditional())).loss
@@ -37,7 +46,7 @@ def refiner_loss(objective, network, x1, seed: int = 0) -> Tensor:
 
 def test_the_exact_refiner_meets_the_target_and_no_refiner_does_not():
     field = gaussian()
-    objective = RefinerObjective(flow=field)
+    objective = RefinerObjective()
     x1 = gaussian_data(field, 512)
 
     def exact(x, t, velocity):
@@ -46,8 +55,8 @@ def test_the_exact_refiner_meets_the_target_and_no_refiner_does_not():
     def zero(x, t, velocity):
         return torch.zeros_like(velocity)
 
-    assert refiner_loss(objective, exact, x1) < 1e-28
-    assert refiner_loss(objective, zero, x1) > 1e-3
+    assert refiner_loss(objective, turbo(field, exact), x1) < 1e-28
+    assert refiner_loss(objective, turbo(field, zero), x1) > 1e-3
 
 
 def test_steps_stay_inside_the_unit_interval_and_below_max_delta():
@@ -57,21 +66,17 @@ def test_steps_stay_inside_the_unit_interval_and_below_max_delta():
         seen.append(t)
         return torch.zeros_like(velocity)
 
-    objective = RefinerObjective(flow=field, max_delta=0.5)
+    objective = RefinerObjective(max_delta=0.5)
     for seed in range(4):
-        refiner_loss(objective, spy, gaussian_data(field, 256), seed)
+        refiner_loss(objective, turbo(field, spy), gaussian_data(field, 256), seed)
     t_next = torch.cat(seen)
     assert 0 <= t_next.min() and t_next.max() <= 1
 
 
 def test_a_seeded_generator_fixes_every_draw():
     field = gaussian()
-    objective = RefinerObjective(flow=field)
-    x1 = gaussian_data(field, 64)
-
-    def half(x, t, velocity):
-        return 0.5 * (field(x, t) - velocity)
-
+    objective, x1 = RefinerObjective(), gaussian_data(field, 64)
+    half = turbo(field, lambda x, t, velocity: 0.5 * (field(x, t) - velocity))
     assert torch.equal(refiner_loss(objective, half, x1, 0), refiner_loss(objective, half, x1, 0))
     assert not torch.equal(
         refiner_loss(objective, half, x1, 0), refiner_loss(objective, half, x1, 1)
@@ -83,27 +88,26 @@ def small_refiner(seed: int = 0) -> VelocityRefiner:
     return VelocityRefiner(SetTokens(3), hidden_size=32, depth=1, num_heads=2)
 
 
-def flowturbo_error(field, refiner, x0) -> Tensor:
-    options = {"heun_steps": 1, "corrector_steps": 1, "refiner_steps": 4, "refiner": refiner}
-    result = sample(field, x0, "flowturbo", 3, solver_options=options)
+def flowturbo_error(field, network, x0) -> Tensor:
+    options = {"heun_steps": 1, "corrector_steps": 1, "refiner_steps": 4}
+    result = sample(network, x0, "flowturbo", 3, solver_options=options)
     assert result.nfe == 3 and result.info["refiner_calls"] == 8
     return (result.samples - field.flow(x0, 1.0)).square().mean().sqrt()
 
 
 def test_a_trained_refiner_brings_refiner_steps_closer_to_the_flow(single_thread):
     field = gaussian(torch.float32)
-    objective = RefinerObjective(flow=field)
-    refiner = small_refiner()
+    objective, network = RefinerObjective(), TurboFlow(field, small_refiner())
     x0 = torch.randn(512, 1, 3, generator=torch.Generator().manual_seed(7))
-    untrained = flowturbo_error(field, refiner, x0)
-    optimizer = torch.optim.Adam(refiner.parameters(), lr=2e-3)
+    untrained = flowturbo_error(field, network, x0)
+    optimizer = torch.optim.Adam(network.parameters(), lr=2e-3)
     for step in range(300):
-        loss = refiner_loss(objective, refiner, gaussian_data(field, 128, seed=step), seed=step)
+        loss = refiner_loss(objective, network, gaussian_data(field, 128, seed=step), seed=step)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        trained = flowturbo_error(field, refiner, x0)
+        trained = flowturbo_error(field, network, x0)
     assert trained < 0.5 * untrained, (trained, untrained)
 
 
@@ -137,8 +141,8 @@ def test_the_objective_trains_a_refiner_inside_flow_matching(tmp_path, single_th
     refiner = VelocityRefiner(SetTokens(2), hidden_size=16, num_heads=2, num_classes=3)
     module = FlowMatching(
         SetAdapter(),
-        refiner,
-        objective=RefinerObjective(flow=base),
+        TurboFlow(base, refiner),
+        objective=RefinerObjective(),
         optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
         ema_decay=None,
     )
@@ -150,7 +154,12 @@ def test_the_objective_trains_a_refiner_inside_flow_matching(tmp_path, single_th
     assert "train/target_rms" in trainer.callback_metrics
     assert any(not torch.equal(a, b) for a, b in zip(before, refiner.parameters(), strict=True))
     assert all(p.grad is None for p in base.parameters())
-    assert not any(name.startswith("objective.flow") for name in module.state_dict())
+    assert all(
+        name.startswith(("network.refiner.", "ema."))
+        for name in module.state_dict()
+        if name.startswith(("network.", "ema.module."))
+    )
+    assert not any(".flow." in name for name in module.state_dict())
 
 
 @pytest.mark.parametrize(
@@ -158,9 +167,10 @@ def test_the_objective_trains_a_refiner_inside_flow_matching(tmp_path, single_th
     [
         ({"flow": 3}, "flow"),
         ({"flow": "/nonexistent/flow.ckpt"}, "flow"),
-        ({"flow": nn.Identity(), "max_delta": 0.0}, "max_delta"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(arguments, named):
     with pytest.raises(ValueError, match=f"`{named}`"):
-        RefinerObjective(**arguments)
+        TurboFlow(refiner=nn.Identity(), **arguments)
+    with pytest.raises(ValueError, match="`max_delta`"):
+        RefinerObjective(max_delta=0.0)

@@ -4,7 +4,7 @@ pseudo-corrector and refiner steps match hand-written references, and the cost i
 import pytest
 import torch
 
-from mmflow.sampling import GaussianLinearFlow, sample
+from mmflow.sampling import ClassifierFreeGuidance, GaussianLinearFlow, sample
 from mmflow.sampling.flowturbo import flowturbo_evaluations
 
 from .test_host_sync import NoHostReads, trapped
@@ -160,6 +160,48 @@ def test_flow_evaluations_and_refiner_calls_are_counted():
     assert result.info["blocks"] == ["heun"] * 2 + ["corrector"] * 3 + ["refiner"] * 4
 
 
+def test_without_a_refiner_option_the_model_refines_itself_through_guidance():
+    """``model(x, t, velocity=v)`` is the refiner; under CFG both passes get ``v``, and the
+    guided correction of a linear refiner is the guided combination of the two."""
+    labels = torch.tensor([0, 1] * 8)
+    weights = torch.tensor([0.5, -0.7], dtype=torch.float64)
+
+    def model(x, t, velocity=None, class_labels=None):
+        bias = weights[class_labels.clamp(max=1)][:, None] * (class_labels < 2)[:, None]
+        if velocity is None:
+            return FIELD(x, t) + bias
+        return skewed_refiner(x, t, velocity) + bias * t[:, None]
+
+    guided = ClassifierFreeGuidance(
+        model, 3.0, null_kwargs={"class_labels": torch.full_like(labels, 2)}
+    )
+    options = {"heun_steps": 2, "corrector_steps": 1, "refiner_steps": 3}
+    result = sample(guided, noise(), "flowturbo", None, solver_options=options, class_labels=labels)
+
+    def guided_refiner(x, t, velocity, class_labels):
+        return skewed_refiner(x, t, velocity) + 3.0 * weights[labels][:, None] * t[:, None]
+
+    explicit = sample(
+        guided,
+        noise(),
+        "flowturbo",
+        None,
+        solver_options={**options, "refiner": guided_refiner},
+        class_labels=labels,
+    )
+    assert result.info["refiner_calls"] == 6
+    torch.testing.assert_close(result.samples, explicit.samples)
+    plain = sample(
+        guided,
+        noise(),
+        "flowturbo",
+        None,
+        solver_options={**options, "refiner": lambda x, t, v, **c: torch.zeros_like(v)},
+        class_labels=labels,
+    )
+    assert not torch.allclose(result.samples, plain.samples)
+
+
 def test_an_explicit_grid_sets_the_step_sizes():
     x0 = noise()
     grid = [0.0, 0.2, 0.5, 0.7, 1.0]
@@ -173,7 +215,6 @@ def test_an_explicit_grid_sets_the_step_sizes():
         (None, {"heun_steps": -1}, "heun_steps"),
         (None, {"heun_steps": 2, "corrector_steps": 1.5}, "corrector_steps"),
         (None, {"heun_steps": 2, "refiner_steps": -2}, "refiner_steps"),
-        (None, {"heun_steps": 2, "refiner_steps": 2}, "refiner"),
         (None, {"heun_steps": 0, "refiner_steps": 2, "refiner": exact_refiner}, "refiner_steps"),
         (None, {"heun_steps": 0}, "heun_steps"),
         (None, {}, "heun_steps"),
