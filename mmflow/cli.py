@@ -2,7 +2,7 @@
 
 ``mmflow fit | validate | test | predict --config recipe.yaml`` is a ``LightningCLI`` over
 :class:`mmflow.training.FlowMatching` and any ``LightningDataModule`` (``data.class_path``);
-``--print_config`` shows every setting. Five more subcommands:
+``--print_config`` shows every setting. Six more subcommands:
 
 - ``mmflow sample``: a checkpoint or a pretrained folder -> media files;
 - ``mmflow evaluate``: validate a checkpoint on a recipe's data and write the metrics as JSON;
@@ -10,13 +10,16 @@
 - ``mmflow couplings``: a teacher's (noise, sample, condition) shards for reflow and
   distillation (:mod:`mmflow.fewstep.couplings`);
 - ``mmflow info``: every sampling method with its NFE rule, the time grids, time
-  distributions and interpolants, by the names recipes use.
+  distributions and interpolants, by the names recipes use;
+- ``mmflow benchmark NAME``: a checkout's benchmark script, ``python -m benchmarks.NAME``
+  (``mmflow benchmark samplers``, ``mmflow benchmark fewstep``).
 
 Lightning is imported only by the subcommands that train or validate, so the others start fast.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -230,11 +233,37 @@ def _pop_option(argv: list[str], name: str) -> str | None:
     return None
 
 
+def _benchmark(argv: Sequence[str]) -> int:
+    """``mmflow benchmark NAME ARGS``: the checkout's ``python -m benchmarks.NAME ARGS``.
+
+    The benchmark scripts are not part of the installed package (they plot, and compare with
+    diffusers); they are found from the current directory, the repository root."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            "usage: mmflow benchmark NAME [ARGS]  (runs python -m benchmarks.NAME from a checkout)"
+        )
+        return 0
+    name = argv[0]
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(f"benchmarks.{name}")
+    except ModuleNotFoundError as error:
+        if error.name not in ("benchmarks", f"benchmarks.{name}"):
+            raise
+        raise ValueError(
+            f"no benchmark `{name}` here: run from the repository root, where "
+            f"benchmarks/{name}.py lives"
+        ) from None
+    return module.main(list(argv[1:]))
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "sample": _sample,
     "evaluate": _evaluate,
     "export": _export,
     "couplings": _couplings,
+    "benchmark": _benchmark,
     "info": _info,
 }
 

@@ -37,7 +37,7 @@ from mmflow.sampling.analytic import (
     GaussianMixtureFlow,
     random_gaussian_mixture,
 )
-from tests.mmflow.test_cli import write_recipe
+from tests.mmflow.test_cli import run, write_recipe
 from tests.mmflow.training.toy import CLASS_MEANS, CLASS_STD, ToyAdapter, ToyData, ToyVelocity
 
 COMMAND = "python -m benchmarks.samplers"
@@ -428,3 +428,27 @@ def test_benchmark_samplers_on_the_gaussian_mixture_field(tmp_path, capsys):
     assert (fitted["sampler"], fitted["nfe"]) == ("rk4", 8) and fitted["metrics"]
     assert {r["source"] for r in report["rows"]} == {"mmflow"}
     assert (out / "metrics_vs_nfe.png").stat().st_size > 0
+
+
+def test_mmflow_benchmark_samplers_runs_a_model_with_its_stored_solver_options(tmp_path):
+    """Through the `mmflow benchmark` alias: the checkpoint's own sampler (FlowTurbo, one Heun
+    and one corrector step: 3 evaluations, a budget no plain step count spends) runs with the
+    solver options it was trained with."""
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny.ckpt")
+    state = torch.load(checkpoint, weights_only=True)
+    state["hyper_parameters"].update(
+        sampler="flowturbo", nfe=3, solver_options={"heun_steps": 1, "corrector_steps": 1}
+    )
+    torch.save(state, checkpoint)
+    out = tmp_path / "bench"
+    args = ["--config", str(write_recipe(tmp_path)), "--checkpoint", str(checkpoint)]
+    args += ["--samplers", "[flowturbo,euler]", "--diffusers", "[]", "--nfe", "[3]"]
+    run("benchmark", "samplers", *args, "--num_samples", "32", "--out", str(out))
+    rows = {r["sampler"]: r for r in json.loads((out / "metrics.json").read_text())["rows"]}
+    assert rows["flowturbo"]["counted_nfe"] == 3 and rows["flowturbo"]["metrics"]
+    assert rows["euler"]["counted_nfe"] == 3
+
+
+def test_mmflow_benchmark_names_an_unknown_benchmark():
+    result = run("benchmark", "nonexistent", check=False)
+    assert result.returncode == 2 and "no benchmark `nonexistent`" in result.stderr
