@@ -151,10 +151,17 @@ def model_straightness(
 
 
 def evaluate_model(
-    entry: ModelEntry, batches: list[Any], seed: int, speed_batch: int
+    entry: ModelEntry,
+    batches: list[Any],
+    seed: int,
+    speed_batch: int,
+    adapter_args: dict[str, Any] | None = None,
 ) -> list[FewStepRow]:
-    """Every budget of one model: metrics on ``batches``, parameters and speed."""
+    """Every budget of one model: metrics on ``batches``, parameters and speed. ``adapter_args``
+    change the adapter's settings first (``{"fid_max_samples": 1000}`` adds Inception FID)."""
     flow = load_flow(entry.checkpoint, entry.pretrained)
+    if adapter_args:
+        flow = flow.with_adapter_args(**adapter_args)
     if entry.solver_options is not None:
         flow.defaults = replace(
             flow.defaults, sampler=entry.sampler, solver_options=entry.solver_options
@@ -232,6 +239,12 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--num_samples", type=int, default=500)
     parser.add_argument("--speed_batch", type=int, default=SPEED_BATCH)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--adapter_args",
+        type=dict[str, Any] | None,
+        default=None,
+        help="adapter settings to change, e.g. '{fid_max_samples: 1000}' for Inception FID",
+    )
     parser.add_argument("--out", type=str, required=True)
     return parser
 
@@ -243,7 +256,7 @@ def _benchmark(argv: Sequence[str]) -> int:
     rows = [
         row
         for entry in models
-        for row in evaluate_model(entry, batches, args.seed, args.speed_batch)
+        for row in evaluate_model(entry, batches, args.seed, args.speed_batch, args.adapter_args)
     ]
     reference_name = args.reference or models[0].name
     reference = next((row for row in rows if row.name == reference_name), None)

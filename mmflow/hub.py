@@ -15,6 +15,7 @@ Lightning checkpoints stay the format for resuming training.
 
 from __future__ import annotations
 
+import copy
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,16 @@ class PretrainedFlow(nn.Module):
             cfg_scale=self.defaults.cfg_scale if cfg_scale is None else cfg_scale,
             solver_options=self.defaults.options_for(sampler),
         )
+
+    def with_adapter_args(self, **init_args: Any) -> PretrainedFlow:
+        """This flow with its adapter rebuilt from its config with ``init_args`` changed, e.g.
+        ``flow.with_adapter_args(fid_max_samples=1000)`` to score with Inception FID too."""
+        config = copy.deepcopy(self.config["adapter"])
+        config["init_args"] = {**config.get("init_args", {}), **init_args}
+        adapter = _instantiate(config, "adapter", Path("<with_adapter_args>"))
+        device = next(self.network.parameters(), torch.empty(0)).device
+        rebuilt = {**self.config, "adapter": config}
+        return PretrainedFlow(self.network, adapter.eval().to(device), self.defaults, rebuilt)
 
 
 @dataclass

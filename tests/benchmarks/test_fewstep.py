@@ -62,3 +62,12 @@ def test_a_bad_models_file_is_named(tmp_path):
     path.write_text("{}")
     with pytest.raises(ValueError, match="non-empty list"):
         read_models(path)
+
+
+def test_adapter_args_change_how_every_model_is_scored(tmp_path, capsys):
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny.ckpt")
+    models = write_models(tmp_path / "models.yaml", checkpoint)
+    arguments = ["--config", str(write_recipe(tmp_path)), "--models", str(models)]
+    arguments += ["--num_samples", "16", "--speed_batch", "16", "--out", str(tmp_path / "b")]
+    assert main([*arguments, "--adapter_args", "{no_such_setting: 1}"]) == 2
+    assert "no_such_setting" in capsys.readouterr().err

@@ -151,3 +151,15 @@ def test_solver_options_travel_with_the_model_and_its_own_sampler_only(tmp_path)
     assert result.info["blocks"] == ["heun", "corrector", "corrector"]
     assert torch.equal(result.samples, module.generate(cond, x0)[0])
     assert flow.generate(cond, x0, sampler="heun", nfe=4).nfe == 4
+
+
+def test_with_adapter_args_rebuilds_the_adapter_and_names_a_bad_setting(trained, tmp_path):
+    module, _ = trained
+    save_pretrained(module, tmp_path / "p")
+    flow = from_pretrained(tmp_path / "p")
+    changed = flow.with_adapter_args(num_classes=7)
+    assert changed.adapter.num_classes == 7 and flow.adapter.num_classes == 3
+    assert changed.network is flow.network
+    assert changed.config["adapter"]["init_args"] == {"num_classes": 7}
+    with pytest.raises(ValueError, match="`adapter`"):
+        flow.with_adapter_args(no_such_setting=1)
