@@ -168,36 +168,38 @@ def _check_unit_interval(name: str, value: float, closed_above: bool = True) -> 
 class MeanFlowObjective(TrainingObjective):
     """MeanFlow training of the average velocity ``network(x_t, t, step_size=h, **cond)``.
 
-        x0 ~ noise,  (t, tau) = sort(two draws of time_distribution),  h = tau - t
-        (h = 0 for a share ``flow_matching_share`` of the batch),
-        x_t = t x1 + (1 - t) x0,   v = x1 - x0,   v_g = guided v (see the module docstring),
-        u, du/dt = jvp(network, (x_t, t, h), (v_g, 1, -1)),
-        u_tgt = v_g + h sg(du/dt),
-        loss = mean_b sg(1 / (||u_b - u_tgt_b||^2 + c)^p) ||u_b - u_tgt_b||^2.
+            x0 ~ noise,  (t, tau) = sort(two draws of time_distribution),  h = tau - t
+            (h = 0 for a share ``flow_matching_share`` of the batch),
+            x_t = t x1 + (1 - t) x0,   v = x1 - x0,   v_g = guided v (see the module docstring),
+            u, du/dt = jvp(network, (x_t, t, h), (v_g, 1, -1)),
+            u_tgt = v_g + h sg(du/dt),
+            loss = mean_b sg(1 / (||u_b - u_tgt_b||^2 + c)^p) ||u_b - u_tgt_b||^2.
 
-    Defaults are the official JAX code's (``Gsunshine/meanflow``, ``configs/default.py``, the
-    paper's ImageNet setting), converted to our time. The official CIFAR-10 PyTorch code
-    (``Gsunshine/py-meanflow``) uses ``flow_matching_share = 0.25``, ``weight_power = 0.75``,
-    ``weight_offset = 1e-3`` and ``LogitNormal(2.0, 2.0)`` (its v0 script).
+        Defaults are the official JAX code's (``Gsunshine/meanflow``, ``configs/default.py``, the
+        paper's ImageNet setting), converted to our time. The official CIFAR-10 PyTorch code
+        (``Gsunshine/py-meanflow``) uses ``flow_matching_share = 0.25``, ``weight_power = 0.75``,
+        ``weight_offset = 1e-3`` and both times ``LogitNormal(-2.0, 2.0)`` (its v0 script; that code
+    already runs in our convention, ``z = t x + (1 - t) e``), and feeds its network the raw
+    ``t`` and ``h`` in [0, 1] (:class:`~mmflow.nn.MMDiT`: ``time_scale = step_size_scale = 1``).
 
-    The module's ``path`` and ``loss`` are not used: the interpolant is the linear path the
-    identity is derived for, and the loss is the adaptively weighted squared norm, whose
-    offset ``c`` is relative to the norm summed over a sample (the module's loss averages
-    over elements and weights by ``t``, which has no single meaning for a pair of times).
+        The module's ``path`` and ``loss`` are not used: the interpolant is the linear path the
+        identity is derived for, and the loss is the adaptively weighted squared norm, whose
+        offset ``c`` is relative to the norm summed over a sample (the module's loss averages
+        over elements and weights by ``t``, which has no single meaning for a pair of times).
 
-    Args:
-        flow_matching_share: probability that a sample has ``h = 0`` (``r = t`` in the paper;
-            0.75 in the JAX code, "ratio of r != t" 25% in the paper).
-        time_distribution: the distribution of both times; default
-            ``LogitNormal(loc=0.4, scale=1.0)``, the paper's ``P_mean = -0.4``, ``P_std = 1.0``.
-        weight_power: ``p`` of the adaptive weight (1.0 in the JAX code).
-        weight_offset: ``c`` of the adaptive weight (0.01 in the JAX code).
-        cfg_omega: ``omega``, the weight of the conditional velocity in ``v_g`` (1.0 in the
-            JAX code).
-        cfg_kappa: ``kappa``, the weight of the model's conditional prediction in ``v_g``
-            (0.5 in the JAX code; 0 here, so that the default trains without guidance).
-        guidance_interval: ``(low, high)``: guidance acts for ``low <= t <= high`` in our
-            time (the paper's ``[t_start, t_end]`` is ours ``[1 - t_end, 1 - t_start]``).
+        Args:
+            flow_matching_share: probability that a sample has ``h = 0`` (``r = t`` in the paper;
+                0.75 in the JAX code, "ratio of r != t" 25% in the paper).
+            time_distribution: the distribution of both times; default
+                ``LogitNormal(loc=0.4, scale=1.0)``, the paper's ``P_mean = -0.4``, ``P_std = 1.0``.
+            weight_power: ``p`` of the adaptive weight (1.0 in the JAX code).
+            weight_offset: ``c`` of the adaptive weight (0.01 in the JAX code).
+            cfg_omega: ``omega``, the weight of the conditional velocity in ``v_g`` (1.0 in the
+                JAX code).
+            cfg_kappa: ``kappa``, the weight of the model's conditional prediction in ``v_g``
+                (0.5 in the JAX code; 0 here, so that the default trains without guidance).
+            guidance_interval: ``(low, high)``: guidance acts for ``low <= t <= high`` in our
+                time (the paper's ``[t_start, t_end]`` is ours ``[1 - t_end, 1 - t_start]``).
     """
 
     def __init__(

@@ -70,6 +70,9 @@ class MMDiT(nn.Module):
         qk_norm: RMS-normalise queries and keys per head (learnable scale, per stream).
         time_freq_dim: sinusoid features of the time embedding.
         time_scale, time_offset: the time embedder sees ``time_scale * t + time_offset``.
+        step_size_scale: the step-size embedder sees ``step_size_scale * d``. A model trained
+            through a derivative in ``t`` and ``d`` (MeanFlow's JVP) wants small scales for
+            both: the sinusoids' slopes grow with them, and with those the target.
         gradient_checkpointing: recompute blocks in backward (``use_reentrant=False``).
 
     When there are no single-stream blocks, the context streams only lend keys and values in
@@ -94,6 +97,7 @@ class MMDiT(nn.Module):
         time_freq_dim: int = 256,
         time_scale: float = 1000.0,
         time_offset: float = 0.0,
+        step_size_scale: float = 1000.0,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
@@ -124,7 +128,9 @@ class MMDiT(nn.Module):
         self.pooled_embed = PooledEmbedder(pooled_dim, hidden_size) if pooled_dim else None
         self.class_embed = ClassEmbedder(num_classes, hidden_size) if num_classes else None
         self.step_embed = (
-            StepSizeEmbedder(hidden_size, time_freq_dim) if step_size_embedding else None
+            StepSizeEmbedder(hidden_size, time_freq_dim, step_size_scale)
+            if step_size_embedding
+            else None
         )
 
         streams = [X_STREAM, *context]

@@ -209,6 +209,22 @@ def test_step_size_and_class_embedding():
         model(x, t, **kw, class_labels=labels)
 
 
+def test_the_step_size_embedder_sees_the_step_at_its_own_scale():
+    """The same weights at scale 1000 and at scale 1 agree when the step is 1000 times larger."""
+    torch.manual_seed(0)
+    default = randomize_(image_text_model(num_classes=3, step_size_embedding=True))
+    raw = image_text_model(num_classes=3, step_size_embedding=True, step_size_scale=1.0)
+    raw.load_state_dict(default.state_dict())
+    x, t, kw = image_text_inputs()
+    labels = torch.tensor([1, 2])
+    steps = torch.tensor([0.5, 0.25])
+    expected = default(x, t, **kw, class_labels=labels, step_size=steps / 1000)
+    torch.testing.assert_close(raw(x, t, **kw, class_labels=labels, step_size=steps), expected)
+    assert (
+        raw(x, t, **kw, class_labels=labels, step_size=steps / 1000) - expected
+    ).abs().max() > 1e-4
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"num_single_blocks": 1, "long_skips": True}])
 def test_gradient_checkpointing_matches(kwargs):
     x, t, kw = image_text_inputs()
