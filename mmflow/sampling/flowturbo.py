@@ -68,7 +68,16 @@ class _CountedRefiner:
 def _model_refiner(
     model: VelocityModel, x: Tensor, t: Tensor, velocity: Tensor, **kwargs: Any
 ) -> Tensor:
-    return model(x, t, velocity=velocity, **kwargs)
+    """The model's own refiner mode, ``model(x, t, velocity=v, **kwargs)``."""
+    try:
+        return model(x, t, velocity=velocity, **kwargs)
+    except TypeError as error:
+        if "velocity" not in str(error):
+            raise
+        raise ValueError(
+            "refiner steps need a `refiner` in solver_options, or a model that refines itself "
+            f"when called with `velocity=` (mmflow.fewstep.flowturbo.TurboFlow): {error}"
+        ) from None
 
 
 def flowturbo_evaluations(heun_steps: int, corrector_steps: int) -> int:

@@ -215,6 +215,7 @@ def test_an_explicit_grid_sets_the_step_sizes():
         (None, {"heun_steps": -1}, "heun_steps"),
         (None, {"heun_steps": 2, "corrector_steps": 1.5}, "corrector_steps"),
         (None, {"heun_steps": 2, "refiner_steps": -2}, "refiner_steps"),
+        (None, {"heun_steps": 2, "refiner_steps": 2}, "refiner"),
         (None, {"heun_steps": 0, "refiner_steps": 2, "refiner": exact_refiner}, "refiner_steps"),
         (None, {"heun_steps": 0}, "heun_steps"),
         (None, {}, "heun_steps"),
