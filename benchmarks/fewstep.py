@@ -235,7 +235,7 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--config", type=str, required=True, help="recipe whose `data` is scored")
     parser.add_argument("--models", type=str, required=True, help="YAML list of models")
     parser.add_argument("--reference", type=str | None, default=None, help="default: first model")
-    parser.add_argument("--split", type=str, default="test")
+    parser.add_argument("--split", type=str, default="test", help="test, val or train")
     parser.add_argument("--num_samples", type=int, default=500)
     parser.add_argument("--speed_batch", type=int, default=SPEED_BATCH)
     parser.add_argument("--seed", type=int, default=0)
@@ -252,6 +252,7 @@ def _parser() -> ArgumentParser:
 def _benchmark(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     models = read_models(args.models)
+    torch.manual_seed(args.seed)  # the training split's shuffle, when it is the one scored
     batches = take_batches(load_datamodule(args.config), args.split, args.num_samples)
     rows = [
         row

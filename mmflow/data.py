@@ -102,10 +102,16 @@ def load_datamodule(recipe: str | Path) -> pl.LightningDataModule:
 
 
 def take_batches(datamodule: pl.LightningDataModule, split: str, num_samples: int) -> list[Batch]:
-    """The first ``num_samples`` examples of ``split`` ("test" or "val") as dict batches."""
-    stages = {"test": ("test", "test_dataloader"), "val": ("validate", "val_dataloader")}
+    """The first ``num_samples`` examples of ``split`` ("test", "val" or "train") as dict
+    batches. The training loader shuffles with torch's global generator: seed it first for the
+    same examples every time."""
+    stages = {
+        "test": ("test", "test_dataloader"),
+        "val": ("validate", "val_dataloader"),
+        "train": ("fit", "train_dataloader"),
+    }
     if split not in stages:
-        raise ValueError(f"`split` must be 'test' or 'val', got {split!r}")
+        raise ValueError(f"`split` must be 'test', 'val' or 'train', got {split!r}")
     stage, loader_name = stages[split]
     datamodule.prepare_data()
     datamodule.setup(stage)

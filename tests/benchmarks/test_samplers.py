@@ -294,6 +294,17 @@ def test_take_batches_counts_examples_exactly():
         take_batches(ToyData(size=256, batch_size=64), "test", 1000)
 
 
+def test_take_batches_reads_the_training_split_seeded_and_names_a_bad_split():
+    def first_labels(seed):
+        torch.manual_seed(seed)
+        return torch.cat([b["label"] for b in take_batches(ToyData(size=256), "train", 100)])
+
+    assert torch.equal(first_labels(0), first_labels(0))
+    assert not torch.equal(first_labels(0), first_labels(1))
+    with pytest.raises(ValueError, match="`split`"):
+        take_batches(ToyData(size=256), "training", 10)
+
+
 def test_load_datamodule_from_a_recipe(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
