@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,3 +34,50 @@ def generate(
         model = ClassifierFreeGuidance(network, cfg_scale, null_condition=adapter.null_condition)
     budget = nfe if get_sampler(sampler).takes_nfe else None
     return sample(model, x0, method=sampler, nfe=budget, **sampler_kwargs, **cond)
+
+
+@dataclass
+class GenerationDefaults:
+    """Sampler settings stored with a pretrained model; ``solver_options`` (the sampler's own
+    settings, ``sample(..., solver_options=...)``) go with ``sampler`` only."""
+
+    sampler: str = "heun"
+    nfe: int = 16
+    cfg_scale: float = 1.0
+    solver_options: dict[str, Any] | None = None
+
+    @classmethod
+    def from_hparams(cls, hparams: Any) -> GenerationDefaults:
+        """The validation settings of a ``FlowMatching`` module's hyperparameters."""
+        return cls(
+            hparams.get("sampler", "heun"),
+            hparams.get("nfe", 16),
+            hparams.get("cfg_scale", 1.0),
+            hparams.get("solver_options"),
+        )
+
+    def options_for(self, sampler: str | None) -> dict[str, Any] | None:
+        """``solver_options`` when generating with ``sampler`` (``None``: the default one)."""
+        return self.solver_options if sampler in (None, self.sampler) else None
+
+    def generate(
+        self,
+        network: nn.Module,
+        adapter: ModalityAdapter,
+        cond: Condition,
+        x0: Tensor,
+        sampler: str | None = None,
+        nfe: int | None = None,
+        cfg_scale: float | None = None,
+    ) -> SampleResult:
+        """:func:`generate` with these defaults for what is not given."""
+        return generate(
+            network,
+            adapter,
+            cond,
+            x0,
+            sampler=sampler or self.sampler,
+            nfe=nfe or self.nfe,
+            cfg_scale=self.cfg_scale if cfg_scale is None else cfg_scale,
+            solver_options=self.options_for(sampler),
+        )

@@ -28,37 +28,12 @@ from torch import Tensor, nn
 import mmflow
 from mmflow.files import load_state, load_weights, read_json, save_weights, write_json
 from mmflow.finetune import LoRA, add_lora, has_lora, merge_lora
-from mmflow.generation import generate
+from mmflow.generation import GenerationDefaults
 from mmflow.modality import Condition, ModalityAdapter
 from mmflow.sampling import SampleResult
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-@dataclass
-class GenerationDefaults:
-    """Sampler settings stored with a pretrained model; ``solver_options`` (the sampler's own
-    settings, ``sample(..., solver_options=...)``) go with ``sampler`` only."""
-
-    sampler: str = "heun"
-    nfe: int = 16
-    cfg_scale: float = 1.0
-    solver_options: dict[str, Any] | None = None
-
-    @classmethod
-    def from_hparams(cls, hparams: Any) -> GenerationDefaults:
-        """The validation settings of a ``FlowMatching`` module's hyperparameters."""
-        return cls(
-            hparams.get("sampler", "heun"),
-            hparams.get("nfe", 16),
-            hparams.get("cfg_scale", 1.0),
-            hparams.get("solver_options"),
-        )
-
-    def options_for(self, sampler: str | None) -> dict[str, Any] | None:
-        """``solver_options`` when generating with ``sampler`` (``None``: the default one)."""
-        return self.solver_options if sampler in (None, self.sampler) else None
 
 
 class PretrainedFlow(nn.Module):
@@ -85,17 +60,8 @@ class PretrainedFlow(nn.Module):
         nfe: int | None = None,
         cfg_scale: float | None = None,
     ) -> SampleResult:
-        """Samples from noise ``x0`` (see :func:`mmflow.generation.generate`)."""
-        return generate(
-            self.network,
-            self.adapter,
-            cond,
-            x0,
-            sampler=sampler or self.defaults.sampler,
-            nfe=nfe or self.defaults.nfe,
-            cfg_scale=self.defaults.cfg_scale if cfg_scale is None else cfg_scale,
-            solver_options=self.defaults.options_for(sampler),
-        )
+        """Samples from noise ``x0`` (see :meth:`GenerationDefaults.generate`)."""
+        return self.defaults.generate(self.network, self.adapter, cond, x0, sampler, nfe, cfg_scale)
 
     def with_adapter_args(self, **init_args: Any) -> PretrainedFlow:
         """This flow with its adapter rebuilt from its config with ``init_args`` changed, e.g.

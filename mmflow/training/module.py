@@ -31,7 +31,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mmflow.fewstep.couplings import coupling_parts
 from mmflow.finetune import LoRA, add_lora, freeze_parameters, load_initial_weights
-from mmflow.generation import generate
+from mmflow.generation import GenerationDefaults
 from mmflow.interpolants import AffinePath, LinearPath
 from mmflow.losses import VelocityLoss
 from mmflow.modality import Batch, Condition, ModalityAdapter
@@ -214,17 +214,8 @@ class FlowMatching(EvaluatedModule):
         ``sampler``, ``nfe`` and ``cfg_scale`` default to the module's validation settings; the
         module's ``solver_options`` go with its own sampler only.
         """
-        method = sampler or self.hparams.sampler
-        own_sampler = method == self.hparams.sampler
-        result = generate(
-            self.sampling_network,
-            self.adapter,
-            cond,
-            x0,
-            sampler=method,
-            nfe=nfe or self.hparams.nfe,
-            cfg_scale=self.hparams.cfg_scale if cfg_scale is None else cfg_scale,
-            solver_options=self.hparams.get("solver_options") if own_sampler else None,
+        result = GenerationDefaults.from_hparams(self.hparams).generate(
+            self.sampling_network, self.adapter, cond, x0, sampler, nfe, cfg_scale
         )
         return result.samples, result.nfe
 
