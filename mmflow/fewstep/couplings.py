@@ -13,7 +13,8 @@ examples ``i * shard_size ...`` with the teacher's adapter), so a coupling set f
 data's condition distribution. Each shard's noise comes from its own seed (the run's seed and
 the shard index), and a shard is written atomically when complete, so a run that is killed
 and started again writes exactly the missing shards: no duplicate, none missing, and the same
-triples an uninterrupted run writes. Shards split across processes two ways: Lightning's own
+triples an uninterrupted run writes. Asking a folder for more samples than it holds extends
+it with the next shards. Shards split across processes two ways: Lightning's own
 (``devices > 1``: the predict loop's distributed sampler deals the shards out) or independent
 processes that each take the shards ``i`` with ``i % num_processes == process_index``.
 
@@ -214,7 +215,12 @@ class _ShardWriter(BasePredictionWriter):
 
 
 def _check_manifest(folder: Path, settings: CouplingSettings) -> None:
-    """Write the manifest of a new folder, or check a resumed run against it."""
+    """Write the manifest of a new folder, or check a resumed run against it.
+
+    A run that asks for more shards than the folder holds, with otherwise the same settings,
+    extends the set: shard ``i`` depends only on the seed and ``i``, so the stored shards are
+    exactly the first ones of the larger set. Fewer shards are refused.
+    """
     path = folder / MANIFEST_NAME
     if not path.exists():
         write_json(path, asdict(settings))
@@ -225,7 +231,9 @@ def _check_manifest(folder: Path, settings: CouplingSettings) -> None:
         for name in asdict(settings)
         if getattr(stored, name) != getattr(settings, name)
     ]
-    if differing:
+    if len(differing) == 1 and stored.num_shards < settings.num_shards:
+        write_json(path, asdict(settings))
+    elif differing:
         raise ValueError(
             f"{path}: the folder holds couplings made with other settings ({'; '.join(differing)});"
             " write to a new folder"

@@ -174,6 +174,23 @@ def test_a_resumed_run_with_other_settings_is_refused(tmp_path):
         write(tmp_path, nfe=8)
 
 
+def test_asking_for_more_samples_extends_the_set_and_fewer_is_refused(tmp_path):
+    write(tmp_path / "grown", num_samples=16)
+    first = {i: load_weights(tmp_path / "grown" / shard_name(i)) for i in range(2)}
+    assert write(tmp_path / "grown", num_samples=32) == [2, 3]
+    write(tmp_path / "whole")
+    grown, whole = Couplings(tmp_path / "grown").tensors, Couplings(tmp_path / "whole").tensors
+    for key in whole:
+        torch.testing.assert_close(grown[key], whole[key], rtol=0, atol=0)
+    for index, tensors in first.items():
+        for key, value in load_weights(tmp_path / "grown" / shard_name(index)).items():
+            torch.testing.assert_close(value, tensors[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"manifest.json.*num_shards: 4 there, 2 now"):
+        write(tmp_path / "grown", num_samples=16)
+    with pytest.raises(ValueError, match=r"nfe: 64 there, 8 now"):
+        write(tmp_path / "grown", num_samples=64, nfe=8)
+
+
 def test_bad_shards_are_named(tmp_path):
     write(tmp_path)
     shard = tmp_path / shard_name(2)
