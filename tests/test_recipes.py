@@ -75,6 +75,18 @@ def trained_flow_overrides(model_args: dict, tmp_path: Path, classifier: Path) -
     return args
 
 
+def untrained_feature_weights(objective_args: dict, tmp_path: Path) -> Path:
+    """The weights file of a distillation recipe's ``feature_network``, untrained: a stand-in
+    for the feature classifier it names, built with the recipe's architecture."""
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(nn.Module, "network")
+    spec = {"network": copy.deepcopy(objective_args["feature_network"])}
+    network = parser.instantiate(parser.parse_object(spec))["network"]
+    file = tmp_path / "feature_network.safetensors"
+    save_weights(file, network.state_dict())
+    return file
+
+
 def tiny_couplings(folder: Path, size: int = 8, num_classes: int = 10) -> Path:
     """A coupling folder of one shard of random 28 x 28 pairs with class labels."""
     settings = CouplingSettings("test", "euler", 1, 1.0, 0, 1, size, (1, 28, 28))
@@ -127,6 +139,10 @@ def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Pat
     if is_flow:
         classifier = files["audio_classifier" if audio else "image_classifier"]
         args += trained_flow_overrides(model_args, tmp_path, classifier)
+        objective_args = model_args.get("objective", {}).get("init_args", {})
+        if "feature_weights" in objective_args:
+            weights = untrained_feature_weights(objective_args, tmp_path)
+            args.append(f"--model.objective.init_args.feature_weights={weights}")
     if not is_flow and "export_dir" in model_args:
         args.append(f"{prefix}export_dir={tmp_path / 'export'}")
     if adapter_args.get("fid_max_samples"):

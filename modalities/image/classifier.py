@@ -194,6 +194,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0, help="split and training seed")
+    parser.add_argument("--width", type=int, default=32, help="channels of the first conv block")
+    parser.add_argument(
+        "--feature-dim", type=int, default=128, help="size of the penultimate (feature) layer"
+    )
     parser.add_argument("--limit", type=int, help="train on at most this many images")
     parser.add_argument(
         "--cache-dir", help="datamodule cache root (default $MMFLOW_CACHE or ~/.cache/mmflow)"
@@ -224,7 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         datamodule = _datamodule(args)
         start = time.perf_counter()
         _, val_accuracy = train_classifier(
-            datamodule, args.out, epochs=args.epochs, lr=args.lr, seed=args.seed
+            datamodule,
+            args.out,
+            epochs=args.epochs,
+            lr=args.lr,
+            width=args.width,
+            feature_dim=args.feature_dim,
+            seed=args.seed,
         )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

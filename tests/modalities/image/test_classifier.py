@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from modalities.image import ClassAccuracy, ClassifierFD, MNIST5k, SmallCNN
-from modalities.image.classifier import main
+from modalities.image.classifier import ClassifierConfig, main
 
 
 def test_brief_training_is_well_above_chance(trained_classifier):
@@ -120,6 +120,10 @@ def test_command_line_trains_and_reports(
             "1",
             "--limit",
             "200",
+            "--width",
+            "8",
+            "--feature-dim",
+            "24",
             "--cache-dir",
             cache_dir,
         ]
@@ -128,7 +132,9 @@ def test_command_line_trains_and_reports(
     assert (out / "model.safetensors").is_file()
     printed = capsys.readouterr().out
     assert "validation accuracy" in printed
-    assert SmallCNN.from_pretrained(out).config.num_classes == 10
+    loaded = SmallCNN.from_pretrained(out)
+    assert loaded.config == ClassifierConfig(in_channels=1, num_classes=10, width=8, feature_dim=24)
+    assert loaded.features(torch.rand(2, 1, 8, 8)).shape == (2, 24)
     info = json.loads((out / "config.json").read_text())["info"]
     assert f"validation accuracy {info['val_accuracy']:.4f}" in printed
     assert info["dataset"] == "sklearn-digits" and 0.0 <= info["val_accuracy"] <= 1.0
