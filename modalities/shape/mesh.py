@@ -1,0 +1,121 @@
+"""Triangle meshes in: loading through trimesh, watertightness, normalisation into [-1, 1]^3.
+
+A shape enters the modality as a closed, consistently oriented triangle mesh, because its
+signed distance (negative inside) is only defined for a surface that bounds a volume.
+:func:`load_mesh` reads any format trimesh reads (OBJ, OFF, PLY, STL, GLB ...), refuses what is
+not a mesh (empty or unreadable files, no triangles, non-finite vertices) and repairs what
+trimesh can (duplicate vertices, small holes, flipped faces); a mesh that stays open or
+non-manifold is refused with a :class:`MeshError` naming the file.
+:func:`normalise_mesh` moves the bounding box's centre to the origin and scales the longest
+half-extent to ``margin`` (0.9 by default), so every shape fits [-0.9, 0.9]^3 and keeps room
+for the sample points around its surface inside [-1, 1]^3.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+__all__ = ["MeshError", "Normalisation", "load_mesh", "make_watertight", "normalise_mesh"]
+
+
+#: What trimesh's loaders raise on a file that is not the format its suffix says.
+UNREADABLE = (
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    NotImplementedError,
+    OSError,
+    struct.error,
+)
+
+
+class MeshError(ValueError):
+    """A file that is not a usable closed mesh; the message names the file and the fault."""
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """The map applied by :func:`normalise_mesh`: ``x_normalised = (x - centre) * scale``."""
+
+    centre: tuple[float, float, float]
+    scale: float
+
+
+def load_mesh(path: str | Path, repair: bool = True) -> trimesh.Trimesh:
+    """Read ``path`` as one triangle mesh (a multi-part scene is concatenated) and check it.
+
+    Raises :class:`MeshError` for a missing, empty or unreadable file, a file without
+    triangles, non-finite vertex coordinates, and (after :func:`make_watertight` when
+    ``repair``) a mesh that is still open or non-manifold.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MeshError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise MeshError(f"{path}: empty file")
+    try:
+        loaded = trimesh.load(path, force="mesh", process=False)
+    except UNREADABLE as error:
+        raise MeshError(f"{path}: not a readable mesh ({type(error).__name__}: {error})") from None
+    if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
+        raise MeshError(f"{path}: no triangles (not a mesh, or an empty one)")
+    if not np.isfinite(loaded.vertices).all():
+        bad = int((~np.isfinite(loaded.vertices).all(axis=1)).sum())
+        raise MeshError(f"{path}: {bad} vertices have non-finite (NaN or infinite) coordinates")
+    mesh = trimesh.Trimesh(loaded.vertices, loaded.faces, process=True)
+    if repair:
+        mesh = make_watertight(mesh, str(path))
+    return mesh
+
+
+def make_watertight(mesh: trimesh.Trimesh, name: str = "mesh") -> trimesh.Trimesh:
+    """Repair what trimesh can and check the result bounds a volume.
+
+    Merges duplicate vertices, fills holes trimesh can close, makes the winding consistent
+    with outward normals; then requires a watertight, consistently wound mesh with positive
+    volume, else raises :class:`MeshError` naming ``name`` and the number of open edges.
+    """
+    mesh = mesh.copy()
+    mesh.merge_vertices()
+    mesh.update_faces(mesh.nondegenerate_faces())
+    if not mesh.is_watertight:
+        trimesh.repair.fill_holes(mesh)
+    trimesh.repair.fix_normals(mesh)
+    if not (mesh.is_watertight and mesh.is_winding_consistent):
+        edges = trimesh.grouping.group_rows(mesh.edges_sorted, require_count=1)
+        raise MeshError(
+            f"{name}: not watertight after repair ({len(edges)} open edges, winding "
+            f"{'consistent' if mesh.is_winding_consistent else 'inconsistent'}): an SDF needs a "
+            "closed surface"
+        )
+    if mesh.volume <= 0:
+        raise MeshError(f"{name}: encloses no volume (volume {mesh.volume:.3g})")
+    return mesh
+
+
+def normalise_mesh(
+    mesh: trimesh.Trimesh, margin: float = 0.9
+) -> tuple[trimesh.Trimesh, Normalisation]:
+    """Centre the bounding box at the origin and scale its longest half-extent to ``margin``.
+
+    Returns the moved copy and the :class:`Normalisation` that maps the input onto it.
+    """
+    if not 0 < margin <= 1:
+        raise ValueError(f"`margin` must be in (0, 1], got {margin}")
+    low, high = mesh.bounds
+    centre = (low + high) / 2
+    half_extent = float((high - low).max() / 2)
+    if half_extent <= 0:
+        raise MeshError("mesh has zero extent: all vertices coincide")
+    scale = margin / half_extent
+    moved = mesh.copy()
+    moved.apply_translation(-centre)
+    moved.apply_scale(scale)
+    return moved, Normalisation(tuple(float(c) for c in centre), scale)
