@@ -14,11 +14,15 @@ TORCH_PIN := torch==2.14.1 torchaudio==2.11.0
 DEB_PACKAGES := dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en \
                 fluidsynth timgm6mb-soundfont bucklespring-data sound-theme-freedesktop
 
+# Real meshes for the shape tests: the data files of Debian's CGAL demo package, unpacked from
+# its .deb (nothing is installed).
+CGAL_MESHES := .cache/data/cgal-meshes
+
 DEMO_OUT        := outputs/demo
 DEMO_RECIPE     := recipes/image/mnist.yaml
 DEMO_CLASSIFIER := .cache/classifiers/mnist5k
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo lint clean cgal-meshes
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +37,19 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 
 install: $(STAMP)
 
-test: $(STAMP)
+$(CGAL_MESHES)/armadillo.off:
+	@rm -rf $(CGAL_MESHES).tmp && mkdir -p $(CGAL_MESHES).tmp
+	cd $(CGAL_MESHES).tmp && { apt-get download -qq libcgal-demo 2>/dev/null || \
+		{ apt-get update -qq && apt-get download -qq libcgal-demo; }; }
+	dpkg -x $(CGAL_MESHES).tmp/libcgal-demo_*.deb $(CGAL_MESHES).tmp/package
+	tar xzf $(CGAL_MESHES).tmp/package/usr/share/doc/libcgal-dev/data.tar.gz \
+		-C $(CGAL_MESHES).tmp data/meshes
+	rm -rf $(CGAL_MESHES) && mv $(CGAL_MESHES).tmp/data/meshes $(CGAL_MESHES)
+	rm -rf $(CGAL_MESHES).tmp
+
+cgal-meshes: $(CGAL_MESHES)/armadillo.off
+
+test: $(STAMP) $(CGAL_MESHES)/armadillo.off
 	$(PY) -m pytest -q
 
 # The classifier behind FD-ours and class accuracy is trained once and cached.

@@ -80,22 +80,25 @@ def make_watertight(mesh: trimesh.Trimesh, name: str = "mesh") -> trimesh.Trimes
 
     Merges duplicate vertices, fills holes trimesh can close, makes the winding consistent
     with outward normals; then requires a watertight, consistently wound mesh with positive
-    volume, else raises :class:`MeshError` naming ``name`` and the number of open edges.
+    volume, else raises :class:`MeshError` naming ``name`` and its open edges (used by one face)
+    and non-manifold edges (used by more than two).
     """
     mesh = mesh.copy()
     mesh.merge_vertices()
     mesh.update_faces(mesh.nondegenerate_faces())
-    if not mesh.is_watertight:
-        trimesh.repair.fill_holes(mesh)
-    trimesh.repair.fix_normals(mesh)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a zero volume is refused below
+        if not mesh.is_watertight:
+            trimesh.repair.fill_holes(mesh)
+        trimesh.repair.fix_normals(mesh)
     if not (mesh.is_watertight and mesh.is_winding_consistent):
-        edges = trimesh.grouping.group_rows(mesh.edges_sorted, require_count=1)
+        _, uses = np.unique(mesh.edges_sorted, axis=0, return_counts=True)
         raise MeshError(
-            f"{name}: not watertight after repair ({len(edges)} open edges, winding "
+            f"{name}: not watertight after repair (open edges: {int((uses == 1).sum())}, "
+            f"non-manifold edges: {int((uses > 2).sum())}, winding "
             f"{'consistent' if mesh.is_winding_consistent else 'inconsistent'}): an SDF needs a "
             "closed surface"
         )
-    if mesh.volume <= 0:
+    if not mesh.volume > 0:  # also NaN, for a closed surface around nothing
         raise MeshError(f"{name}: encloses no volume (volume {mesh.volume:.3g})")
     return mesh
 

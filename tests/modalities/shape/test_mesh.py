@@ -52,7 +52,10 @@ def test_an_open_mesh_is_refused_naming_the_file(tmp_path: Path):
     tube.update_faces(sides)
     path = tmp_path / "tube.obj"
     tube.export(path)
-    with pytest.raises(MeshError, match=r"tube\.obj: not watertight after repair \(64 open edges"):
+    with pytest.raises(
+        MeshError,
+        match=r"tube\.obj: not watertight after repair \(open edges: 64, non-manifold edges: 0",
+    ):
         load_mesh(path)
 
 
@@ -60,8 +63,15 @@ def test_a_non_manifold_mesh_is_refused():
     first, second = box(), box()
     second.apply_translation((2.0, 1.0, 0.0))  # the two boxes share one edge
     joined = trimesh.util.concatenate([first, second])
-    with pytest.raises(MeshError, match="joined: not watertight"):
+    with pytest.raises(MeshError, match="joined: not watertight .*non-manifold edges: 1,"):
         make_watertight(joined, "joined")
+
+
+def test_a_closed_surface_around_no_volume_is_refused():
+    flat = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [0, 1, 0]], [[0, 1, 2], [0, 2, 1]], process=False)
+    assert flat.is_watertight
+    with pytest.raises(MeshError, match=r"flat: encloses no volume \(volume 0\)"):
+        make_watertight(flat, "flat")
 
 
 @pytest.mark.parametrize(
