@@ -2,24 +2,39 @@
 
 Meshes are loaded and checked by :mod:`modalities.shape.mesh`, their signed distances sampled
 and cached by :mod:`modalities.shape.sdf`; :mod:`modalities.shape.primitives` has solids with
-closed-form SDFs. See docs/shape.md.
+closed-form SDFs, and :mod:`modalities.shape.data` serves folders of meshes as SDF examples.
+See docs/shape.md.
 """
 
+from .data import (
+    MESH_SUFFIXES,
+    Augmentation,
+    MeshFolder,
+    ShapeSDFDataset,
+    find_mesh_files,
+    write_primitive_folder,
+)
 from .mesh import MeshError, Normalisation, load_mesh, make_watertight, normalise_mesh
 from .primitives import PRIMITIVE_KINDS, Primitive
 from .sdf import SDFSamples, SDFSettings, cached_sdf_samples, sample_sdf, signed_distance
 
 __all__ = [
+    "MESH_SUFFIXES",
     "PRIMITIVE_KINDS",
+    "Augmentation",
     "MeshError",
+    "MeshFolder",
     "Normalisation",
     "Primitive",
     "SDFSamples",
     "SDFSettings",
+    "ShapeSDFDataset",
     "cached_sdf_samples",
+    "find_mesh_files",
     "load_mesh",
     "make_watertight",
     "normalise_mesh",
     "sample_sdf",
     "signed_distance",
+    "write_primitive_folder",
 ]

@@ -1,0 +1,289 @@
+"""Datamodules of shapes as SDF samples: any folder of meshes, one sub-folder per class.
+
+:class:`MeshFolder` reads every mesh under ``root`` (``OBJ, OFF, PLY, STL, GLB``). When ``root``
+has sub-folders holding meshes, each is a class (sorted names are the labels); otherwise all
+meshes are one class. Each file goes through :func:`modalities.shape.sdf.cached_sdf_samples`
+once (checked, normalised, sampled, cached), so a user's ShapeNet-style folder drops in. A file
+that is not a closed mesh stops the set-up with every such file named, unless
+``skip_invalid`` is set, which leaves them out and logs each by name.
+
+An example is one shape: ``surface`` ``[num_surface, 6]`` (surface points and their normals,
+the encoder's input), ``points`` ``[num_points, 3]`` and ``sdf`` ``[num_points]`` (half near the
+surface, half uniform: the decoder's targets) and ``label``. Training draws fresh random
+subsets of the cached samples each time from torch's global generator (seeded by
+``seed_everything`` and, in dataloader workers, per worker by PyTorch); validation and test
+take the first ones, so they are fixed. Training shapes may be augmented by maps under which the SDF is known exactly:
+
+    rotation or reflection Q (orthogonal):  sdf_Q(Q p) = sdf(p),  n -> Q n;
+    uniform scale s:                        sdf_s(s p) = s sdf(p).
+
+:func:`write_primitive_folder` writes random primitives (:mod:`modalities.shape.primitives`)
+as such a folder, one class per kind.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mmflow.data import SplitDataModule
+
+from .mesh import MeshError
+from .primitives import PRIMITIVE_KINDS, Primitive
+from .sdf import SDFSamples, SDFSettings, cached_sdf_samples
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MESH_SUFFIXES",
+    "Augmentation",
+    "MeshFolder",
+    "ShapeSDFDataset",
+    "find_mesh_files",
+    "write_primitive_folder",
+]
+
+MESH_SUFFIXES: tuple[str, ...] = (".obj", ".off", ".ply", ".stl", ".glb")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random maps applied to training shapes (module docstring).
+
+    Args:
+        quarter_turns: rotate about the z-axis by a random multiple of 90 degrees (keeps the
+            normalised shape inside [-0.9, 0.9]^3).
+        mirror: reflect x -> -x with probability 1/2.
+        scale: a uniform scale drawn from ``[low, high]`` (at most 1 keeps points in [-1, 1]^3).
+    """
+
+    quarter_turns: bool = False
+    mirror: bool = False
+    scale: tuple[float, float] = (1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        low, high = self.scale
+        if not 0 < low <= high:
+            raise ValueError(f"`scale` must be 0 < low <= high, got {self.scale}")
+
+    @property
+    def active(self) -> bool:
+        return self.quarter_turns or self.mirror or self.scale != (1.0, 1.0)
+
+    def draw(self, generator: torch.Generator | None = None) -> tuple[Tensor, float]:
+        """A random orthogonal ``Q`` ``[3, 3]`` and scale ``s``."""
+        matrix = torch.eye(3)
+        if self.quarter_turns:
+            angle = math.pi / 2 * int(torch.randint(4, (1,), generator=generator))
+            cos, sin = round(math.cos(angle)), round(math.sin(angle))
+            matrix = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+        if self.mirror and bool(torch.rand(1, generator=generator) < 0.5):
+            matrix = matrix @ torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
+        low, high = self.scale
+        scale = low + (high - low) * float(torch.rand(1, generator=generator))
+        return matrix, scale
+
+
+def find_mesh_files(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
+    """Mesh files under ``root``, their class indices and the class names (module docstring)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such mesh folder")
+
+    def meshes(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.rglob("*") if p.suffix.lower() in MESH_SUFFIXES)
+
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and meshes(d))
+    if not classes:
+        files = meshes(root)
+        if not files:
+            raise FileNotFoundError(f"{root}: no mesh files ({', '.join(MESH_SUFFIXES)})")
+        return files, [0] * len(files), [root.name]
+    files, labels = [], []
+    for index, name in enumerate(classes):
+        found = meshes(root / name)
+        files += found
+        labels += [index] * len(found)
+    return files, labels, classes
+
+
+class ShapeSDFDataset(Dataset):
+    """SDF samples of shapes served as examples (module docstring).
+
+    Args:
+        samples: one :class:`SDFSamples` per shape; labels: their classes.
+        num_points, num_surface: points per example for the decoder and the encoder.
+        train: draw random subsets (else the first points) and apply ``augmentation``.
+    """
+
+    def __init__(
+        self,
+        samples: list[SDFSamples],
+        labels: list[int],
+        num_points: int,
+        num_surface: int,
+        train: bool,
+        augmentation: Augmentation = Augmentation(),
+    ) -> None:
+        if len(samples) != len(labels):
+            raise ValueError(f"{len(samples)} shapes but {len(labels)} labels")
+        self.samples, self.labels = samples, labels
+        self.num_points, self.num_surface = num_points, num_surface
+        self.train, self.augmentation = train, augmentation
+        for shape in samples:
+            available = min(len(shape.near_sdf), len(shape.uniform_sdf))
+            if num_points // 2 > available or num_surface > len(shape.surface_points):
+                raise ValueError(
+                    f"asked for {num_points} points and {num_surface} surface points a shape, "
+                    f"but the SDF settings sample {available} near/uniform and "
+                    f"{len(shape.surface_points)} surface points"
+                )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _take(self, count: int, total: int) -> Tensor:
+        return torch.randperm(total)[:count] if self.train else torch.arange(count)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        shape = self.samples[index]
+        half = self.num_points // 2
+        near = self._take(half, len(shape.near_sdf))
+        uniform = self._take(self.num_points - half, len(shape.uniform_sdf))
+        surface = self._take(self.num_surface, len(shape.surface_points))
+        points = torch.cat([shape.near_points[near], shape.uniform_points[uniform]])
+        sdf = torch.cat([shape.near_sdf[near], shape.uniform_sdf[uniform]])
+        surface_points, normals = shape.surface_points[surface], shape.surface_normals[surface]
+        if self.train and self.augmentation.active:
+            matrix, scale = self.augmentation.draw()
+            points, surface_points = scale * points @ matrix.T, scale * surface_points @ matrix.T
+            normals, sdf = normals @ matrix.T, scale * sdf
+        return {
+            "surface": torch.cat([surface_points, normals], dim=1),
+            "points": points,
+            "sdf": sdf,
+            "label": torch.tensor(self.labels[index]),
+        }
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
+        examples = [self[i] for i in indices]
+        return {key: torch.stack([e[key] for e in examples]) for key in examples[0]}
+
+
+class MeshFolder(SplitDataModule):
+    """Shapes from a folder of meshes (module docstring), split by ``seed``.
+
+    Args:
+        root: the folder (class sub-folders optional).
+        sdf: the :class:`SDFSettings` every mesh is sampled with (cached per mesh; default
+            :class:`SDFSettings`'s defaults).
+        num_points, num_surface: points per example (decoder targets, encoder input).
+        augmentation: maps applied to training shapes.
+        skip_invalid: leave out (and log) files that are not closed meshes instead of failing.
+        cache_dir: cache root (default ``$MMFLOW_CACHE`` or ``~/.cache/mmflow``).
+        kwargs: loader and split settings of :class:`mmflow.data.SplitDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        sdf: SDFSettings | None = None,
+        num_points: int = 2048,
+        num_surface: int = 2048,
+        augmentation: Augmentation = Augmentation(),
+        skip_invalid: bool = False,
+        cache_dir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.root, self.sdf, self.cache_dir = Path(root), sdf or SDFSettings(), cache_dir
+        self.num_points, self.num_surface = num_points, num_surface
+        self.augmentation, self.skip_invalid = augmentation, skip_invalid
+        self.class_names: list[str] = []
+        self.skipped: list[str] = []
+        self.files: dict[str, list[Path]] = {}
+
+    @property
+    def num_classes(self) -> int:
+        self.setup()
+        return len(self.class_names)
+
+    def _load_all(self) -> tuple[list[Path], list[SDFSamples], list[int]]:
+        files, labels, self.class_names = find_mesh_files(self.root)
+        kept, samples, kept_labels, refused = [], [], [], []
+        for path, label in zip(files, labels, strict=True):
+            try:
+                samples.append(cached_sdf_samples(path, self.sdf, self.cache_dir))
+            except MeshError as error:
+                refused.append(str(error))
+                continue
+            kept.append(path)
+            kept_labels.append(label)
+        if refused and not self.skip_invalid:
+            raise MeshError(
+                f"{self.root}: {len(refused)} files are not closed meshes (set skip_invalid to "
+                "leave them out):\n" + "\n".join(refused)
+            )
+        for message in refused:
+            log.warning("skipped %s", message)
+        self.skipped = refused
+        if not kept:
+            raise MeshError(f"{self.root}: no usable meshes")
+        return kept, samples, kept_labels
+
+    def setup(self, stage: str | None = None) -> None:
+        """Sample (or read from the cache) every mesh and split the shapes."""
+        if self.datasets:
+            return
+        files, samples, labels = self._load_all()
+        order = np.random.default_rng(self.seed).permutation(len(files))
+        num_val = round(self.val_fraction * len(files))
+        num_test = round(self.test_fraction * len(files))
+        parts = {
+            "val": order[:num_val],
+            "test": order[num_val : num_val + num_test],
+            "train": order[num_val + num_test :],
+        }
+        for split, indices in parts.items():
+            train = split == "train"
+            self.files[split] = [files[i] for i in indices]
+            self.datasets[split] = ShapeSDFDataset(
+                [samples[i] for i in indices],
+                [labels[i] for i in indices],
+                self.num_points,
+                self.num_surface,
+                train=train,
+                augmentation=self.augmentation if train else Augmentation(),
+            )
+
+
+def write_primitive_folder(root: str | Path, per_kind: int, seed: int = 0) -> Path:
+    """Write ``per_kind`` random primitives of every kind as ``root/<kind>/<i>.obj``.
+
+    Sizes are drawn uniformly (radii 0.2-0.5, box sides 0.3-1.0, lengths 0.3-0.9; a torus's
+    tube 0.25-0.45 of its ring), so each class varies in shape, not only in scale.
+    """
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for kind in PRIMITIVE_KINDS:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for index in range(per_kind):
+            radius = float(rng.uniform(0.2, 0.5))
+            primitive = Primitive(
+                kind,
+                radius=radius,
+                extents=tuple(float(v) for v in rng.uniform(0.3, 1.0, size=3)),
+                minor_radius=radius * float(rng.uniform(0.25, 0.45)),
+                length=float(rng.uniform(0.3, 0.9)),
+                resolution=32,
+            )
+            primitive.mesh().export(root / kind / f"{index:03d}.obj")
+    return root
