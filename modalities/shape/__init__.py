@@ -14,6 +14,7 @@ from .data import (
     find_mesh_files,
     write_primitive_folder,
 )
+from .evaluators import ChamferDistance, FScore, NormalConsistency, VolumetricIoU
 from .mesh import MeshError, Normalisation, load_mesh, make_watertight, normalise_mesh
 from .primitives import PRIMITIVE_KINDS, Primitive
 from .sdf import SDFSamples, SDFSettings, cached_sdf_samples, sample_sdf, signed_distance
@@ -22,13 +23,17 @@ __all__ = [
     "MESH_SUFFIXES",
     "PRIMITIVE_KINDS",
     "Augmentation",
+    "ChamferDistance",
+    "FScore",
     "MeshError",
     "MeshFolder",
+    "NormalConsistency",
     "Normalisation",
     "Primitive",
     "SDFSamples",
     "SDFSettings",
     "ShapeSDFDataset",
+    "VolumetricIoU",
     "cached_sdf_samples",
     "find_mesh_files",
     "load_mesh",

@@ -1,0 +1,115 @@
+"""Shape metrics against hand-computed cases."""
+
+import math
+
+import pytest
+import torch
+
+from modalities.shape import Primitive
+from modalities.shape.evaluators import (
+    ChamferDistance,
+    FScore,
+    NormalConsistency,
+    VolumetricIoU,
+    nearest_neighbours,
+)
+
+
+def points(*rows) -> torch.Tensor:
+    return torch.tensor([list(rows)], dtype=torch.float32)
+
+
+def test_nearest_neighbours_by_hand_and_across_chunks():
+    a = torch.tensor([[0.0, 0, 0], [3.0, 0, 0], [0.0, 0, 2]])
+    b = torch.tensor([[1.0, 0, 0], [0.0, 0, 1.5]])
+    distances, indices = nearest_neighbours(a, b, chunk=2)
+    torch.testing.assert_close(distances, torch.tensor([1.0, 4.0, 0.25]))
+    assert indices.tolist() == [0, 0, 1]
+    with pytest.raises(ValueError, match="M > 0"):
+        nearest_neighbours(a, b[:0])
+
+
+def test_chamfer_by_hand():
+    metric = ChamferDistance()
+    metric.update(points((0.0, 0, 0)), points((1.0, 0, 0)))
+    assert metric.compute().item() == pytest.approx(2.0)  # 1 each way
+    metric.reset()
+    metric.update(points((0.0, 0, 0), (1.0, 0, 0)), points((0.0, 0, 0)))
+    assert metric.compute().item() == pytest.approx(0.5)  # (0 + 1) / 2 forward, 0 backward
+    metric.update(points((0.0, 0, 0), (1.0, 0, 0)), points((0.0, 0, 0), (1.0, 0, 0)))
+    assert metric.compute().item() == pytest.approx(0.25)  # mean over the two shapes
+
+
+def test_f_score_by_hand():
+    pred, target = points((0.0, 0, 0), (1.0, 0, 0)), points((0.0, 0, 0))
+    metric = FScore(threshold=0.5)
+    metric.update(pred, target)
+    assert metric.compute().item() == pytest.approx(2 * 0.5 * 1 / 1.5)  # P = 1/2, R = 1
+    far = FScore(threshold=0.5)
+    far.update(points((0.0, 0, 0)), points((1.0, 0, 0)))
+    assert far.compute().item() == 0.0
+    near = FScore(threshold=1.5)
+    near.update(points((0.0, 0, 0)), points((1.0, 0, 0)))
+    assert near.compute().item() == 1.0
+    with pytest.raises(ValueError, match="threshold"):
+        FScore(threshold=0.0)
+
+
+def test_normal_consistency_by_hand():
+    up, side = (0.0, 0, 1), (0.0, 1, 0)
+    metric = NormalConsistency()
+    metric.update(points((0.0, 0, 0, *up)), points((0.1, 0, 0, 0.0, 0, -2.0)))
+    assert metric.compute().item() == pytest.approx(1.0)  # flipped and unnormalised: still 1
+    metric.reset()
+    tilted = (0.0, math.sqrt(0.5), math.sqrt(0.5))
+    metric.update(points((0.0, 0, 0, *up), (5.0, 0, 0, *side)), points((0.0, 0, 0, *tilted)))
+    # forward: |up . tilted| = |side . tilted| = sqrt(1/2); backward: nearest is (0,0,0): sqrt(1/2)
+    assert metric.compute().item() == pytest.approx(math.sqrt(0.5))
+
+
+def test_volumetric_iou_by_hand_and_of_two_spheres():
+    metric = VolumetricIoU()
+    metric.update(torch.tensor([[-1.0, -1, 1, 1]]), torch.tensor([[-1.0, 1, -1, 1]]))
+    assert metric.compute().item() == pytest.approx(1 / 3)
+    metric.reset()
+    metric.update(torch.ones(1, 4), torch.ones(1, 4))
+    assert metric.compute().item() == 1.0
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.rand(200_000, 3, generator=generator) * 2 - 1
+    small, large = Primitive("sphere", radius=0.5), Primitive("sphere", radius=0.8)
+    metric.reset()
+    metric.update(small.sdf(queries)[None], large.sdf(queries)[None])
+    assert metric.compute().item() == pytest.approx((0.5 / 0.8) ** 3, abs=0.01)
+
+
+def test_a_sphere_against_itself_and_a_larger_one():
+    """Surface samples of a sphere against another sample of it, and against the same points
+    pushed radially onto a sphere 0.05 larger: each point's nearest neighbour is then its own
+    image (for c = k a with |a_i| = |a_j|, |a_i - k a_j| is least at j = i), every distance is
+    0.05 and Chamfer-L2 is exactly 2 * 0.05^2."""
+    sphere = Primitive("sphere", radius=0.6)
+    a = torch.as_tensor(sphere.mesh().sample(4000, seed=0), dtype=torch.float64)
+    a = (0.6 * a / a.norm(dim=1, keepdim=True))[None]
+    b = torch.as_tensor(sphere.mesh().sample(4000, seed=1), dtype=torch.float64)[None]
+    c = a * 0.65 / 0.6
+    f_score = FScore(threshold=0.05)
+    f_score.update(a, b)
+    assert f_score.compute().item() > 0.99
+    chamfer = ChamferDistance()
+    chamfer.update(a, c)
+    assert chamfer.compute().item() == pytest.approx(2 * 0.05**2, rel=1e-6)
+    below, above = FScore(threshold=0.049), FScore(threshold=0.051)
+    below.update(a, c)
+    above.update(a, c)
+    assert below.compute().item() == 0.0 and above.compute().item() == 1.0
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="same B"):
+        ChamferDistance().update(torch.zeros(2, 3, 3), torch.zeros(1, 3, 3))
+    with pytest.raises(ValueError, match="6 values"):
+        NormalConsistency().update(torch.zeros(1, 3, 3), torch.zeros(1, 3, 3))
+    with pytest.raises(ValueError, match="non-finite point"):
+        FScore().update(torch.full((1, 2, 3), float("nan")), torch.zeros(1, 2, 3))
+    with pytest.raises(ValueError, match="non-finite SDF"):
+        VolumetricIoU().update(torch.tensor([[float("inf")]]), torch.zeros(1, 1))
