@@ -15,7 +15,9 @@ from .data import (
     write_primitive_folder,
 )
 from .evaluators import ChamferDistance, FScore, NormalConsistency, VolumetricIoU
+from .media import render_views, save_mesh
 from .mesh import MeshError, Normalisation, load_mesh, make_watertight, normalise_mesh
+from .meshing import dense_sdf_grid, extract_mesh, hierarchical_sdf_grid, mesh_from_sdf
 from .primitives import PRIMITIVE_KINDS, Primitive
 from .sdf import SDFSamples, SDFSettings, cached_sdf_samples, sample_sdf, signed_distance
 
@@ -35,11 +37,17 @@ __all__ = [
     "ShapeSDFDataset",
     "VolumetricIoU",
     "cached_sdf_samples",
+    "dense_sdf_grid",
+    "extract_mesh",
     "find_mesh_files",
+    "hierarchical_sdf_grid",
     "load_mesh",
     "make_watertight",
+    "mesh_from_sdf",
     "normalise_mesh",
+    "render_views",
     "sample_sdf",
+    "save_mesh",
     "signed_distance",
     "write_primitive_folder",
 ]

@@ -1,0 +1,93 @@
+"""Shapes out: mesh files and PNG previews a person can look at.
+
+:func:`save_mesh` writes what trimesh writes (GLB, OBJ, PLY, STL, OFF) and refuses any other
+suffix. :func:`render_views` draws a mesh from several directions into one PNG with
+matplotlib (no OpenGL): each face is shaded by Lambert's law, ``0.25 + 0.75 max(0, n . l)``,
+for a light ``l`` from the upper front of the camera, and faces are painted back to front.
+``up`` names the mesh's vertical axis (``"y"`` in most OBJ, OFF and ShapeNet files, ``"z"``
+in trimesh's primitives).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+from mmflow.files import atomic_write
+
+__all__ = ["MESH_FILE_SUFFIXES", "render_views", "save_mesh"]
+
+MESH_FILE_SUFFIXES: tuple[str, ...] = (".glb", ".obj", ".ply", ".stl", ".off")
+
+#: Rotations taking each named vertical axis to z (y up: a quarter turn about x).
+UP_AXES: dict[str, np.ndarray] = {
+    "z": np.eye(3),
+    "y": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]),
+}
+
+
+def save_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
+    """Write ``mesh`` to ``path`` in the format its suffix names, atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in MESH_FILE_SUFFIXES:
+        raise ValueError(f"{path}: unknown mesh suffix; use one of {', '.join(MESH_FILE_SUFFIXES)}")
+    return atomic_write(path, lambda tmp: mesh.export(tmp, file_type=suffix[1:]))
+
+
+def _rotation(azimuth: float, elevation: float) -> np.ndarray:
+    """World to camera: turn by ``azimuth`` about z, then tilt by ``elevation`` (degrees)."""
+    a, e = np.radians(azimuth), np.radians(elevation)
+    turn = np.array([[np.cos(a), np.sin(a), 0], [-np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    tilt = np.array([[1, 0, 0], [0, np.cos(e), np.sin(e)], [0, -np.sin(e), np.cos(e)]])
+    return tilt @ turn
+
+
+def render_views(
+    mesh: trimesh.Trimesh,
+    path: str | Path,
+    azimuths: Sequence[float] = (30, 120, 210, 300),
+    elevation: float = 20,
+    size: int = 256,
+    up: str = "y",
+) -> Path:
+    """Draw ``mesh`` seen from each azimuth (degrees about the vertical axis) and ``elevation``
+    side by side into the PNG ``path`` (``size`` pixels a view); returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    if len(mesh.faces) == 0:
+        raise ValueError("cannot render a mesh without faces")
+    if up not in UP_AXES:
+        raise ValueError(f"`up` must be one of {sorted(UP_AXES)}, got {up!r}")
+    z_up = UP_AXES[up]
+    triangles = mesh.triangles @ z_up.T
+    normals = mesh.face_normals @ z_up.T
+    centre = triangles.reshape(-1, 3).min(axis=0) / 2 + triangles.reshape(-1, 3).max(axis=0) / 2
+    radius = float(np.abs(triangles.reshape(-1, 3) - centre).max()) or 1.0
+    figure, axes = plt.subplots(1, len(azimuths), figsize=(len(azimuths) * size / 100, size / 100))
+    for axis, azimuth in zip(np.atleast_1d(axes), azimuths, strict=True):
+        rotation = _rotation(azimuth, elevation)
+        camera = (triangles - centre) @ rotation.T  # x right, y into the screen, z up
+        facing = (normals @ rotation.T)[:, 1] < 0
+        light = np.array([-0.3, -1.0, 0.6]) / np.linalg.norm([-0.3, -1.0, 0.6])
+        shade = 0.25 + 0.75 * np.clip((normals @ rotation.T) @ light, 0, None)
+        order = np.argsort(-camera[facing][:, :, 1].mean(axis=1))
+        polygons = camera[facing][order][:, :, [0, 2]]
+        colours = np.repeat(shade[facing][order][:, None], 3, axis=1) * [0.55, 0.7, 0.9]
+        axis.add_collection(PolyCollection(polygons, facecolors=colours, edgecolors="none"))
+        axis.set_xlim(-radius, radius)
+        axis.set_ylim(-radius, radius)
+        axis.set_aspect("equal")
+        axis.axis("off")
+    figure.subplots_adjust(0, 0, 1, 1, 0, 0)
+    path = Path(path)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+    return path
