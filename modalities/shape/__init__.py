@@ -14,7 +14,14 @@ from .data import (
     find_mesh_files,
     write_primitive_folder,
 )
-from .evaluators import ChamferDistance, FScore, NormalConsistency, VolumetricIoU
+from .evaluators import (
+    ChamferDistance,
+    FScore,
+    GenerationMetrics,
+    NormalConsistency,
+    VolumetricIoU,
+    watertight_share,
+)
 from .media import render_views, save_mesh
 from .mesh import MeshError, Normalisation, load_mesh, make_watertight, normalise_mesh
 from .meshing import dense_sdf_grid, extract_mesh, hierarchical_sdf_grid, mesh_from_sdf
@@ -27,6 +34,7 @@ __all__ = [
     "Augmentation",
     "ChamferDistance",
     "FScore",
+    "GenerationMetrics",
     "MeshError",
     "MeshFolder",
     "NormalConsistency",
@@ -49,5 +57,6 @@ __all__ = [
     "sample_sdf",
     "save_mesh",
     "signed_distance",
+    "watertight_share",
     "write_primitive_folder",
 ]

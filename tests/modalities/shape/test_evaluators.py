@@ -9,9 +9,12 @@ from modalities.shape import Primitive
 from modalities.shape.evaluators import (
     ChamferDistance,
     FScore,
+    GenerationMetrics,
     NormalConsistency,
     VolumetricIoU,
     nearest_neighbours,
+    pairwise_chamfer,
+    watertight_share,
 )
 
 
@@ -113,3 +116,46 @@ def test_bad_inputs_are_refused():
         FScore().update(torch.full((1, 2, 3), float("nan")), torch.zeros(1, 2, 3))
     with pytest.raises(ValueError, match="non-finite SDF"):
         VolumetricIoU().update(torch.tensor([[float("inf")]]), torch.zeros(1, 1))
+
+
+def single_points(*xs: float) -> torch.Tensor:
+    """One-point shapes on the x-axis: their Chamfer distance is 2 (x - y)^2."""
+    return torch.tensor([[[x, 0.0, 0.0]] for x in xs], dtype=torch.float64)
+
+
+def test_pairwise_chamfer_by_hand():
+    distances = pairwise_chamfer(single_points(0.0, 1.0), single_points(0.0, 3.0))
+    torch.testing.assert_close(
+        distances, torch.tensor([[0.0, 18.0], [2.0, 8.0]], dtype=torch.float64)
+    )
+
+
+def test_generation_metrics_by_hand():
+    """Generated 0.3, 0.45, 20.1 against reference 0, 10, 20 (see the comments)."""
+    metric = GenerationMetrics()
+    metric.update(single_points(0.3, 0.45), single_points(0.0, 10.0))
+    metric.update(single_points(20.1), single_points(20.0))
+    scores = metric.compute()
+    # nearest references of the generated shapes: 0, 0, 20 -> two of three covered
+    assert scores["cov"].item() == pytest.approx(2 / 3)
+    # per reference, the closest generated shape: 2 * 0.3^2, 2 * 9.55^2, 2 * 0.1^2
+    assert scores["mmd"].item() == pytest.approx((0.18 + 2 * 9.55**2 + 0.02) / 3)
+    # leave-one-out nearest: 0.3 <-> 0.45 (right), 20.1 -> 20, 0 -> 0.3, 10 -> 0.45, 20 -> 20.1
+    assert scores["1-nna"].item() == pytest.approx(2 / 6)
+
+
+def test_generation_metrics_refuse_bad_or_missing_sets():
+    metric = GenerationMetrics()
+    with pytest.raises(ValueError, match=r"generated point sets must be \[B, N, 3\]"):
+        metric.update(torch.zeros(2, 3), torch.zeros(1, 1, 3))
+    with pytest.raises(ValueError, match="non-finite point coordinates in the reference"):
+        metric.update(torch.zeros(1, 1, 3), torch.full((1, 1, 3), float("nan")))
+    with pytest.raises(ValueError, match="needs generated and reference"):
+        metric.compute()
+
+
+def test_watertight_share():
+    closed, open_surface = Primitive("box").mesh(), Primitive("box").mesh()
+    open_surface.update_faces(range(10))
+    assert watertight_share([closed, open_surface, closed]) == pytest.approx(2 / 3)
+    assert watertight_share([]) == 0.0
