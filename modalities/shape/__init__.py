@@ -26,6 +26,7 @@ from .media import render_views, save_mesh
 from .mesh import MeshError, Normalisation, load_mesh, make_watertight, normalise_mesh
 from .meshing import dense_sdf_grid, extract_mesh, hierarchical_sdf_grid, mesh_from_sdf
 from .primitives import PRIMITIVE_KINDS, Primitive
+from .sampling import farthest_point_sampling
 from .sdf import SDFSamples, SDFSettings, cached_sdf_samples, sample_sdf, signed_distance
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "cached_sdf_samples",
     "dense_sdf_grid",
     "extract_mesh",
+    "farthest_point_sampling",
     "find_mesh_files",
     "hierarchical_sdf_grid",
     "load_mesh",
