@@ -1,23 +1,20 @@
 """Which library computes mesh signed distances for the shape modality: speed and correctness.
 
-Run from the repository root (the candidates are not dependencies; install them first)::
+Run from the repository root (libigl is a dependency; install the other candidates first)::
 
-    pip install libigl point-cloud-utils
+    pip install point-cloud-utils
     python -m benchmarks.sdf_backends --out bench/sdf_backends
 
-Each candidate computes the signed distance (negative inside) of triangle meshes of shapes
-whose exact SDF is known in closed form, at points near the surface (surface samples plus
-Gaussian offsets of scale 0.02) and uniform in [-1, 1]^3:
-
-    sphere  |p| - r,
-    box     |max(q, 0)| + min(max_i q_i, 0),        q = |p| - h  (h the half extents),
-    torus   |(sqrt(x^2 + y^2) - R, z)| - r.
+Each candidate computes the signed distance (negative inside) of the meshes of a sphere, a
+box and a torus (:class:`modalities.shape.Primitive`, whose closed-form SDFs are the truth) at
+points near the surface (surface samples plus Gaussian offsets of scale 0.02) and uniform in
+[-1, 1]^3.
 
 Reported per backend and shape: seconds per 100,000 points (median of three runs, one
-thread; one run when that takes over 10 s), the largest absolute error against the closed form (the mesh's own deviation from
-the smooth surface is below 2e-4 for the sphere and torus, zero for the box) and the share of
-points with the wrong sign among those farther than 1e-3 from the surface. Writes
-``sdf_backends.json`` and ``sdf_backends.md`` under ``--out``.
+thread; one run when that takes over 10 s), the largest absolute error against the closed
+form (the mesh's own deviation from the smooth surface is below 2e-4 for the sphere and
+torus, zero for the box) and the share of points with the wrong sign among those farther than
+1e-3 from the surface. Writes ``sdf_backends.json`` and ``sdf_backends.md`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -31,7 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 import trimesh
+
+from modalities.shape import Primitive
 
 SignedDistance = Callable[[np.ndarray, trimesh.Trimesh], np.ndarray]
 
@@ -86,30 +86,17 @@ BACKENDS: dict[str, tuple[str, SignedDistance]] = {
 }
 
 
-def _sphere_sdf(points: np.ndarray, radius: float = 0.7) -> np.ndarray:
-    return np.linalg.norm(points, axis=1) - radius
+#: The closed-form shapes, meshed finely enough that their own error is below 2e-4.
+SHAPES: dict[str, Primitive] = {
+    "sphere": Primitive("sphere", radius=0.7, resolution=128),
+    "box": Primitive("box", extents=(1.2, 0.8, 1.0)),
+    "torus": Primitive("torus", radius=0.6, minor_radius=0.25, resolution=128),
+}
 
 
-def _box_sdf(points: np.ndarray, half: tuple[float, ...] = (0.6, 0.4, 0.5)) -> np.ndarray:
-    q = np.abs(points) - np.asarray(half)
-    return np.linalg.norm(np.maximum(q, 0), axis=1) + np.minimum(q.max(axis=1), 0)
-
-
-def _torus_sdf(points: np.ndarray, major: float = 0.6, minor: float = 0.25) -> np.ndarray:
-    ring = np.sqrt(points[:, 0] ** 2 + points[:, 1] ** 2) - major
-    return np.sqrt(ring**2 + points[:, 2] ** 2) - minor
-
-
-def shapes() -> dict[str, tuple[trimesh.Trimesh, Callable[[np.ndarray], np.ndarray]]]:
-    """Meshes of the closed-form shapes, fine enough that their own error is below 2e-4."""
-    return {
-        "sphere": (trimesh.creation.icosphere(subdivisions=6, radius=0.7), _sphere_sdf),
-        "box": (trimesh.creation.box(extents=(1.2, 0.8, 1.0)), _box_sdf),
-        "torus": (
-            trimesh.creation.torus(0.6, 0.25, major_sections=256, minor_sections=128),
-            _torus_sdf,
-        ),
-    }
+def exact_sdf(shape: Primitive) -> Callable[[np.ndarray], np.ndarray]:
+    """``shape``'s closed-form SDF on NumPy points (float64)."""
+    return lambda points: shape.sdf(torch.from_numpy(points)).numpy()
 
 
 def query_points(mesh: trimesh.Trimesh, count: int, seed: int) -> np.ndarray:
@@ -151,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         if importlib.util.find_spec(module) is None:
             print(f"{name}: not installed ({module}), skipped")
             continue
-        for shape, (mesh, exact) in shapes().items():
+        for shape, primitive in SHAPES.items():
+            mesh, exact = primitive.mesh(), exact_sdf(primitive)
             points = query_points(mesh, args.points, args.seed)
             row = {"backend": name, "shape": shape, "faces": len(mesh.faces)}
             row.update(measure(backend, mesh, exact, points))

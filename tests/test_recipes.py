@@ -28,13 +28,17 @@ RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 SMALL_AUDIO = {"max_clips_per_class": 10, "renders_per_program": 1, "render_seconds": 5.12}
 
 
+def build_module(spec: dict) -> nn.Module:
+    """The untrained module a recipe's ``class_path`` / ``init_args`` entry describes."""
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(nn.Module, "module")
+    return parser.instantiate(parser.parse_object({"module": copy.deepcopy(spec)}))["module"]
+
+
 def untrained_network_folder(model: dict, folder: Path, classifier: Path) -> Path:
     """A pretrained folder (as ``mmflow export`` writes) of a recipe's network and adapter,
     the network untrained and the adapter's classifier the test's."""
-    parser = ArgumentParser()
-    parser.add_subclass_arguments(nn.Module, "network")
-    network = copy.deepcopy(model["network"])
-    built = parser.instantiate(parser.parse_object({"network": network}))["network"]
+    built = build_module(model["network"])
     save_weights(
         folder / "model.safetensors", {f"network.{k}": v for k, v in built.state_dict().items()}
     )
@@ -78,12 +82,8 @@ def trained_flow_overrides(model_args: dict, tmp_path: Path, classifier: Path) -
 def untrained_feature_weights(objective_args: dict, tmp_path: Path) -> Path:
     """The weights file of a distillation recipe's ``feature_network``, untrained: a stand-in
     for the feature classifier it names, built with the recipe's architecture."""
-    parser = ArgumentParser()
-    parser.add_subclass_arguments(nn.Module, "network")
-    spec = {"network": copy.deepcopy(objective_args["feature_network"])}
-    network = parser.instantiate(parser.parse_object(spec))["network"]
     file = tmp_path / "feature_network.safetensors"
-    save_weights(file, network.state_dict())
+    save_weights(file, build_module(objective_args["feature_network"]).state_dict())
     return file
 
 

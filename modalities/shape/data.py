@@ -78,17 +78,17 @@ class Augmentation:
     def active(self) -> bool:
         return self.quarter_turns or self.mirror or self.scale != (1.0, 1.0)
 
-    def draw(self, generator: torch.Generator | None = None) -> tuple[Tensor, float]:
-        """A random orthogonal ``Q`` ``[3, 3]`` and scale ``s``."""
+    def draw(self) -> tuple[Tensor, float]:
+        """A random orthogonal ``Q`` ``[3, 3]`` and scale ``s`` (torch's global generator)."""
         matrix = torch.eye(3)
         if self.quarter_turns:
-            angle = math.pi / 2 * int(torch.randint(4, (1,), generator=generator))
+            angle = math.pi / 2 * int(torch.randint(4, (1,)))
             cos, sin = round(math.cos(angle)), round(math.sin(angle))
             matrix = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
-        if self.mirror and bool(torch.rand(1, generator=generator) < 0.5):
+        if self.mirror and bool(torch.rand(1) < 0.5):
             matrix = matrix @ torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
         low, high = self.scale
-        scale = low + (high - low) * float(torch.rand(1, generator=generator))
+        scale = low + (high - low) * float(torch.rand(1))
         return matrix, scale
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "GenerationMetrics",
     "NormalConsistency",
     "VolumetricIoU",
+    "chamfer_l2",
     "nearest_neighbours",
     "pairwise_chamfer",
     "watertight_share",
@@ -51,6 +52,11 @@ def nearest_neighbours(a: Tensor, b: Tensor, chunk: int = 4096) -> tuple[Tensor,
         distances.append(value.square())
         indices.append(index)
     return torch.cat(distances), torch.cat(indices)
+
+
+def chamfer_l2(a: Tensor, b: Tensor) -> Tensor:
+    """Chamfer-L2 of two point sets ``[N, 3]``, ``[M, 3]`` (module docstring), a scalar."""
+    return nearest_neighbours(a, b)[0].mean() + nearest_neighbours(b, a)[0].mean()
 
 
 def _check_batch(pred: Tensor, target: Tensor, width: int) -> None:
@@ -90,11 +96,7 @@ class ChamferDistance(_ShapeMean):
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         _check_batch(pred, target, 3)
-        scores = [
-            nearest_neighbours(a, b)[0].mean() + nearest_neighbours(b, a)[0].mean()
-            for a, b in zip(pred, target, strict=True)
-        ]
-        self._add(torch.stack(scores))
+        self._add(torch.stack([chamfer_l2(a, b) for a, b in zip(pred, target, strict=True)]))
 
 
 class FScore(_ShapeMean):
@@ -157,17 +159,7 @@ def pairwise_chamfer(first: Tensor, second: Tensor) -> Tensor:
     """Chamfer-L2 between every set of ``first`` ``[A, N, 3]`` and of ``second`` ``[B, M, 3]``,
     ``[A, B]``."""
     _check_batch(first[:1], second[:1], 3)
-    rows = []
-    for a in first:
-        rows.append(
-            torch.stack(
-                [
-                    nearest_neighbours(a, b)[0].mean() + nearest_neighbours(b, a)[0].mean()
-                    for b in second
-                ]
-            )
-        )
-    return torch.stack(rows)
+    return torch.stack([torch.stack([chamfer_l2(a, b) for b in second]) for a in first])
 
 
 class GenerationMetrics(Metric):
@@ -204,11 +196,11 @@ class GenerationMetrics(Metric):
         if not self.generated or not self.reference:
             raise ValueError("GenerationMetrics needs generated and reference shapes")
         generated, reference = torch.cat(self.generated), torch.cat(self.reference)
-        across = pairwise_chamfer(generated, reference)
-        coverage = across.argmin(dim=1).unique().numel() / len(reference)
-        mmd = across.min(dim=0).values.mean()
         both = torch.cat([generated, reference])
         distances = pairwise_chamfer(both, both)
+        across = distances[: len(generated), len(generated) :]
+        coverage = across.argmin(dim=1).unique().numel() / len(reference)
+        mmd = across.min(dim=0).values.mean()
         distances.fill_diagonal_(float("inf"))
         is_generated = torch.arange(len(both)) < len(generated)
         nearest = distances.argmin(dim=1)

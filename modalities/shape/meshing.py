@@ -99,7 +99,7 @@ def hierarchical_sdf_grid(
             grid[None, None], size=(cells + 1,) * 3, mode="trilinear", align_corners=True
         )[0, 0]
         near = grid.abs() < margin * coarse_diagonal
-        points = _vertices(cells, bound)[near]
+        points = grid_coordinates(cells, bound)[near.nonzero()]
         grid[near] = _evaluate(sdf, points, batch_size)
         evaluated += len(points)
     return grid, evaluated
