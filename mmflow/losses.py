@@ -221,11 +221,20 @@ class VelocityLoss(nn.Module):
         return f"kind={self.kind!r}, weighting={self.weighting!r}, huber_c={self.huber_c!r}"
 
 
+def kl_to_standard_normal(mean: Tensor, logvar: Tensor) -> Tensor:
+    """Elementwise ``KL(N(mu, sigma^2) || N(0, 1)) = 0.5 (mu^2 + sigma^2 - 1 - log sigma^2)``.
+
+    The regulariser of every KL auto-encoder whose latents a flow transports.
+    """
+    return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)
+
+
 __all__ = [
     "HUBER_C_FACTOR",
     "WEIGHTINGS",
     "VelocityLoss",
     "default_huber_c",
+    "kl_to_standard_normal",
     "loss_weight",
     "pseudo_huber",
     "velocity_mse",

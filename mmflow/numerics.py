@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -22,3 +22,22 @@ def invert_increasing(fn: Callable[[Tensor], Tensor], y: Tensor, steps: int = 64
         low = torch.where(below, middle, low)
         high = torch.where(below, high, middle)
     return 0.5 * (low + high)
+
+
+def inverse_std(chunks: Iterable[Tensor], source: str = "chunks") -> float:
+    """``1 / std`` over every element of ``chunks``, the scale that gives a flow unit-variance
+    latents: ``std^2 = E[z^2] - E[z]^2``, accumulated in float64 one chunk at a time.
+
+    Raises:
+        ValueError: ``chunks`` is empty (``source`` names it).
+    """
+    total = total_square = torch.zeros((), dtype=torch.float64)
+    count = 0
+    for chunk in chunks:
+        chunk = chunk.detach().double().cpu()
+        total, total_square = total + chunk.sum(), total_square + chunk.square().sum()
+        count += chunk.numel()
+    if count == 0:
+        raise ValueError(f"{source} yielded no values")
+    variance = total_square / count - (total / count) ** 2
+    return 1.0 / float(variance.clamp_min(1e-12).sqrt())

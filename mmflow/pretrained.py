@@ -21,6 +21,10 @@ optimizer or EMA sees them), it stays in eval mode whatever the owner's mode, it
 of the owner's ``state_dict`` (a flow checkpoint holds what the flow learned, not copies of
 encoders, and a part can be swapped at evaluation time), and it follows the owner's
 ``.to()`` / ``.cuda()`` / ``.half()``. Attribute access and calls go to the part.
+
+**Training.** A part with its own recipe (a modality's VAE, vocoder ...) subclasses
+:class:`TrainablePart`: a LightningModule whose steps log the losses the subclass computes
+and which saves itself to ``export_dir`` at the end of fit.
 """
 
 from __future__ import annotations
@@ -29,13 +33,14 @@ import inspect
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+import pytorch_lightning as pl
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import mmflow
 from mmflow.files import load_state, load_weights, read_json, save_weights, write_json
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "Frozen", "PretrainedPart", "freeze"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "Frozen", "PretrainedPart", "TrainablePart", "freeze"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -159,3 +164,41 @@ class PretrainedPart:
         part.pretrained_info = dict(config.get("info") or {})
         freeze(part)
         return part.to(map_location)
+
+
+class TrainablePart(PretrainedPart, pl.LightningModule):
+    """A part trained by its own recipe and saved as a folder at the end of fit.
+
+    Subclasses save ``export_dir`` as a hyperparameter (``None`` saves nothing; it says where
+    the folder goes, not what the model is, so it is not a constructor argument of the saved
+    part) and implement :meth:`batch_losses`: a dict with ``"loss"``, the sum that is
+    minimised, and any terms to log. ``progress_bar`` names the terms shown while training.
+    """
+
+    not_pretrained: ClassVar[tuple[str, ...]] = ("export_dir",)
+    progress_bar: ClassVar[tuple[str, ...]] = ()
+
+    def batch_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        losses = self.batch_losses(batch)
+        self.log_losses("train", losses)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log_losses("val", self.batch_losses(batch))
+
+    def log_losses(self, stage: str, losses: dict[str, Tensor]) -> None:
+        """Log every term as ``stage/name``."""
+        for name, value in losses.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name in self.progress_bar)
+
+    def export(self) -> None:
+        """Save to ``export_dir`` (if set, on the main process)."""
+        if self.hparams.export_dir is not None and self.trainer.is_global_zero:
+            saved = self.save_pretrained(self.hparams.export_dir)
+            print(f"{type(self).__name__} saved to {saved}")
+
+    def on_fit_end(self) -> None:
+        self.export()

@@ -28,23 +28,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmflow.losses import kl_to_standard_normal
+from mmflow.numerics import inverse_std
+
 from .mel import F_MAX, F_MIN, HOP_LENGTH, LOG_FLOOR, N_FFT, N_MELS, SAMPLE_RATE, WIN_LENGTH, LogMel
 from .parts import AudioPart
 
-__all__ = ["MelAutoencoder", "MelVAE", "kl_to_standard_normal"]
+__all__ = ["MelAutoencoder", "MelVAE"]
 
 PAD_VALUE = math.log(LOG_FLOOR)
-
-
-def kl_to_standard_normal(mean: Tensor, logvar: Tensor) -> Tensor:
-    """Elementwise ``KL(N(mu, sigma^2) || N(0, 1)) = 0.5 (mu^2 + sigma^2 - 1 - log sigma^2)``."""
-    return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)
 
 
 class ChannelNorm(nn.Module):
@@ -340,20 +339,12 @@ class MelVAE(AudioPart):
         """
         was_training = self.training
         self.eval()
-        total = total_square = count = 0.0
-        for index, batch in enumerate(batches):
-            if max_batches is not None and index >= max_batches:
-                break
-            waveforms = self.waveforms_of(batch).to(self.device)
-            mean, _ = self.posterior(self.mel(waveforms))
-            mean = mean.double()
-            total, total_square = total + mean.sum(), total_square + mean.square().sum()
-            count += mean.numel()
+        means = (
+            self.posterior(self.mel(self.waveforms_of(batch).to(self.device)))[0]
+            for batch in islice(batches, max_batches)
+        )
+        scale = inverse_std(means, source="estimate_latent_scale: `batches`")
         self.train(was_training)
-        if count == 0:
-            raise ValueError("estimate_latent_scale: `batches` yielded no batch")
-        variance = total_square / count - (total / count) ** 2
-        scale = 1.0 / float(variance.clamp_min(1e-12).sqrt())
         self.latent_scale.fill_(scale)
         return scale
 

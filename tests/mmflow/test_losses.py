@@ -10,6 +10,7 @@ import torch
 from mmflow.losses import (
     VelocityLoss,
     default_huber_c,
+    kl_to_standard_normal,
     loss_weight,
     pseudo_huber,
     velocity_mse,
@@ -205,3 +206,10 @@ def test_velocity_loss_constructs_from_yaml_via_jsonargparse():
     )
     loss = parser.instantiate(config).loss
     assert loss.kind == "pseudo_huber" and loss.weighting == "min_snr"
+
+
+def test_kl_closed_form():
+    mean = torch.tensor([0.0, 1.0, -2.0])
+    logvar = torch.tensor([0.0, math.log(4.0), math.log(0.25)])
+    expected = 0.5 * torch.tensor([0.0, 1 + 4 - 1 - math.log(4.0), 4 + 0.25 - 1 - math.log(0.25)])
+    assert torch.allclose(kl_to_standard_normal(mean, logvar), expected)

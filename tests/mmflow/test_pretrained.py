@@ -3,10 +3,12 @@
 import json
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from mmflow.pretrained import Frozen, PretrainedPart
+from mmflow.pretrained import Frozen, PretrainedPart, TrainablePart
 
 
 class TinyPart(PretrainedPart, nn.Module):
@@ -119,3 +121,36 @@ def test_inputs_keep_their_gradients_through_a_frozen_part():
     x = torch.randn(2, 3, requires_grad=True)
     frozen(x).sum().backward()
     assert x.grad is not None and frozen.linear.weight.grad is None
+
+
+class LineFit(TrainablePart):
+    """Fits ``y = a x`` to batches ``{"x", "y"}``: a trainable part as small as it gets."""
+
+    progress_bar = ("error",)
+
+    def __init__(self, lr: float = 0.1, export_dir: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.slope = nn.Parameter(torch.zeros(()))
+
+    def batch_losses(self, batch: dict) -> dict:
+        error = (self.slope * batch["x"] - batch["y"]).square().mean()
+        return {"loss": error, "error": error}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+def test_a_trainable_part_logs_its_losses_and_saves_itself_at_the_end_of_fit(tmp_path):
+    x = torch.linspace(-1, 1, 32)
+    batches = DataLoader([{"x": x, "y": 3 * x}] * 200, batch_size=None)
+    part = LineFit(lr=0.5, export_dir=str(tmp_path / "line"))
+    trainer = pl.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.fit(part, train_dataloaders=batches, val_dataloaders=batches)
+    assert trainer.logged_metrics["val/error"] < 1e-6
+    loaded = LineFit.from_pretrained(tmp_path / "line")
+    assert loaded.slope.item() == pytest.approx(3.0, abs=1e-4)
+    config = json.loads((tmp_path / "line" / "config.json").read_text())
+    assert config["init_args"] == {"lr": 0.5}

@@ -1,0 +1,22 @@
+"""Numerical helpers of the core against answers known in closed form."""
+
+import pytest
+import torch
+
+from mmflow.numerics import inverse_std, invert_increasing
+
+
+def test_invert_increasing_solves_a_cube():
+    y = torch.tensor([0.0, 0.125, 0.5, 1.0])
+    torch.testing.assert_close(invert_increasing(lambda t: t**3, y), y ** (1 / 3))
+
+
+def test_inverse_std_pools_chunks_of_any_shape():
+    """Values -3, -1, 1, 3 plus an offset of 10: mean 10, variance (9 + 1 + 1 + 9) / 4 = 5."""
+    chunks = [torch.tensor([7.0, 9.0]), torch.tensor([[11.0], [13.0]])]
+    assert inverse_std(iter(chunks)) == pytest.approx(5**-0.5)
+
+
+def test_inverse_std_of_nothing_names_its_source():
+    with pytest.raises(ValueError, match="my batches yielded no values"):
+        inverse_std([], source="my batches")
