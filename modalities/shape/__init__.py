@@ -11,6 +11,7 @@ from .data import (
     Augmentation,
     MeshFolder,
     ShapeSDFDataset,
+    duplicate_groups,
     find_mesh_files,
     write_primitive_folder,
 )
@@ -23,11 +24,19 @@ from .evaluators import (
     watertight_share,
 )
 from .media import render_views, save_mesh
-from .mesh import MeshError, Normalisation, load_mesh, make_watertight, normalise_mesh
+from .mesh import (
+    MeshError,
+    Normalisation,
+    fuse_parts,
+    load_mesh,
+    make_watertight,
+    normalise_mesh,
+)
 from .meshing import dense_sdf_grid, extract_mesh, hierarchical_sdf_grid, mesh_from_sdf
 from .primitives import PRIMITIVE_KINDS, Primitive
 from .sampling import farthest_point_sampling
 from .sdf import SDFSamples, SDFSettings, cached_sdf_samples, sample_sdf, signed_distance
+from .vae import ShapeAutoencoder, ShapeVAE
 
 __all__ = [
     "MESH_SUFFIXES",
@@ -43,13 +52,17 @@ __all__ = [
     "Primitive",
     "SDFSamples",
     "SDFSettings",
+    "ShapeAutoencoder",
     "ShapeSDFDataset",
+    "ShapeVAE",
     "VolumetricIoU",
     "cached_sdf_samples",
     "dense_sdf_grid",
+    "duplicate_groups",
     "extract_mesh",
     "farthest_point_sampling",
     "find_mesh_files",
+    "fuse_parts",
     "hierarchical_sdf_grid",
     "load_mesh",
     "make_watertight",

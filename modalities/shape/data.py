@@ -12,7 +12,19 @@ the encoder's input), ``points`` ``[num_points, 3]`` and ``sdf`` ``[num_points]`
 surface, half uniform: the decoder's targets) and ``label``. Training draws fresh random
 subsets of the cached samples each time from torch's global generator (seeded by
 ``seed_everything`` and, in dataloader workers, per worker by PyTorch); validation and test
-take the first ones, so they are fixed. Training shapes may be augmented by maps under which the SDF is known exactly:
+take the first ones, so they are fixed.
+
+Splits are a seeded permutation of the shapes. Collections of meshes often hold the same shape
+twice (a refined, re-ordered or translated copy; an open copy that repair closes): with
+``duplicate_tolerance`` set, shapes whose distance fields differ by less than it on average,
+
+    mean_u |sdf_a(u) - sdf_b(u)| < duplicate_tolerance,
+
+at the uniform points ``u`` (the same for every shape sampled with the same settings, and
+independent of the tessellation) form one group, chains included, and a group goes to one
+split whole, so no held-out shape has its copy in training.
+
+Training shapes may be augmented by maps under which the SDF is known exactly:
 
     rotation or reflection Q (orthogonal):  sdf_Q(Q p) = sdf(p),  n -> Q n;
     uniform scale s:                        sdf_s(s p) = s sdf(p).
@@ -31,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -47,6 +60,7 @@ __all__ = [
     "Augmentation",
     "MeshFolder",
     "ShapeSDFDataset",
+    "duplicate_groups",
     "find_mesh_files",
     "write_primitive_folder",
 ]
@@ -188,6 +202,8 @@ class MeshFolder(SplitDataModule):
         num_points, num_surface: points per example (decoder targets, encoder input).
         augmentation: maps applied to training shapes.
         skip_invalid: leave out (and log) files that are not closed meshes instead of failing.
+        duplicate_tolerance: keep shapes whose SDFs differ by less than this on average in
+            one split (module docstring); ``None`` splits shape by shape.
         cache_dir: cache root (default ``$MMFLOW_CACHE`` or ``~/.cache/mmflow``).
         kwargs: loader and split settings of :class:`mmflow.data.SplitDataModule`.
     """
@@ -200,10 +216,16 @@ class MeshFolder(SplitDataModule):
         num_surface: int = 2048,
         augmentation: Augmentation = Augmentation(),
         skip_invalid: bool = False,
+        duplicate_tolerance: float | None = None,
         cache_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if duplicate_tolerance is not None and duplicate_tolerance <= 0:
+            raise ValueError(
+                f"`duplicate_tolerance` must be positive or None, got {duplicate_tolerance}"
+            )
+        self.duplicate_tolerance = duplicate_tolerance
         self.root, self.sdf, self.cache_dir = Path(root), sdf or SDFSettings(), cache_dir
         self.num_points, self.num_surface = num_points, num_surface
         self.augmentation, self.skip_invalid = augmentation, skip_invalid
@@ -244,14 +266,12 @@ class MeshFolder(SplitDataModule):
         if self.datasets:
             return
         files, samples, labels = self._load_all()
-        order = np.random.default_rng(self.seed).permutation(len(files))
-        num_val = round(self.val_fraction * len(files))
-        num_test = round(self.test_fraction * len(files))
-        parts = {
-            "val": order[:num_val],
-            "test": order[num_val : num_val + num_test],
-            "train": order[num_val + num_test :],
-        }
+        groups = (
+            duplicate_groups(samples, self.duplicate_tolerance)
+            if self.duplicate_tolerance is not None
+            else [[index] for index in range(len(files))]
+        )
+        parts = self._split_groups(groups, len(files))
         for split, indices in parts.items():
             train = split == "train"
             self.files[split] = [files[i] for i in indices]
@@ -263,6 +283,35 @@ class MeshFolder(SplitDataModule):
                 train=train,
                 augmentation=self.augmentation if train else Augmentation(),
             )
+
+    def _split_groups(self, groups: list[list[int]], total: int) -> dict[str, list[int]]:
+        """Validation, then test, filled with whole groups in a seeded order until each holds
+        its share of the shapes; the rest is training."""
+        order = np.random.default_rng(self.seed).permutation(len(groups))
+        wanted = {
+            "val": round(self.val_fraction * total),
+            "test": round(self.test_fraction * total),
+        }
+        parts: dict[str, list[int]] = {"val": [], "test": [], "train": []}
+        for group in order:
+            split = next((s for s in ("val", "test") if len(parts[s]) < wanted[s]), "train")
+            parts[split].extend(groups[group])
+        return parts
+
+
+def duplicate_groups(samples: list[SDFSamples], tolerance: float) -> list[list[int]]:
+    """Indices of ``samples`` grouped by a mean absolute SDF difference below ``tolerance`` at
+    their shared uniform points, closed under chains (connected components)."""
+    reference = samples[0].uniform_points
+    if any(not torch.equal(s.uniform_points, reference) for s in samples):
+        raise ValueError(
+            "duplicate_groups: the shapes were sampled at different uniform points (different "
+            "SDF settings); sample them with one SDFSettings"
+        )
+    fields = torch.stack([s.uniform_sdf for s in samples]).double()
+    close = (torch.cdist(fields, fields, p=1) / fields.shape[1] < tolerance).numpy()
+    _, component = connected_components(close, directed=False)
+    return [np.flatnonzero(component == c).tolist() for c in np.unique(component)]
 
 
 def write_primitive_folder(root: str | Path, per_kind: int, seed: int = 0) -> Path:

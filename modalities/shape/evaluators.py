@@ -149,10 +149,16 @@ class VolumetricIoU(_ShapeMean):
             )
         if not (torch.isfinite(pred_sdf).all() and torch.isfinite(target_sdf).all()):
             raise ValueError("non-finite SDF values")
-        inside_pred, inside_target = pred_sdf < 0, target_sdf < 0
-        union = (inside_pred | inside_target).sum(1).double()
-        overlap = (inside_pred & inside_target).sum(1).double()
-        self._add(torch.where(union > 0, overlap / union.clamp(min=1), torch.ones_like(union)))
+        self._add(inside_iou(pred_sdf, target_sdf))
+
+
+def inside_iou(pred_sdf: Tensor, target_sdf: Tensor) -> Tensor:
+    """Per-shape IoU ``[B]`` of the insides (SDF < 0) at shared query points ``[B, Q]``; two
+    empty insides score 1."""
+    inside_pred, inside_target = pred_sdf < 0, target_sdf < 0
+    union = (inside_pred | inside_target).sum(1).double()
+    overlap = (inside_pred & inside_target).sum(1).double()
+    return torch.where(union > 0, overlap / union.clamp(min=1), torch.ones_like(union))
 
 
 def pairwise_chamfer(first: Tensor, second: Tensor) -> Tensor:

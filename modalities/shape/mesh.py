@@ -5,7 +5,11 @@ signed distance (negative inside) is only defined for a surface that bounds a vo
 :func:`load_mesh` reads any format trimesh reads (OBJ, OFF, PLY, STL, GLB ...), refuses what is
 not a mesh (empty or unreadable files, no triangles, non-finite vertices) and repairs what
 trimesh can (duplicate vertices, small holes, flipped faces); a mesh that stays open or
-non-manifold is refused with a :class:`MeshError` naming the file.
+non-manifold is refused with a :class:`MeshError` naming the file. A mesh of several closed
+parts is fused into their union (:func:`fuse_parts`): parts that overlap (convex
+decompositions, limbs modelled as separate bodies) leave faces buried inside the solid, and
+the nearest triangle of a point inside one part may be such a face, which gives its signed
+distance the wrong sign.
 :func:`normalise_mesh` moves the bounding box's centre to the origin and scales the longest
 half-extent to ``margin`` (0.9 by default), so every shape fits [-0.9, 0.9]^3 and keeps room
 for the sample points around its surface inside [-1, 1]^3.
@@ -20,7 +24,14 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-__all__ = ["MeshError", "Normalisation", "load_mesh", "make_watertight", "normalise_mesh"]
+__all__ = [
+    "MeshError",
+    "Normalisation",
+    "fuse_parts",
+    "load_mesh",
+    "make_watertight",
+    "normalise_mesh",
+]
 
 
 #: What trimesh's loaders raise on a file that is not the format its suffix says.
@@ -51,9 +62,10 @@ class Normalisation:
 def load_mesh(path: str | Path, repair: bool = True) -> trimesh.Trimesh:
     """Read ``path`` as one triangle mesh (a multi-part scene is concatenated) and check it.
 
-    Raises :class:`MeshError` for a missing, empty or unreadable file, a file without
-    triangles, non-finite vertex coordinates, and (after :func:`make_watertight` when
-    ``repair``) a mesh that is still open or non-manifold.
+    With ``repair``, the mesh is repaired by :func:`make_watertight` and its parts fused by
+    :func:`fuse_parts`. Raises :class:`MeshError` for a missing, empty or unreadable file, a
+    file without triangles, non-finite vertex coordinates, and (when ``repair``) a mesh that
+    is still open or non-manifold, or has a part that encloses no volume.
     """
     path = Path(path)
     if not path.is_file():
@@ -71,8 +83,33 @@ def load_mesh(path: str | Path, repair: bool = True) -> trimesh.Trimesh:
         raise MeshError(f"{path}: {bad} vertices have non-finite (NaN or infinite) coordinates")
     mesh = trimesh.Trimesh(loaded.vertices, loaded.faces, process=True)
     if repair:
-        mesh = make_watertight(mesh, str(path))
+        mesh = fuse_parts(make_watertight(mesh, str(path)), str(path))
     return mesh
+
+
+def fuse_parts(mesh: trimesh.Trimesh, name: str = "mesh") -> trimesh.Trimesh:
+    """The union of the closed parts of ``mesh`` (module docstring), or ``mesh`` if one part.
+
+    The union is manifold3d's exact boolean (through trimesh), so no face is left buried in
+    the solid and every point's nearest triangle lies on its boundary. A part that encloses no
+    volume (a flat closed shell, whose inside is undefined) raises :class:`MeshError` naming
+    ``name``.
+    """
+    parts = mesh.split(only_watertight=False)
+    if len(parts) < 2:
+        return mesh
+    with np.errstate(invalid="ignore", divide="ignore"):  # a flat part's centre of mass is 0 / 0
+        flat = sum(not part.is_volume for part in parts)
+    if flat:
+        raise MeshError(f"{name}: {flat} of its {len(parts)} parts enclose no volume")
+    try:
+        import manifold3d  # noqa: F401  (trimesh's boolean engine)
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            'manifold3d is not installed: `pip install manifold3d` (or `pip install -e ".[shape]"`)'
+            " fuses the parts of a mesh"
+        ) from None
+    return trimesh.boolean.union(parts, engine="manifold")
 
 
 def make_watertight(mesh: trimesh.Trimesh, name: str = "mesh") -> trimesh.Trimesh:

@@ -126,8 +126,16 @@ def sample_sdf(mesh: trimesh.Trimesh, settings: SDFSettings = SDFSettings()) -> 
     )
 
 
+#: Raised when loading or sampling changes what a cache entry holds, so old entries are
+#: recomputed (2: the parts of a mesh are fused before sampling).
+PIPELINE_VERSION = 2
+
+
 def _cache_key(mesh_sha256: str, settings: SDFSettings) -> str:
-    text = json.dumps({"mesh": mesh_sha256, "settings": asdict(settings)}, sort_keys=True)
+    text = json.dumps(
+        {"mesh": mesh_sha256, "settings": asdict(settings), "pipeline": PIPELINE_VERSION},
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

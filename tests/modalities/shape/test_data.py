@@ -14,6 +14,7 @@ from modalities.shape import (
     MeshFolder,
     Primitive,
     SDFSettings,
+    duplicate_groups,
     find_mesh_files,
     write_primitive_folder,
 )
@@ -44,6 +45,46 @@ def test_sub_folders_are_classes_and_splits_are_seeded(primitives: Path, tmp_pat
     other = folder(primitives, tmp_path, val_fraction=0.2, test_fraction=0.2, seed=1)
     other.setup()
     assert other.files["val"] != data.files["val"]
+
+
+def test_copies_of_a_shape_stay_in_one_split(primitives: Path, tmp_path: Path):
+    """A translated and vertex-shuffled copy, and a finer tessellation of the same box, are
+    one group; every seed puts the group in one split. A box 20 % longer on one side is not a copy.
+    Normalisation removes size, so the fixture's four spheres are copies too."""
+    root = tmp_path / "shapes"
+    for kind in PRIMITIVE_KINDS:
+        (root / kind).mkdir(parents=True)
+        for source in sorted((primitives / kind).iterdir()):
+            (root / kind / source.name).write_bytes(source.read_bytes())
+    box = Primitive("box", extents=(0.4, 0.6, 0.8))
+    mesh = box.mesh()
+    mesh.export(root / "box" / "copy_a.obj")
+    moved = mesh.copy()
+    moved.apply_translation([0.3, -0.2, 0.1])
+    moved.faces = moved.faces[torch.randperm(len(moved.faces)).numpy()]
+    moved.export(root / "box" / "copy_b.obj")
+    mesh.subdivide().export(root / "box" / "copy_c.obj")
+    Primitive("box", extents=(0.4, 0.72, 0.8)).mesh().export(root / "box" / "longer.off")
+    copies = {"copy_a.obj", "copy_b.obj", "copy_c.obj"}
+    for seed in range(6):
+        data = folder(
+            root,
+            tmp_path / "cache",
+            val_fraction=0.25,
+            test_fraction=0.25,
+            seed=seed,
+            duplicate_tolerance=0.01,
+        )
+        data.setup()
+        holding = [s for s, files in data.files.items() if copies & {f.name for f in files}]
+        assert len(holding) == 1, (seed, data.files)
+        assert copies <= {f.name for f in data.files[holding[0]]}
+        assert sum(len(files) for files in data.files.values()) == 24
+    files, samples, _ = data._load_all()
+    groups = [{files[i].name for i in group} for group in duplicate_groups(samples, 0.01)]
+    assert copies in groups
+    spheres = [group for group in groups if len(group) == 4]
+    assert len(spheres) == 1, "the four spheres are one shape once normalised"
 
 
 def test_batches_hold_surface_points_and_normals_and_the_exact_sdf(

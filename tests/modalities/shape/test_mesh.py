@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import trimesh
 
-from modalities.shape import MeshError, load_mesh, make_watertight, normalise_mesh
+from modalities.shape import (
+    MeshError,
+    fuse_parts,
+    load_mesh,
+    make_watertight,
+    normalise_mesh,
+    signed_distance,
+)
 
 
 def box() -> trimesh.Trimesh:
@@ -29,6 +36,30 @@ def test_a_scene_of_several_parts_is_concatenated(tmp_path: Path):
     scene.export(tmp_path / "two.glb")
     mesh = load_mesh(tmp_path / "two.glb")
     assert mesh.volume == pytest.approx(1.0 + second.volume, rel=1e-6)
+
+
+def test_overlapping_parts_are_fused_into_the_sdf_of_their_union(tmp_path: Path):
+    """Two unit cubes overlapping by half: the union is a 1.5 x 1 x 1 box, volume 1.5. The
+    concatenated parts give points inside the overlap the distance to a buried face (0.25 at
+    the centre of the overlap); the fused mesh gives the box's exact -0.5."""
+    first, second = trimesh.creation.box(), trimesh.creation.box()
+    second.apply_translation((0.5, 0.0, 0.0))
+    trimesh.util.concatenate([first, second]).export(tmp_path / "two.obj")
+    mesh = load_mesh(tmp_path / "two.obj")
+    assert len(mesh.split(only_watertight=False)) == 1
+    assert mesh.volume == pytest.approx(1.5)
+    centre_of_overlap = np.array([[0.25, 0.0, 0.0]])
+    assert signed_distance(mesh, centre_of_overlap)[0] == pytest.approx(-0.5)
+    raw = make_watertight(load_mesh(tmp_path / "two.obj", repair=False))
+    assert abs(signed_distance(raw, centre_of_overlap)[0]) == pytest.approx(0.25)
+
+
+def test_a_part_around_no_volume_is_refused_naming_the_file():
+    flat = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [0, 1, 0]], [[0, 1, 2], [0, 2, 1]])
+    flat.apply_translation((3.0, 0.0, 0.0))
+    mesh = trimesh.util.concatenate([box(), flat])
+    with pytest.raises(MeshError, match="cup.obj: 1 of its 2 parts enclose no volume"):
+        fuse_parts(mesh, "cup.obj")
 
 
 def test_what_trimesh_can_repair_is_repaired():
