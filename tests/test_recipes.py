@@ -18,6 +18,7 @@ from torch import nn
 
 from mmflow.fewstep.couplings import MANIFEST_NAME, CouplingSettings, shard_name
 from mmflow.files import save_weights, write_json
+from modalities.shape import write_primitive_folder
 
 from .mmflow.test_cli import ROOT, mmflow_command
 
@@ -124,6 +125,9 @@ def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Pat
             f"--data.init_args.couplings={tiny_couplings(tmp_path / 'couplings')}",
             f"--data.init_args.data.init_args.cache_dir={cache_dir}",
         ]
+    elif config["data"]["class_path"].endswith("MeshFolder"):
+        shapes = write_primitive_folder(tmp_path / "shapes", per_kind=2)
+        args += [f"--data.init_args.root={shapes}", f"--data.init_args.cache_dir={cache_dir}"]
     else:
         args.append(f"--data.init_args.cache_dir={cache_dir}")
     if config["data"]["class_path"].endswith("LASSMixtures"):

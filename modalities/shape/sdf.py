@@ -33,20 +33,40 @@ from mmflow.files import default_cache_dir, file_sha256, load_weights, save_weig
 
 from .mesh import load_mesh, normalise_mesh
 
-__all__ = ["SDFSamples", "SDFSettings", "cached_sdf_samples", "sample_sdf", "signed_distance"]
+__all__ = [
+    "SDFSamples",
+    "SDFSettings",
+    "cached_sdf_samples",
+    "sample_sdf",
+    "signed_distance",
+    "unsigned_distance",
+]
+
+
+def _igl_arrays(
+    mesh: trimesh.Trimesh, points: np.ndarray | Tensor
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    query = np.ascontiguousarray(np.asarray(points, dtype=np.float64))
+    if query.ndim != 2 or query.shape[1] != 3:
+        raise ValueError(f"points must be [N, 3], got {list(query.shape)}")
+    vertices = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
+    faces = np.ascontiguousarray(mesh.faces, dtype=np.int64)
+    return query, vertices, faces
 
 
 def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray | Tensor) -> np.ndarray:
     """Signed distance (negative inside) from each of ``points`` ``[N, 3]`` to ``mesh``."""
     import igl
 
-    query = np.ascontiguousarray(np.asarray(points, dtype=np.float64))
-    if query.ndim != 2 or query.shape[1] != 3:
-        raise ValueError(f"points must be [N, 3], got {list(query.shape)}")
-    vertices = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
-    faces = np.ascontiguousarray(mesh.faces, dtype=np.int64)
     sign = igl.SignedDistanceType.SIGNED_DISTANCE_TYPE_PSEUDONORMAL
-    return igl.signed_distance(query, vertices, faces, sign_type=sign)[0]
+    return igl.signed_distance(*_igl_arrays(mesh, points), sign_type=sign)[0]
+
+
+def unsigned_distance(mesh: trimesh.Trimesh, points: np.ndarray | Tensor) -> np.ndarray:
+    """Distance from each of ``points`` ``[N, 3]`` to the surface of ``mesh``, closed or not."""
+    import igl
+
+    return np.sqrt(igl.point_mesh_squared_distance(*_igl_arrays(mesh, points))[0])
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,13 @@
 """A TripoSG-style shape VAE: surface points in, a set of latent tokens, an SDF decoder out.
 
 **Encoder.** A surface point ``p`` with normal ``n`` becomes a token ``W [gamma(p), n]``, with
-the Fourier embedding (NeRF; TripoSG uses 8 frequencies)
+the Fourier embedding (TripoSG's: 8 octaves, no factor pi)
 
-    gamma(p) = [p, sin(2^k pi p), cos(2^k pi p)]   for k = 0 .. F - 1.
+    gamma(p) = [p, sin(2^k p), cos(2^k p)]   for k = 0 .. F - 1.
+
+The highest frequency bounds how fast the decoded SDF can vary, and its slope
+``2^(F-1)`` is what the network must cancel to meet the eikonal and normal terms; with a
+factor pi the slopes start three times steeper.
 
 ``M`` of the points, picked by farthest-point sampling, are the queries: they cross-attend to
 all the point tokens, then self-attention layers mix them, and a linear map gives the mean and
@@ -38,7 +42,6 @@ function of points, which :func:`modalities.shape.mesh_from_sdf` meshes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import Any, ClassVar
@@ -61,11 +64,11 @@ __all__ = ["CrossAttentionBlock", "FourierEmbedding", "ShapeAutoencoder", "Shape
 
 
 class FourierEmbedding(nn.Module):
-    """``gamma(p) = [p, sin(2^k pi p), cos(2^k pi p)]``, ``k < num_frequencies`` (docstring)."""
+    """``gamma(p) = [p, sin(2^k p), cos(2^k p)]``, ``k < num_frequencies`` (module docstring)."""
 
     def __init__(self, num_frequencies: int = 8) -> None:
         super().__init__()
-        frequencies = math.pi * 2.0 ** torch.arange(num_frequencies, dtype=torch.float32)
+        frequencies = 2.0 ** torch.arange(num_frequencies, dtype=torch.float32)
         self.register_buffer("frequencies", frequencies, persistent=False)
         self.out_dim = 3 * (1 + 2 * num_frequencies)
 
@@ -205,7 +208,7 @@ class ShapeVAE(TrainablePart):
         decoder_layers: int = 2,
         num_frequencies: int = 8,
         kl_weight: float = 1e-3,
-        normal_weight: float = 0.1,
+        normal_weight: float = 1.0,
         eikonal_weight: float = 0.1,
         geometric_points: int = 256,
         lr: float = 5e-4,

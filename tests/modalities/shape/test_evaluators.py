@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import trimesh
 
 from modalities.shape import Primitive
 from modalities.shape.evaluators import (
@@ -14,6 +15,7 @@ from modalities.shape.evaluators import (
     VolumetricIoU,
     nearest_neighbours,
     pairwise_chamfer,
+    surface_distances,
     watertight_share,
 )
 
@@ -159,3 +161,36 @@ def test_watertight_share():
     open_surface.update_faces(range(10))
     assert watertight_share([closed, open_surface, closed]) == pytest.approx(2 / 3)
     assert watertight_share([]) == 0.0
+
+
+def test_surface_distances_of_a_cube_by_hand():
+    cube = trimesh.creation.box()  # [-0.5, 0.5]^3
+    points = torch.tensor([[0.0, 0.0, 0.0], [1.5, 0.0, 0.0], [0.5, 0.5, 0.5], [1.5, 1.5, 0.0]])
+    expected = torch.tensor([0.5, 1.0, 0.0, 2**0.5], dtype=torch.float64)
+    torch.testing.assert_close(surface_distances(points, cube), expected)
+
+
+def test_distances_to_the_surface_have_no_sampling_floor():
+    """Points on a sphere of radius 0.9 against the surface of one of 0.88 (a fine mesh): every
+    distance is 0.02 up to the facets, so F@0.01 = 0, F@0.03 = 1, Chamfer = 2 * 0.02^2. Against
+    a second sampling of the same sphere, point-to-point F@0.01 falls short of 1, point-to-
+    surface does not."""
+    outer = Primitive("sphere", radius=0.9, resolution=256).mesh()
+    inner = Primitive("sphere", radius=0.88, resolution=256).mesh()
+    a = torch.as_tensor(outer.sample(4000, seed=0), dtype=torch.float32)
+    b = torch.as_tensor(inner.sample(4000, seed=1), dtype=torch.float32)
+    forward, backward = surface_distances(a, inner)[None], surface_distances(b, outer)[None]
+    for threshold, expected in ((0.01, 0.0), (0.03, 1.0)):
+        metric = FScore(threshold)
+        metric.update(forward, backward)
+        assert metric.compute().item() == expected
+    chamfer = ChamferDistance()
+    chamfer.update(forward, backward)
+    assert chamfer.compute().item() == pytest.approx(2 * 0.02**2, rel=0.01)
+    again = torch.as_tensor(outer.sample(4000, seed=2), dtype=torch.float32)
+    sampled, exact = FScore(0.01), FScore(0.01)
+    sampled.update(a[None], again[None])
+    exact.update(surface_distances(a, outer)[None], surface_distances(again, outer)[None])
+    assert sampled.compute().item() < 0.5 and exact.compute().item() == 1.0
+    with pytest.raises(ValueError, match=r"distances must be \[B, N\] and \[B, M\]"):
+        chamfer.update(forward, backward[0])
