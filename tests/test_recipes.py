@@ -50,6 +50,11 @@ def untrained_network_folder(model: dict, folder: Path, classifier: Path) -> Pat
     return folder
 
 
+def untrained_part_folder(model: dict, folder: Path) -> Path:
+    """The folder of an untrained part built as the recipe that trains it builds it."""
+    return build_module(model).save_pretrained(folder)
+
+
 def recipe_writing(path: str) -> dict:
     """The model config of the recipe whose outputs hold ``path`` (a trained flow that another
     recipe starts from: its teacher, base flow or initial weights)."""
@@ -102,6 +107,15 @@ def tiny_couplings(folder: Path, size: int = 8, num_classes: int = 10) -> Path:
     return folder
 
 
+def one_class_of_primitives(folder: Path) -> Path:
+    """Two primitives of each kind in one flat folder: one class, as the CGAL meshes are."""
+    kinds = write_primitive_folder(folder.with_name(folder.name + "_by_kind"), per_kind=2)
+    folder.mkdir()
+    for mesh in kinds.rglob("*.obj"):
+        (folder / f"{mesh.parent.name}_{mesh.name}").write_bytes(mesh.read_bytes())
+    return folder
+
+
 def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Path]) -> list[str]:
     """Point data, classifiers and pretrained parts at test fixtures; GPU recipes to the CPU."""
     config = yaml.safe_load(recipe.read_text())
@@ -126,8 +140,10 @@ def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Pat
             f"--data.init_args.data.init_args.cache_dir={cache_dir}",
         ]
     elif config["data"]["class_path"].endswith("MeshFolder"):
-        shapes = write_primitive_folder(tmp_path / "shapes", per_kind=2)
-        args += [f"--data.init_args.root={shapes}", f"--data.init_args.cache_dir={cache_dir}"]
+        args += [
+            f"--data.init_args.root={one_class_of_primitives(tmp_path / 'shapes')}",
+            f"--data.init_args.cache_dir={cache_dir}",
+        ]
     else:
         args.append(f"--data.init_args.cache_dir={cache_dir}")
     if config["data"]["class_path"].endswith("LASSMixtures"):
@@ -136,7 +152,10 @@ def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Pat
     if "classifier_path" in adapter_args:
         classifier = files["audio_classifier" if audio else "image_classifier"]
         args.append(f"--model.adapter.init_args.classifier_path={classifier}")
-    if "vae_path" in adapter_args:
+    if "vae_path" in adapter_args and config["data"]["class_path"].endswith("MeshFolder"):
+        vae = untrained_part_folder(recipe_writing(adapter_args["vae_path"]), tmp_path / "vae")
+        args.append(f"--model.adapter.init_args.vae_path={vae}")
+    elif "vae_path" in adapter_args:
         args.append(f"--model.adapter.init_args.vae_path={files['mel_vae']}")
     if not is_flow and "classifier_path" in model_args:
         args.append(f"{prefix}classifier_path={files['audio_classifier']}")

@@ -6,6 +6,7 @@ closed-form SDFs, and :mod:`modalities.shape.data` serves folders of meshes as S
 See docs/shape.md.
 """
 
+from .adapter import GeneratedShapes, ShapeLatentAdapter, WatertightShare
 from .data import (
     MESH_SUFFIXES,
     Augmentation,
@@ -23,7 +24,7 @@ from .evaluators import (
     VolumetricIoU,
     watertight_share,
 )
-from .media import render_views, save_mesh
+from .media import render_grid, render_views, save_mesh
 from .mesh import (
     MeshError,
     Normalisation,
@@ -44,6 +45,7 @@ __all__ = [
     "Augmentation",
     "ChamferDistance",
     "FScore",
+    "GeneratedShapes",
     "GenerationMetrics",
     "MeshError",
     "MeshFolder",
@@ -53,9 +55,11 @@ __all__ = [
     "SDFSamples",
     "SDFSettings",
     "ShapeAutoencoder",
+    "ShapeLatentAdapter",
     "ShapeSDFDataset",
     "ShapeVAE",
     "VolumetricIoU",
+    "WatertightShare",
     "cached_sdf_samples",
     "dense_sdf_grid",
     "duplicate_groups",
@@ -68,6 +72,7 @@ __all__ = [
     "make_watertight",
     "mesh_from_sdf",
     "normalise_mesh",
+    "render_grid",
     "render_views",
     "sample_sdf",
     "save_mesh",

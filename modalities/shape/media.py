@@ -1,7 +1,8 @@
 """Shapes out: mesh files and PNG previews a person can look at.
 
 :func:`save_mesh` writes what trimesh writes (GLB, OBJ, PLY, STL, OFF) and refuses any other
-suffix. :func:`render_views` draws a mesh from several directions into one PNG with
+suffix. :func:`render_views` draws a mesh from several directions, :func:`render_grid` many
+meshes from one direction each, into one PNG with
 matplotlib (no OpenGL): each face is shaded by Lambert's law, ``0.25 + 0.75 max(0, n . l)``,
 for a light ``l`` from the upper front of the camera, and faces are painted back to front.
 ``up`` names the mesh's vertical axis (``"y"`` in most OBJ, OFF and ShapeNet files, ``"z"``
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import trimesh
 
 from mmflow.files import atomic_write
 
-__all__ = ["MESH_FILE_SUFFIXES", "render_views", "save_mesh"]
+__all__ = ["MESH_FILE_SUFFIXES", "render_grid", "render_views", "save_mesh"]
 
 MESH_FILE_SUFFIXES: tuple[str, ...] = (".glb", ".obj", ".ply", ".stl", ".off")
 
@@ -46,6 +48,64 @@ def _rotation(azimuth: float, elevation: float) -> np.ndarray:
     return tilt @ turn
 
 
+def _prepared(mesh: trimesh.Trimesh, up: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Triangles and face normals turned z-up, the bounding-box centre and half-extent."""
+    if len(mesh.faces) == 0:
+        raise ValueError("cannot render a mesh without faces")
+    if up not in UP_AXES:
+        raise ValueError(f"`up` must be one of {sorted(UP_AXES)}, got {up!r}")
+    z_up = UP_AXES[up]
+    triangles = mesh.triangles @ z_up.T
+    normals = mesh.face_normals @ z_up.T
+    corners = triangles.reshape(-1, 3)
+    centre = corners.min(axis=0) / 2 + corners.max(axis=0) / 2
+    radius = float(np.abs(corners - centre).max()) or 1.0
+    return triangles, normals, centre, radius
+
+
+def _draw(axis: Any, mesh: trimesh.Trimesh, azimuth: float, elevation: float, up: str) -> None:
+    """Paint ``mesh`` seen from ``azimuth`` and ``elevation`` into a matplotlib axis."""
+    from matplotlib.collections import PolyCollection
+
+    triangles, normals, centre, radius = _prepared(mesh, up)
+    rotation = _rotation(azimuth, elevation)
+    camera = (triangles - centre) @ rotation.T  # x right, y into the screen, z up
+    facing = (normals @ rotation.T)[:, 1] < 0
+    light = np.array([-0.3, -1.0, 0.6]) / np.linalg.norm([-0.3, -1.0, 0.6])
+    shade = 0.25 + 0.75 * np.clip((normals @ rotation.T) @ light, 0, None)
+    order = np.argsort(-camera[facing][:, :, 1].mean(axis=1))
+    polygons = camera[facing][order][:, :, [0, 2]]
+    colours = np.repeat(shade[facing][order][:, None], 3, axis=1) * [0.55, 0.7, 0.9]
+    axis.add_collection(PolyCollection(polygons, facecolors=colours, edgecolors="none"))
+    axis.set_xlim(-radius, radius)
+    axis.set_ylim(-radius, radius)
+    axis.set_aspect("equal")
+
+
+def _figure(rows: int, columns: int, size: int) -> tuple[Any, np.ndarray]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(columns * size / 100, rows * size / 100), squeeze=False
+    )
+    for axis in axes.flat:
+        axis.axis("off")
+    figure.subplots_adjust(0, 0, 1, 1, 0, 0)
+    return figure, axes
+
+
+def _save(figure: Any, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+    return path
+
+
 def render_views(
     mesh: trimesh.Trimesh,
     path: str | Path,
@@ -56,38 +116,32 @@ def render_views(
 ) -> Path:
     """Draw ``mesh`` seen from each azimuth (degrees about the vertical axis) and ``elevation``
     side by side into the PNG ``path`` (``size`` pixels a view); returns the path."""
-    import matplotlib
+    _prepared(mesh, up)
+    figure, axes = _figure(1, len(azimuths), size)
+    for axis, azimuth in zip(axes[0], azimuths, strict=True):
+        _draw(axis, mesh, azimuth, elevation, up)
+    return _save(figure, path)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.collections import PolyCollection
 
-    if len(mesh.faces) == 0:
-        raise ValueError("cannot render a mesh without faces")
-    if up not in UP_AXES:
-        raise ValueError(f"`up` must be one of {sorted(UP_AXES)}, got {up!r}")
-    z_up = UP_AXES[up]
-    triangles = mesh.triangles @ z_up.T
-    normals = mesh.face_normals @ z_up.T
-    centre = triangles.reshape(-1, 3).min(axis=0) / 2 + triangles.reshape(-1, 3).max(axis=0) / 2
-    radius = float(np.abs(triangles.reshape(-1, 3) - centre).max()) or 1.0
-    figure, axes = plt.subplots(1, len(azimuths), figsize=(len(azimuths) * size / 100, size / 100))
-    for axis, azimuth in zip(np.atleast_1d(axes), azimuths, strict=True):
-        rotation = _rotation(azimuth, elevation)
-        camera = (triangles - centre) @ rotation.T  # x right, y into the screen, z up
-        facing = (normals @ rotation.T)[:, 1] < 0
-        light = np.array([-0.3, -1.0, 0.6]) / np.linalg.norm([-0.3, -1.0, 0.6])
-        shade = 0.25 + 0.75 * np.clip((normals @ rotation.T) @ light, 0, None)
-        order = np.argsort(-camera[facing][:, :, 1].mean(axis=1))
-        polygons = camera[facing][order][:, :, [0, 2]]
-        colours = np.repeat(shade[facing][order][:, None], 3, axis=1) * [0.55, 0.7, 0.9]
-        axis.add_collection(PolyCollection(polygons, facecolors=colours, edgecolors="none"))
-        axis.set_xlim(-radius, radius)
-        axis.set_ylim(-radius, radius)
-        axis.set_aspect("equal")
-        axis.axis("off")
-    figure.subplots_adjust(0, 0, 1, 1, 0, 0)
-    path = Path(path)
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    plt.close(figure)
-    return path
+def render_grid(
+    meshes: Sequence[trimesh.Trimesh | None],
+    path: str | Path,
+    columns: int | None = None,
+    azimuth: float = 30,
+    elevation: float = 20,
+    size: int = 160,
+    up: str = "y",
+) -> Path:
+    """Draw each mesh from one view into a grid PNG (``columns`` per row, a square-ish grid by
+    default); a ``None`` (a shape without surface) leaves its cell empty but for a note."""
+    if not meshes:
+        raise ValueError("no meshes to render")
+    columns = columns or max(1, round(len(meshes) ** 0.5))
+    rows = -(-len(meshes) // columns)
+    figure, axes = _figure(rows, columns, size)
+    for axis, mesh in zip(axes.flat, meshes, strict=False):
+        if mesh is None or len(mesh.faces) == 0:
+            axis.text(0.5, 0.5, "no surface", ha="center", va="center", transform=axis.transAxes)
+        else:
+            _draw(axis, mesh, azimuth, elevation, up)
+    return _save(figure, path)

@@ -1,0 +1,179 @@
+"""The shape modality's flow adapter: a set of latent tokens in, meshes out.
+
+:class:`ShapeLatentAdapter` is TripoSG's second stage. The flow transports the latent set of a
+frozen :class:`modalities.shape.ShapeVAE`, ``x1 = vae.encode(surface)`` ``[B, M, C]``, a set
+without order (the MMDiT's ``SetTokens`` give it no positions), conditioned on the shape's
+class (the null class ``num_classes`` for classifier-free guidance). ``decode`` meshes each
+generated set's decoder by marching cubes on a coarse-to-fine grid and samples points on the
+result, the :class:`GeneratedShapes` the evaluators score:
+
+- ``generation``: COV, MMD and 1-NNA with Chamfer-L2 against the batch's shapes
+  (:class:`modalities.shape.GenerationMetrics`);
+- ``watertight``: the share of generated meshes that are closed.
+
+A generated set whose SDF never changes sign has no surface: it stays ``None`` among the
+meshes, is not watertight, and its points are all at the origin, far from every real shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import trimesh
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from mmflow.modality import Batch, Condition, ModalityAdapter
+from mmflow.pretrained import Frozen
+
+from .evaluators import GenerationMetrics
+from .media import render_grid, save_mesh
+from .meshing import extract_mesh, hierarchical_sdf_grid
+from .vae import ShapeVAE
+
+__all__ = ["GeneratedShapes", "ShapeLatentAdapter", "WatertightShare"]
+
+
+@dataclass
+class GeneratedShapes:
+    """Decoded shapes: ``meshes`` (``None`` where no surface was found) and ``points``
+    ``[B, N, 3]`` sampled on each mesh (at the origin for a missing one)."""
+
+    meshes: list[trimesh.Trimesh | None]
+    points: Tensor
+
+    def __len__(self) -> int:
+        return len(self.meshes)
+
+
+class BatchGenerationMetrics(GenerationMetrics):
+    """:class:`GenerationMetrics` of generated shapes against the batch's own shapes (the
+    first ``points`` of ``batch["surface"]``), updated as ``update(shapes, batch)``."""
+
+    def update(self, shapes: GeneratedShapes, batch: Batch) -> None:  # type: ignore[override]
+        reference = batch["surface"][:, : shapes.points.shape[1], :3]
+        super().update(shapes.points.to(reference), reference)
+
+
+class WatertightShare(Metric):
+    """The share of generated meshes that are closed (a missing mesh is not)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("closed", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, shapes: GeneratedShapes, batch: Batch | None = None) -> None:
+        self.closed += sum(mesh is not None and mesh.is_watertight for mesh in shapes.meshes)
+        self.total += len(shapes)
+
+    def compute(self) -> Tensor:
+        return self.closed / self.total.clamp(min=1)
+
+
+class ShapeLatentAdapter(ModalityAdapter):
+    """The flow transports a frozen shape VAE's latent set (module docstring).
+
+    Args:
+        vae_path: a :class:`ShapeVAE` folder (``recipes/shape/shape_vae.yaml`` writes one).
+        num_classes: the number of shape classes, or ``None`` for unconditional generation.
+        mesh_resolution, mesh_levels: the grid ``decode`` meshes at (cells over [-1, 1]^3)
+            and its coarse-to-fine levels.
+        num_points: points sampled on each generated mesh for the evaluators.
+        up: the vertical axis of previews (``"y"`` for most mesh files).
+    """
+
+    def __init__(
+        self,
+        vae_path: str,
+        num_classes: int | None = None,
+        mesh_resolution: int = 64,
+        mesh_levels: int = 2,
+        num_points: int = 2048,
+        up: str = "y",
+    ) -> None:
+        super().__init__()
+        self.vae = Frozen(ShapeVAE.from_pretrained(vae_path))
+        self.num_classes = num_classes
+        self.mesh_resolution, self.mesh_levels = mesh_resolution, mesh_levels
+        self.num_points, self.up = num_points, up
+        self.metrics = nn.ModuleDict(
+            {"generation": BatchGenerationMetrics(), "watertight": WatertightShare()}
+        )
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """``(M, C)``: tokens and channels of one shape's latent set."""
+        return self.vae.hparams.num_latents, self.vae.hparams.latent_channels
+
+    def encode(self, batch: Batch) -> tuple[Tensor, Condition]:
+        """``(vae.encode(surface), {"class_labels": label})`` (no condition if unconditional)."""
+        with torch.no_grad():
+            x1 = self.vae.encode(batch["surface"])
+        if not self.conditioned():
+            return x1, {}
+        labels = batch["label"].long()
+        if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes:
+            raise ValueError(
+                f"ShapeLatentAdapter: class labels {sorted(set(labels.tolist()))} do not fit "
+                f"num_classes={self.num_classes} (the datamodule's class sub-folders)"
+            )
+        return x1, {"class_labels": labels}
+
+    def null_condition(self, cond: Condition) -> Condition:
+        """Every label replaced by the null class ``num_classes``."""
+        if not self.conditioned():
+            return {}
+        return {"class_labels": torch.full_like(cond["class_labels"], self.num_classes)}
+
+    def conditioned(self) -> bool:
+        return self.num_classes is not None
+
+    def sample_conditions(self, num_samples: int) -> tuple[tuple[int, ...], Condition]:
+        """Latent-set shape for ``num_samples`` shapes and labels cycling over the classes."""
+        shape = (num_samples, *self.latent_shape)
+        if not self.conditioned():
+            return shape, {}
+        return shape, {"class_labels": torch.arange(num_samples) % self.num_classes}
+
+    def mesh(self, latents: Tensor) -> trimesh.Trimesh | None:
+        """The mesh of one shape's latent set ``[M, C]``, or ``None`` if it has no surface."""
+        sdf = self.vae.sdf_function(latents)
+        grid, _ = hierarchical_sdf_grid(sdf, self.mesh_resolution, levels=self.mesh_levels)
+        try:
+            return extract_mesh(grid)
+        except ValueError:
+            return None
+
+    def decode(self, x1: Tensor, cond: Condition, batch: Batch | None = None) -> GeneratedShapes:
+        """Mesh every generated latent set and sample ``num_points`` points on each."""
+        meshes = [self.mesh(latents) for latents in x1]
+        points = torch.zeros(len(meshes), self.num_points, 3)
+        for index, mesh in enumerate(meshes):
+            if mesh is not None:
+                sampled, _ = trimesh.sample.sample_surface(mesh, self.num_points, seed=index)
+                points[index] = torch.as_tensor(sampled, dtype=torch.float32)
+        return GeneratedShapes(meshes, points)
+
+    def evaluators(self) -> nn.ModuleDict:
+        """``generation`` (COV / MMD / 1-NNA) and ``watertight``."""
+        return self.metrics
+
+    def save_media(
+        self, media: Any, directory: Path, name: str, batch: Batch | None = None
+    ) -> list[Path]:
+        """Each mesh as ``name_<i>.glb`` and all of them in one preview ``name.png``."""
+        directory = Path(directory)
+        written = [
+            save_mesh(mesh, directory / f"{name}_{index}.glb")
+            for index, mesh in enumerate(media.meshes)
+            if mesh is not None
+        ]
+        if written:
+            written.append(render_grid(media.meshes, directory / f"{name}.png", up=self.up))
+        return written
