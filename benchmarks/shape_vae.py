@@ -14,11 +14,11 @@ decoded and meshed coarse to fine (:func:`modalities.shape.meshing.hierarchical_
 half-extent 0.9, :func:`modalities.shape.mesh.normalise_mesh`) on ``--samples`` surface samples
 of each:
 
-- F-score at ``--threshold`` (0.01 by default, in those normalised units) and Chamfer-L2
-  (squared distances, both directions summed), with exact distances from each side's samples
-  to the other side's surface (:func:`modalities.shape.evaluators.surface_distances`), which
-  have no floor from the sample spacing;
-- normal consistency (face normals of the sampled points);
+- F-score at ``--threshold`` (0.01 by default, in those normalised units), Chamfer-L2
+  (squared distances, both directions summed) and normal consistency, with exact distances
+  from each side's samples to the other side's surface
+  (:func:`modalities.shape.evaluators.reconstruction_scores`), which have no floor from the
+  sample spacing;
 - volumetric IoU of the insides at the shape's cached uniform points in [-1, 1]^3;
 - whether the extracted mesh is watertight, and the seconds of meshing.
 
@@ -36,13 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import trimesh
 
 from modalities.shape import (
-    ChamferDistance,
-    FScore,
     MeshFolder,
-    NormalConsistency,
     SDFSettings,
     ShapeVAE,
     VolumetricIoU,
@@ -50,17 +46,8 @@ from modalities.shape import (
     load_mesh,
     normalise_mesh,
 )
-from modalities.shape.evaluators import surface_distances
+from modalities.shape.evaluators import reconstruction_scores
 from modalities.shape.meshing import extract_mesh, hierarchical_sdf_grid
-
-
-def oriented_samples(mesh: trimesh.Trimesh, count: int, seed: int) -> torch.Tensor:
-    """``[1, count, 6]`` area-uniform surface points of ``mesh`` with their face normals."""
-    points, faces = trimesh.sample.sample_surface(mesh, count, seed=seed)
-    oriented = torch.cat(
-        [torch.as_tensor(points), torch.as_tensor(mesh.face_normals[faces])], dim=1
-    )
-    return oriented.float()[None]
 
 
 def score_shape(
@@ -96,17 +83,7 @@ def score_shape(
         }
     row["mesh_seconds"] = time.perf_counter() - start
     source, _ = normalise_mesh(load_mesh(path))
-    predicted = oriented_samples(mesh, args.samples, seed=0)
-    target = oriented_samples(source, args.samples, seed=1)
-    forward = surface_distances(predicted[0, :, :3], source)[None]
-    backward = surface_distances(target[0, :, :3], mesh)[None]
-    metrics = {"f_score": FScore(args.threshold), "chamfer": ChamferDistance()}
-    for name, metric in metrics.items():
-        metric.update(forward, backward)
-        row[name] = metric.compute().item()
-    normals = NormalConsistency()
-    normals.update(predicted, target)
-    row["normal_consistency"] = normals.compute().item()
+    row |= reconstruction_scores(mesh, source, args.samples, args.threshold)
     row["watertight"] = bool(mesh.is_watertight)
     return row
 

@@ -34,6 +34,7 @@ from .mesh import (
     normalise_mesh,
 )
 from .meshing import dense_sdf_grid, extract_mesh, hierarchical_sdf_grid, mesh_from_sdf
+from .mosaic import MosaicNormaliser, MosaicSDF, fit_mosaic
 from .primitives import PRIMITIVE_KINDS, Primitive
 from .sampling import farthest_point_sampling
 from .sdf import SDFSamples, SDFSettings, cached_sdf_samples, sample_sdf, signed_distance
@@ -49,6 +50,8 @@ __all__ = [
     "GenerationMetrics",
     "MeshError",
     "MeshFolder",
+    "MosaicNormaliser",
+    "MosaicSDF",
     "NormalConsistency",
     "Normalisation",
     "Primitive",
@@ -66,6 +69,7 @@ __all__ = [
     "extract_mesh",
     "farthest_point_sampling",
     "find_mesh_files",
+    "fit_mosaic",
     "fuse_parts",
     "hierarchical_sdf_grid",
     "load_mesh",

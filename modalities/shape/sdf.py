@@ -62,11 +62,15 @@ def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray | Tensor) -> np.nd
     return igl.signed_distance(*_igl_arrays(mesh, points), sign_type=sign)[0]
 
 
-def unsigned_distance(mesh: trimesh.Trimesh, points: np.ndarray | Tensor) -> np.ndarray:
-    """Distance from each of ``points`` ``[N, 3]`` to the surface of ``mesh``, closed or not."""
+def unsigned_distance(
+    mesh: trimesh.Trimesh, points: np.ndarray | Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distance from each of ``points`` ``[N, 3]`` to the surface of ``mesh`` (closed or not),
+    and the index of the face where the nearest surface point lies."""
     import igl
 
-    return np.sqrt(igl.point_mesh_squared_distance(*_igl_arrays(mesh, points))[0])
+    squared, faces, _ = igl.point_mesh_squared_distance(*_igl_arrays(mesh, points))
+    return np.sqrt(squared), np.asarray(faces, dtype=np.int64)
 
 
 @dataclass(frozen=True)

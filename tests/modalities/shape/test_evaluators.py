@@ -15,6 +15,7 @@ from modalities.shape.evaluators import (
     VolumetricIoU,
     nearest_neighbours,
     pairwise_chamfer,
+    reconstruction_scores,
     surface_distances,
     watertight_share,
 )
@@ -194,3 +195,15 @@ def test_distances_to_the_surface_have_no_sampling_floor():
     assert sampled.compute().item() < 0.5 and exact.compute().item() == 1.0
     with pytest.raises(ValueError, match=r"distances must be \[B, N\] and \[B, M\]"):
         chamfer.update(forward, backward[0])
+
+
+def test_reconstruction_scores_of_two_concentric_spheres():
+    """Radii 0.5 and 0.505: every point is 0.005 from the other surface (up to the facets), so
+    F@0.01 = 1 and F@0.004 = 0, Chamfer = 2 * 0.005^2 and the normals agree."""
+    inner = Primitive("sphere", radius=0.5, resolution=256).mesh()
+    outer = Primitive("sphere", radius=0.505, resolution=256).mesh()
+    scores = reconstruction_scores(inner, outer, samples=3000)
+    assert scores["f_score"] == 1.0
+    assert scores["chamfer"] == pytest.approx(2 * 0.005**2, rel=0.02)
+    assert scores["normal_consistency"] == pytest.approx(1.0, abs=1e-3)
+    assert reconstruction_scores(inner, outer, samples=3000, threshold=0.004)["f_score"] == 0.0

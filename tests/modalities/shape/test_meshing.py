@@ -59,3 +59,46 @@ def test_bad_settings_and_bad_functions_are_refused():
         dense_sdf_grid(lambda points: torch.zeros(1), 8)
     with pytest.raises(ValueError, match="non-finite"):
         dense_sdf_grid(lambda points: points[:, 0] / 0.0, 8)
+
+
+def test_cells_with_an_unknown_corner_make_no_surface():
+    # The plane x = 0.03 crosses one layer of 16 x 16 cells; NaN above y = 0.5 removes the
+    # cells touching y > 0.5, leaving 12 rows of 16 cells, two triangles each.
+    grid = dense_sdf_grid(lambda points: points[:, 0] - 0.03, 16)
+    axis = torch.linspace(-1, 1, 17)
+    grid[:, axis > 0.5 + 1e-6, :] = torch.nan
+    mesh = extract_mesh(grid)
+    assert len(mesh.faces) == 12 * 16 * 2
+    assert mesh.vertices[:, 1].max() == pytest.approx(0.5)
+    torch.testing.assert_close(
+        torch.as_tensor(mesh.vertices[:, 0]),
+        torch.full((len(mesh.vertices),), 0.03, dtype=torch.float64),
+    )
+
+
+def test_a_band_sdf_gives_one_closed_surface_without_one_at_the_band_edges():
+    sphere = Primitive("sphere", radius=0.6)
+
+    def band(points):
+        values = sphere.sdf(points)
+        return torch.where(values.abs() < 0.15, values, torch.nan)
+
+    for hierarchical in (False, True):
+        mesh = mesh_from_sdf(band, resolution=64, hierarchical=hierarchical, partial=True)
+        assert mesh.is_watertight and len(mesh.split(only_watertight=False)) == 1
+        assert mesh.volume == pytest.approx(4 / 3 * math.pi * 0.6**3, rel=0.01)
+
+
+def test_nan_needs_partial_and_infinity_is_always_refused():
+    sphere = Primitive("sphere", radius=0.5)
+
+    def band(points):
+        values = sphere.sdf(points)
+        return torch.where(values.abs() < 0.2, values, torch.nan)
+
+    with pytest.raises(ValueError, match="must be meshed with partial=True"):
+        dense_sdf_grid(band, 8)
+    with pytest.raises(ValueError, match="infinite"):
+        dense_sdf_grid(lambda points: points[:, 0] / 0.0, 8, partial=True)
+    with pytest.raises(ValueError, match="only NaN"):
+        extract_mesh(torch.full((5, 5, 5), torch.nan))

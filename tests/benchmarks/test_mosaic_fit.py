@@ -1,0 +1,24 @@
+"""The Mosaic-SDF benchmark fits a held-out split and scores it as the shape metrics do."""
+
+import json
+from pathlib import Path
+
+from benchmarks.mosaic_fit import held_out_files, main
+from modalities.shape import write_primitive_folder
+
+
+def test_a_primitive_folder_is_fitted_scored_and_tabulated(tmp_path: Path):
+    root = write_primitive_folder(tmp_path / "shapes", per_kind=2)
+    split = ["--root", str(root), "--test-fraction", "0.2", "--cache-dir", str(tmp_path / "cache")]
+    files = held_out_files(str(root), 0, 0.1, 0.2, str(tmp_path / "cache"))
+    assert len(files) == 2
+    out = tmp_path / "out"
+    args = ["--settings", "32x3", "--refine-steps", "0", "3", "--resolution", "32"]
+    assert main([*split, *args, "--samples", "2000", "--out", str(out)]) == 0
+    result = json.loads((out / "mosaic_fit.json").read_text())
+    assert result["files"] == [str(path) for path in files]
+    assert [(s["refine_steps"], s["meshes"]) for s in result["summary"]] == [(0, 2), (3, 2)]
+    for row in result["rows"]:
+        assert 0 <= row["fscore"] <= 1 and row["bytes_float32"] == 32 * (4 + 27) * 4
+        assert row["bytes_float16"] == 32 * (4 + 27) * 2
+    assert "| 32 | 3 | 3 |" in (out / "mosaic_fit.md").read_text()
