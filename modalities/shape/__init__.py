@@ -6,7 +6,7 @@ closed-form SDFs, and :mod:`modalities.shape.data` serves folders of meshes as S
 See docs/shape.md.
 """
 
-from .adapter import GeneratedShapes, ShapeLatentAdapter, WatertightShare
+from .adapter import GeneratedShapes, ShapeAdapter, ShapeLatentAdapter, WatertightShare
 from .data import (
     MESH_SUFFIXES,
     Augmentation,
@@ -57,6 +57,7 @@ __all__ = [
     "Primitive",
     "SDFSamples",
     "SDFSettings",
+    "ShapeAdapter",
     "ShapeAutoencoder",
     "ShapeLatentAdapter",
     "ShapeSDFDataset",

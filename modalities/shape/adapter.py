@@ -1,4 +1,10 @@
-"""The shape modality's flow adapter: a set of latent tokens in, meshes out.
+"""The shape modality's flow adapters: a set in, meshes out.
+
+:class:`ShapeAdapter` holds what every shape representation shares: the class condition
+(the null class ``num_classes`` for classifier-free guidance), decoding to meshes, the
+evaluators and the media. A representation says how a batch becomes the set the flow
+transports (:meth:`ShapeAdapter.encode`) and how one generated set becomes a mesh
+(:meth:`ShapeAdapter.mesh`).
 
 :class:`ShapeLatentAdapter` is TripoSG's second stage. The flow transports the latent set of a
 frozen :class:`modalities.shape.ShapeVAE`, ``x1 = vae.encode(surface)`` ``[B, M, C]``, a set
@@ -34,7 +40,13 @@ from .media import render_grid, save_mesh
 from .meshing import extract_mesh, hierarchical_sdf_grid
 from .vae import ShapeVAE
 
-__all__ = ["GeneratedShapes", "ShapeLatentAdapter", "WatertightShare"]
+__all__ = [
+    "BatchGenerationMetrics",
+    "GeneratedShapes",
+    "ShapeAdapter",
+    "ShapeLatentAdapter",
+    "WatertightShare",
+]
 
 
 @dataclass
@@ -76,54 +88,47 @@ class WatertightShare(Metric):
         return self.closed / self.total.clamp(min=1)
 
 
-class ShapeLatentAdapter(ModalityAdapter):
-    """The flow transports a frozen shape VAE's latent set (module docstring).
+class ShapeAdapter(ModalityAdapter):
+    """The shared part of the shape adapters (module docstring).
 
     Args:
-        vae_path: a :class:`ShapeVAE` folder (``recipes/shape/shape_vae.yaml`` writes one).
+        set_shape: ``(n, D)`` of one shape's set, what :meth:`sample_conditions` draws noise
+            for.
         num_classes: the number of shape classes, or ``None`` for unconditional generation.
-        mesh_resolution, mesh_levels: the grid ``decode`` meshes at (cells over [-1, 1]^3)
-            and its coarse-to-fine levels.
         num_points: points sampled on each generated mesh for the evaluators.
         up: the vertical axis of previews (``"y"`` for most mesh files).
     """
 
     def __init__(
         self,
-        vae_path: str,
+        set_shape: tuple[int, int],
         num_classes: int | None = None,
-        mesh_resolution: int = 64,
-        mesh_levels: int = 2,
         num_points: int = 2048,
         up: str = "y",
     ) -> None:
         super().__init__()
-        self.vae = Frozen(ShapeVAE.from_pretrained(vae_path))
-        self.num_classes = num_classes
-        self.mesh_resolution, self.mesh_levels = mesh_resolution, mesh_levels
-        self.num_points, self.up = num_points, up
+        self.set_shape = tuple(set_shape)
+        self.num_classes, self.num_points, self.up = num_classes, num_points, up
         self.metrics = nn.ModuleDict(
             {"generation": BatchGenerationMetrics(), "watertight": WatertightShare()}
         )
 
-    @property
-    def latent_shape(self) -> tuple[int, int]:
-        """``(M, C)``: tokens and channels of one shape's latent set."""
-        return self.vae.hparams.num_latents, self.vae.hparams.latent_channels
+    def mesh(self, shape_set: Tensor) -> trimesh.Trimesh | None:
+        """The mesh of one generated set ``[n, D]``, or ``None`` if it has no surface."""
+        raise NotImplementedError
 
-    def encode(self, batch: Batch) -> tuple[Tensor, Condition]:
-        """``(vae.encode(surface), {"class_labels": label})`` (no condition if unconditional)."""
-        with torch.no_grad():
-            x1 = self.vae.encode(batch["surface"])
+    def condition(self, batch: Batch) -> Condition:
+        """``{"class_labels": label}``, checked against ``num_classes`` (``{}`` if
+        unconditional)."""
         if not self.conditioned():
-            return x1, {}
+            return {}
         labels = batch["label"].long()
         if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes:
             raise ValueError(
-                f"ShapeLatentAdapter: class labels {sorted(set(labels.tolist()))} do not fit "
+                f"{type(self).__name__}: class labels {sorted(set(labels.tolist()))} do not fit "
                 f"num_classes={self.num_classes} (the datamodule's class sub-folders)"
             )
-        return x1, {"class_labels": labels}
+        return {"class_labels": labels}
 
     def null_condition(self, cond: Condition) -> Condition:
         """Every label replaced by the null class ``num_classes``."""
@@ -135,24 +140,15 @@ class ShapeLatentAdapter(ModalityAdapter):
         return self.num_classes is not None
 
     def sample_conditions(self, num_samples: int) -> tuple[tuple[int, ...], Condition]:
-        """Latent-set shape for ``num_samples`` shapes and labels cycling over the classes."""
-        shape = (num_samples, *self.latent_shape)
+        """Set shape for ``num_samples`` shapes and labels cycling over the classes."""
+        shape = (num_samples, *self.set_shape)
         if not self.conditioned():
             return shape, {}
         return shape, {"class_labels": torch.arange(num_samples) % self.num_classes}
 
-    def mesh(self, latents: Tensor) -> trimesh.Trimesh | None:
-        """The mesh of one shape's latent set ``[M, C]``, or ``None`` if it has no surface."""
-        sdf = self.vae.sdf_function(latents)
-        grid, _ = hierarchical_sdf_grid(sdf, self.mesh_resolution, levels=self.mesh_levels)
-        try:
-            return extract_mesh(grid)
-        except ValueError:
-            return None
-
     def decode(self, x1: Tensor, cond: Condition, batch: Batch | None = None) -> GeneratedShapes:
-        """Mesh every generated latent set and sample ``num_points`` points on each."""
-        meshes = [self.mesh(latents) for latents in x1]
+        """Mesh every generated set and sample ``num_points`` points on each."""
+        meshes = [self.mesh(shape_set) for shape_set in x1]
         points = torch.zeros(len(meshes), self.num_points, 3)
         for index, mesh in enumerate(meshes):
             if mesh is not None:
@@ -177,3 +173,49 @@ class ShapeLatentAdapter(ModalityAdapter):
         if written:
             written.append(render_grid(media.meshes, directory / f"{name}.png", up=self.up))
         return written
+
+
+class ShapeLatentAdapter(ShapeAdapter):
+    """The flow transports a frozen shape VAE's latent set (module docstring).
+
+    Args:
+        vae_path: a :class:`ShapeVAE` folder (``recipes/shape/shape_vae.yaml`` writes one).
+        num_classes, num_points, up: as :class:`ShapeAdapter`.
+        mesh_resolution, mesh_levels: the grid ``decode`` meshes at (cells over [-1, 1]^3)
+            and its coarse-to-fine levels.
+    """
+
+    def __init__(
+        self,
+        vae_path: str,
+        num_classes: int | None = None,
+        mesh_resolution: int = 64,
+        mesh_levels: int = 2,
+        num_points: int = 2048,
+        up: str = "y",
+    ) -> None:
+        vae = ShapeVAE.from_pretrained(vae_path)
+        latent_shape = (vae.hparams.num_latents, vae.hparams.latent_channels)
+        super().__init__(latent_shape, num_classes, num_points, up)
+        self.vae = Frozen(vae)
+        self.mesh_resolution, self.mesh_levels = mesh_resolution, mesh_levels
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """``(M, C)``: tokens and channels of one shape's latent set."""
+        return self.set_shape
+
+    def encode(self, batch: Batch) -> tuple[Tensor, Condition]:
+        """``(vae.encode(surface), {"class_labels": label})`` (no condition if unconditional)."""
+        with torch.no_grad():
+            x1 = self.vae.encode(batch["surface"])
+        return x1, self.condition(batch)
+
+    def mesh(self, shape_set: Tensor) -> trimesh.Trimesh | None:
+        """The mesh of one shape's latent set ``[M, C]``, or ``None`` if it has no surface."""
+        sdf = self.vae.sdf_function(shape_set)
+        grid, _ = hierarchical_sdf_grid(sdf, self.mesh_resolution, levels=self.mesh_levels)
+        try:
+            return extract_mesh(grid)
+        except ValueError:
+            return None
