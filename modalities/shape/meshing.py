@@ -165,7 +165,11 @@ def _known_cells(unknown: np.ndarray) -> np.ndarray:
 def extract_mesh(grid: Tensor, bound: float = 1.0) -> trimesh.Trimesh:
     """Marching cubes at level 0 of a vertex grid over ``[-bound, bound]^3``, faces wound so
     normals point outwards (towards positive values). NaN vertices are unknown: cells with a
-    NaN corner are left out (module docstring)."""
+    NaN corner are left out (module docstring).
+
+    Where the SDF is exactly 0 at a grid vertex, marching cubes emits triangles whose corners
+    coincide; once duplicate vertices are merged those are zero-area faces whose edges are
+    used four times, so they are removed, which leaves a closed surface closed."""
     values = grid.detach().cpu().numpy().astype(np.float32)
     unknown = np.isnan(values)
     if unknown.all():
@@ -188,7 +192,10 @@ def extract_mesh(grid: Tensor, bound: float = 1.0) -> trimesh.Trimesh:
         )
     except RuntimeError:
         raise ValueError("no cell with eight known corners changes sign: no surface") from None
-    return trimesh.Trimesh(vertices - bound, faces, process=True)
+    mesh = trimesh.Trimesh(vertices - bound, faces, process=True)
+    mesh.update_faces(mesh.nondegenerate_faces())
+    mesh.remove_unreferenced_vertices()
+    return mesh
 
 
 def mesh_from_sdf(

@@ -24,6 +24,14 @@ def test_a_dense_sphere_is_closed_outward_and_of_the_right_volume():
     assert (radii - 0.6).abs().max() < 2 / 64 * 0.1
 
 
+def test_a_surface_through_grid_vertices_stays_closed():
+    """Radius 0.5 on a grid of spacing 1/8 puts SDF zeros on grid vertices, where marching
+    cubes makes zero-area triangles; without removing them the mesh is not closed."""
+    mesh = mesh_from_sdf(lambda x: x.norm(dim=-1) - 0.5, resolution=16, hierarchical=False)
+    assert mesh.is_watertight and mesh.is_winding_consistent
+    assert (mesh.area_faces > 0).all()
+
+
 @pytest.mark.parametrize(
     "shape",
     [
