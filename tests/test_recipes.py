@@ -179,6 +179,10 @@ def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Pat
         ]
         if is_flow:
             args.append("--model.nfe=2")
+        if config["data"]["class_path"].endswith("MeshFolder"):
+            args += ["--data.init_args.num_surface=1024", "--data.init_args.num_points=1024"]
+            if "mesh_resolution" in adapter_args:
+                args.append("--model.adapter.init_args.mesh_resolution=32")
     return args
 
 

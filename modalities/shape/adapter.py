@@ -63,11 +63,13 @@ class GeneratedShapes:
 
 class BatchGenerationMetrics(GenerationMetrics):
     """:class:`GenerationMetrics` of generated shapes against the batch's own shapes (the
-    first ``points`` of ``batch["surface"]``), updated as ``update(shapes, batch)``."""
+    first surface points of ``batch["surface"]``), updated as ``update(shapes, batch)``; both
+    sides keep as many points as the smaller one has."""
 
     def update(self, shapes: GeneratedShapes, batch: Batch) -> None:  # type: ignore[override]
-        reference = batch["surface"][:, : shapes.points.shape[1], :3]
-        super().update(shapes.points.to(reference), reference)
+        count = min(shapes.points.shape[1], batch["surface"].shape[1])
+        reference = batch["surface"][:, :count, :3]
+        super().update(shapes.points[:, :count].to(reference), reference)
 
 
 class WatertightShare(Metric):

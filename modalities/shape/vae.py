@@ -285,6 +285,12 @@ class ShapeVAE(TrainablePart):
         kl = kl_to_standard_normal(mean, logvar).mean()
         losses = {"sdf_l1": (predicted - target).abs().mean(), "kl": kl}
         count = self.hparams.geometric_points
+        if count > min(points.shape[1], surface.shape[1]):
+            raise ValueError(
+                f"ShapeVAE: geometric_points={count} exceeds the batch's {points.shape[1]} "
+                f"points or {surface.shape[1]} surface points a shape (the datamodule's "
+                "num_points / num_surface)"
+            )
         on_surface = surface[:, :count]
         queries = torch.cat([points[:, :count], on_surface[..., :3]], dim=1)
         if geometric:

@@ -168,6 +168,8 @@ def test_bad_input_is_refused_with_its_shape():
         vae.posterior(torch.zeros(2, 10, 3))
     with pytest.raises(ValueError, match=r"one shape must be \[M, C\]"):
         vae.sdf_function(torch.zeros(1, 8, 4))
+    with pytest.raises(ValueError, match="geometric_points=16 exceeds the batch's 8 points"):
+        vae.losses(sphere_batch([0.5], num_points=8))
     with pytest.raises(ValueError, match="`eikonal_weight` must be >= 0"):
         ShapeVAE(eikonal_weight=-1.0)
 
