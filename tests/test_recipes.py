@@ -18,7 +18,8 @@ from torch import nn
 
 from mmflow.fewstep.couplings import MANIFEST_NAME, CouplingSettings, shard_name
 from mmflow.files import save_weights, write_json
-from modalities.shape import write_primitive_folder
+from modalities.shape import MeshFolder, MosaicSettings, write_primitive_folder
+from modalities.shape.mosaic_stats import write_statistics
 
 from .mmflow.test_cli import ROOT, mmflow_command
 
@@ -116,6 +117,19 @@ def one_class_of_primitives(folder: Path) -> Path:
     return folder
 
 
+#: Mosaics fitted without refinement keep the recipes that fit them fast (0.2 s a shape).
+FAST_MOSAIC = {"refine_steps": 0}
+
+
+def mosaic_statistics(data: dict, root: Path, cache_dir: str, out: Path) -> Path:
+    """The statistics a Mosaic-SDF recipe names, written by the statistics command from the
+    test's shapes with the recipe's data settings (and :data:`FAST_MOSAIC`); the flow's run
+    then reads the mosaics this fitted from the cache."""
+    settings = {**data["init_args"], "root": str(root), "cache_dir": cache_dir}
+    settings["mosaic"] = MosaicSettings(**{**settings["mosaic"], **FAST_MOSAIC})
+    return write_statistics(MeshFolder(**settings), out)
+
+
 def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Path]) -> list[str]:
     """Point data, classifiers and pretrained parts at test fixtures; GPU recipes to the CPU."""
     config = yaml.safe_load(recipe.read_text())
@@ -140,15 +154,18 @@ def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Pat
             f"--data.init_args.data.init_args.cache_dir={cache_dir}",
         ]
     elif config["data"]["class_path"].endswith("MeshFolder"):
-        args += [
-            f"--data.init_args.root={one_class_of_primitives(tmp_path / 'shapes')}",
-            f"--data.init_args.cache_dir={cache_dir}",
-        ]
+        shapes = one_class_of_primitives(tmp_path / "shapes")
+        args += [f"--data.init_args.root={shapes}", f"--data.init_args.cache_dir={cache_dir}"]
+        if config["data"]["init_args"].get("mosaic"):
+            args += [f"--data.init_args.mosaic.{key}={value}" for key, value in FAST_MOSAIC.items()]
     else:
         args.append(f"--data.init_args.cache_dir={cache_dir}")
     if config["data"]["class_path"].endswith("LASSMixtures"):
         args += [f"--data.init_args.{key}={value}" for key, value in SMALL_AUDIO.items()]
     adapter_args = model_args.get("adapter", {}).get("init_args", {})
+    if "statistics_path" in adapter_args:
+        statistics = mosaic_statistics(config["data"], shapes, cache_dir, tmp_path / "stats.json")
+        args.append(f"--model.adapter.init_args.statistics_path={statistics}")
     if "classifier_path" in adapter_args:
         classifier = files["audio_classifier" if audio else "image_classifier"]
         args.append(f"--model.adapter.init_args.classifier_path={classifier}")

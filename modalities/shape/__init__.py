@@ -34,7 +34,8 @@ from .mesh import (
     normalise_mesh,
 )
 from .meshing import dense_sdf_grid, extract_mesh, hierarchical_sdf_grid, mesh_from_sdf
-from .mosaic import MosaicNormaliser, MosaicSDF, fit_mosaic
+from .mosaic import MosaicNormaliser, MosaicSDF, MosaicSettings, cached_mosaic, fit_mosaic
+from .mosaic_adapter import MosaicAdapter
 from .primitives import PRIMITIVE_KINDS, Primitive
 from .sampling import farthest_point_sampling
 from .sdf import SDFSamples, SDFSettings, cached_sdf_samples, sample_sdf, signed_distance
@@ -50,8 +51,10 @@ __all__ = [
     "GenerationMetrics",
     "MeshError",
     "MeshFolder",
+    "MosaicAdapter",
     "MosaicNormaliser",
     "MosaicSDF",
+    "MosaicSettings",
     "NormalConsistency",
     "Normalisation",
     "Primitive",
@@ -64,6 +67,7 @@ __all__ = [
     "ShapeVAE",
     "VolumetricIoU",
     "WatertightShare",
+    "cached_mosaic",
     "cached_sdf_samples",
     "dense_sdf_grid",
     "duplicate_groups",

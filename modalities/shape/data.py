@@ -12,7 +12,10 @@ the encoder's input), ``points`` ``[num_points, 3]`` and ``sdf`` ``[num_points]`
 surface, half uniform: the decoder's targets) and ``label``. Training draws fresh random
 subsets of the cached samples each time from torch's global generator (seeded by
 ``seed_everything`` and, in dataloader workers, per worker by PyTorch); validation and test
-take the first ones, so they are fixed.
+take the first ones, so they are fixed. With ``mosaic`` settings, an example also holds
+``mosaic`` ``[n, 4 + k^3]``: the shape's Mosaic-SDF set (:meth:`MosaicSDF.to_set`, fitted once
+per mesh and cached by :func:`modalities.shape.mosaic.cached_mosaic`), in the same
+normalisation as the points.
 
 Splits are a seeded permutation of the shapes. Collections of meshes often hold the same shape
 twice (a refined, re-ordered or translated copy; an open copy that repair closes): with
@@ -28,6 +31,10 @@ Training shapes may be augmented by maps under which the SDF is known exactly:
 
     rotation or reflection Q (orthogonal):  sdf_Q(Q p) = sdf(p),  n -> Q n;
     uniform scale s:                        sdf_s(s p) = s sdf(p).
+
+The quarter turns and the mirror are signed permutations, which map a mosaic's grid points onto
+themselves, so the mosaic moves exactly too (:meth:`MosaicSDF.transformed`: centres ``s Q p``,
+scales ``s s_i``, values ``s V`` with the grid's axes permuted and flipped).
 
 :func:`write_primitive_folder` writes random primitives (:mod:`modalities.shape.primitives`)
 as such a folder, one class per kind.
@@ -50,6 +57,7 @@ from torch.utils.data import Dataset
 from mmflow.data import SplitDataModule
 
 from .mesh import MeshError
+from .mosaic import MosaicSDF, MosaicSettings, cached_mosaic
 from .primitives import PRIMITIVE_KINDS, Primitive
 from .sdf import SDFSamples, SDFSettings, cached_sdf_samples
 
@@ -136,6 +144,8 @@ class ShapeSDFDataset(Dataset):
         samples: one :class:`SDFSamples` per shape; labels: their classes.
         num_points, num_surface: points per example for the decoder and the encoder.
         train: draw random subsets (else the first points) and apply ``augmentation``.
+        mosaics: one :class:`MosaicSDF` per shape, served as ``mosaic`` (moved by the same
+            augmentation as the points), or ``None``.
     """
 
     def __init__(
@@ -146,10 +156,13 @@ class ShapeSDFDataset(Dataset):
         num_surface: int,
         train: bool,
         augmentation: Augmentation = Augmentation(),
+        mosaics: list[MosaicSDF] | None = None,
     ) -> None:
         if len(samples) != len(labels):
             raise ValueError(f"{len(samples)} shapes but {len(labels)} labels")
-        self.samples, self.labels = samples, labels
+        if mosaics is not None and len(mosaics) != len(samples):
+            raise ValueError(f"{len(samples)} shapes but {len(mosaics)} mosaics")
+        self.samples, self.labels, self.mosaics = samples, labels, mosaics
         self.num_points, self.num_surface = num_points, num_surface
         self.train, self.augmentation = train, augmentation
         for shape in samples:
@@ -176,16 +189,21 @@ class ShapeSDFDataset(Dataset):
         points = torch.cat([shape.near_points[near], shape.uniform_points[uniform]])
         sdf = torch.cat([shape.near_sdf[near], shape.uniform_sdf[uniform]])
         surface_points, normals = shape.surface_points[surface], shape.surface_normals[surface]
+        mosaic = self.mosaics[index] if self.mosaics is not None else None
         if self.train and self.augmentation.active:
             matrix, scale = self.augmentation.draw()
             points, surface_points = scale * points @ matrix.T, scale * surface_points @ matrix.T
             normals, sdf = normals @ matrix.T, scale * sdf
-        return {
+            mosaic = mosaic.transformed(matrix, scale) if mosaic is not None else None
+        example = {
             "surface": torch.cat([surface_points, normals], dim=1),
             "points": points,
             "sdf": sdf,
             "label": torch.tensor(self.labels[index]),
         }
+        if mosaic is not None:
+            example["mosaic"] = mosaic.to_set()
+        return example
 
     def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
         examples = [self[i] for i in indices]
@@ -204,6 +222,9 @@ class MeshFolder(SplitDataModule):
         skip_invalid: leave out (and log) files that are not closed meshes instead of failing.
         duplicate_tolerance: keep shapes whose SDFs differ by less than this on average in
             one split (module docstring); ``None`` splits shape by shape.
+        mosaic: the :class:`MosaicSettings` every mesh's Mosaic-SDF is fitted with (cached
+            per mesh), served as ``mosaic``; ``None`` (the default) fits none. Its ``margin``
+            must be the SDF settings' one.
         cache_dir: cache root (default ``$MMFLOW_CACHE`` or ``~/.cache/mmflow``).
         kwargs: loader and split settings of :class:`mmflow.data.SplitDataModule`.
     """
@@ -217,6 +238,7 @@ class MeshFolder(SplitDataModule):
         augmentation: Augmentation = Augmentation(),
         skip_invalid: bool = False,
         duplicate_tolerance: float | None = None,
+        mosaic: MosaicSettings | None = None,
         cache_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -227,6 +249,12 @@ class MeshFolder(SplitDataModule):
             )
         self.duplicate_tolerance = duplicate_tolerance
         self.root, self.sdf, self.cache_dir = Path(root), sdf or SDFSettings(), cache_dir
+        if mosaic is not None and mosaic.margin != self.sdf.margin:
+            raise ValueError(
+                f"`mosaic.margin` ({mosaic.margin}) must equal `sdf.margin` ({self.sdf.margin}): "
+                "the mosaics and the SDF samples are of one normalisation"
+            )
+        self.mosaic = mosaic
         self.num_points, self.num_surface = num_points, num_surface
         self.augmentation, self.skip_invalid = augmentation, skip_invalid
         self.class_names: list[str] = []
@@ -262,10 +290,15 @@ class MeshFolder(SplitDataModule):
         return kept, samples, kept_labels
 
     def setup(self, stage: str | None = None) -> None:
-        """Sample (or read from the cache) every mesh and split the shapes."""
+        """Sample and fit (or read from the cache) every mesh and split the shapes."""
         if self.datasets:
             return
         files, samples, labels = self._load_all()
+        mosaics = (
+            [cached_mosaic(path, self.mosaic, self.cache_dir) for path in files]
+            if self.mosaic is not None
+            else None
+        )
         groups = (
             duplicate_groups(samples, self.duplicate_tolerance)
             if self.duplicate_tolerance is not None
@@ -282,6 +315,7 @@ class MeshFolder(SplitDataModule):
                 self.num_surface,
                 train=train,
                 augmentation=self.augmentation if train else Augmentation(),
+                mosaics=[mosaics[i] for i in indices] if mosaics is not None else None,
             )
 
     def _split_groups(self, groups: list[list[int]], total: int) -> dict[str, list[int]]:

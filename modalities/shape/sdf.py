@@ -21,8 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +38,7 @@ from .mesh import load_mesh, normalise_mesh
 __all__ = [
     "SDFSamples",
     "SDFSettings",
+    "cached_mesh_entry",
     "cached_sdf_samples",
     "sample_sdf",
     "signed_distance",
@@ -155,45 +158,71 @@ def sample_sdf(mesh: trimesh.Trimesh, settings: SDFSettings = SDFSettings()) -> 
 PIPELINE_VERSION = 2
 
 
-def _cache_key(mesh_sha256: str, settings: SDFSettings) -> str:
+def _cache_key(mesh_sha256: str, settings: Any, pipeline: Any) -> str:
     text = json.dumps(
-        {"mesh": mesh_sha256, "settings": asdict(settings), "pipeline": PIPELINE_VERSION},
+        {"mesh": mesh_sha256, "settings": asdict(settings), "pipeline": pipeline},
         sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cached_mesh_entry(
+    path: str | Path,
+    kind: str,
+    settings: Any,
+    pipeline: Any,
+    margin: float,
+    compute: Callable[[trimesh.Trimesh], dict[str, Tensor]],
+    cache_dir: str | Path | None = None,
+) -> tuple[dict[str, Tensor], Path]:
+    """``compute(mesh)`` of the mesh file ``path`` after :func:`load_mesh` and normalisation to
+    the longest half-extent ``margin``, computed once and cached; returns the tensors and the
+    entry's file, which the caller checks (and names in its errors).
+
+    The entry is ``<cache_dir>/shape/<kind>/<key>.safetensors`` with its manifest
+    ``<key>.json`` (source file, its SHA-256, the settings, the pipeline, the normalisation,
+    the seconds it took). The key hashes the file's bytes, the settings (a frozen dataclass)
+    and ``pipeline`` (the versions of the code that made the entry), so an edited mesh,
+    changed settings or changed code computes anew.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such mesh file")
+    folder = Path(cache_dir or default_cache_dir()) / "shape" / kind
+    mesh_sha256 = file_sha256(path)
+    entry = folder / f"{_cache_key(mesh_sha256, settings, pipeline)}.safetensors"
+    if entry.is_file():
+        return load_weights(entry), entry
+    start = time.perf_counter()
+    mesh, normalisation = normalise_mesh(load_mesh(path), margin)
+    tensors = compute(mesh)
+    save_weights(entry, tensors)
+    manifest = {
+        "source": str(path.resolve()),
+        "sha256": mesh_sha256,
+        "settings": asdict(settings),
+        "pipeline": pipeline,
+        "normalisation": asdict(normalisation),
+        "faces": len(mesh.faces),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    write_json(entry.with_suffix(".json"), manifest)
+    return tensors, entry
 
 
 def cached_sdf_samples(
     path: str | Path, settings: SDFSettings = SDFSettings(), cache_dir: str | Path | None = None
 ) -> SDFSamples:
     """:func:`sample_sdf` of the mesh file ``path`` after :func:`load_mesh` and normalisation,
-    computed once and cached.
-
-    The cache entry is ``<cache_dir>/shape/sdf/<key>.safetensors`` with its manifest
-    ``<key>.json`` (source file, its SHA-256, the settings, the normalisation, the seconds it
-    took); the key hashes the file's bytes and the settings, so an edited mesh or changed
-    settings computes anew.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such mesh file")
-    folder = Path(cache_dir or default_cache_dir()) / "shape" / "sdf"
-    mesh_sha256 = file_sha256(path)
-    key = _cache_key(mesh_sha256, settings)
-    samples_file = folder / f"{key}.safetensors"
-    if samples_file.is_file():
-        return SDFSamples.from_dict(load_weights(samples_file), samples_file)
-    start = time.perf_counter()
-    mesh, normalisation = normalise_mesh(load_mesh(path), settings.margin)
-    samples = sample_sdf(mesh, settings)
-    save_weights(samples_file, samples.to_dict())
-    manifest = {
-        "source": str(path.resolve()),
-        "sha256": mesh_sha256,
-        "settings": asdict(settings),
-        "normalisation": asdict(normalisation),
-        "faces": len(mesh.faces),
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    write_json(folder / f"{key}.json", manifest)
-    return samples
+    computed once and cached under ``<cache_dir>/shape/sdf`` (:func:`cached_mesh_entry`).
+    A cached entry with missing or non-finite values is refused with its file named."""
+    tensors, entry = cached_mesh_entry(
+        path,
+        "sdf",
+        settings,
+        PIPELINE_VERSION,
+        settings.margin,
+        lambda mesh: sample_sdf(mesh, settings).to_dict(),
+        cache_dir,
+    )
+    return SDFSamples.from_dict(tensors, entry)
