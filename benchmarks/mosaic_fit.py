@@ -6,7 +6,7 @@ Run from the repository root (after ``make cgal-meshes``)::
         --refine-steps 0 200 --out bench/mosaic_fit
 
 The meshes are the test split of ``MeshFolder(root, skip_invalid=True, duplicate_tolerance,
-seed, val_fraction, test_fraction)``, the split the shape VAE is scored on (:func:`held_out_files`; the split's settings are options). Each mesh is
+seed, val_fraction, test_fraction)``, the split the shape VAE is scored on (``benchmarks.shape_split``; the split's settings are options). Each mesh is
 loaded and normalised (longest half-extent 0.9), then fitted by
 :func:`modalities.shape.mosaic.fit_mosaic` for every ``n x k`` of ``--settings`` and every
 count of ``--refine-steps``. The mosaic is meshed by marching cubes on its exact dense grid at
@@ -33,32 +33,11 @@ from pathlib import Path
 import torch
 import trimesh
 
-from modalities.shape import MeshFolder, load_mesh, normalise_mesh, signed_distance
+from benchmarks.shape_split import add_split_arguments, split_datamodule
+from modalities.shape import load_mesh, normalise_mesh, signed_distance
 from modalities.shape.evaluators import reconstruction_scores
 from modalities.shape.meshing import extract_mesh, hierarchical_sdf_grid
 from modalities.shape.mosaic import DEFAULT_BAND, fit_mosaic, storage_bytes
-
-
-def held_out_files(
-    root: str,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    cache_dir: str | None = None,
-    duplicate_tolerance: float | None = 0.01,
-) -> list[Path]:
-    """The test split of ``MeshFolder(root, skip_invalid=True, ...)`` with these settings."""
-    datamodule = MeshFolder(
-        root=root,
-        skip_invalid=True,
-        duplicate_tolerance=duplicate_tolerance,
-        seed=seed,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        cache_dir=cache_dir,
-    )
-    datamodule.setup()
-    return datamodule.files["test"]
 
 
 def surface_scores(
@@ -177,12 +156,7 @@ def markdown(summary: list[dict], rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.mosaic_fit")
-    parser.add_argument("--root", default=".cache/data/cgal-meshes")
-    parser.add_argument("--seed", type=int, default=0, help="split and fit seed")
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--test-fraction", type=float, default=0.1)
-    parser.add_argument("--duplicate-tolerance", type=float, default=0.01)
-    parser.add_argument("--cache-dir", default=None, help="SDF sample cache of the datamodule")
+    add_split_arguments(parser)
     parser.add_argument("--settings", type=parse_setting, nargs="+", default=[(1024, 7)])
     parser.add_argument("--refine-steps", type=int, nargs="+", default=[0])
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -192,14 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ceiling", action="store_true", help="also mesh the exact SDF")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    files = held_out_files(
-        args.root,
-        args.seed,
-        args.val_fraction,
-        args.test_fraction,
-        args.cache_dir,
-        args.duplicate_tolerance,
-    )
+    files = split_datamodule(args).files["test"]
     rows = []
     for path in files:
         source, _ = normalise_mesh(load_mesh(path))

@@ -33,22 +33,14 @@ from typing import Any
 
 import torch
 
+from benchmarks.shape_split import add_split_arguments, split_datamodule
 from mmflow.hub import pretrained_from_checkpoint
-from modalities.shape import GenerationMetrics, MeshFolder, cached_sdf_samples, render_grid
+from modalities.shape import GenerationMetrics, cached_sdf_samples, render_grid
 
 
 def reference_points(args: argparse.Namespace) -> torch.Tensor:
     """``[R, points, 3]`` surface samples of the reference shapes (the split's cached ones)."""
-    datamodule = MeshFolder(
-        root=args.root,
-        skip_invalid=True,
-        duplicate_tolerance=args.duplicate_tolerance,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        cache_dir=args.cache_dir,
-    )
-    datamodule.setup()
+    datamodule = split_datamodule(args)
     splits = ("val", "test") if args.split == "held_out" else (args.split,)
     files = [path for split in splits for path in datamodule.files[split]]
     return torch.stack(
@@ -121,13 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=50)
     parser.add_argument("--nfe", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--points", type=int, default=2048, help="surface points a shape")
-    parser.add_argument("--root", default=".cache/data/cgal-meshes")
+    add_split_arguments(parser)
     parser.add_argument("--split", default="held_out", choices=("held_out", "val", "test"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--test-fraction", type=float, default=0.1)
-    parser.add_argument("--duplicate-tolerance", type=float, default=0.01)
-    parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--up", default="y", help="vertical axis of the previews")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)

@@ -37,8 +37,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.shape_split import add_split_arguments, split_datamodule
 from modalities.shape import (
-    MeshFolder,
     SDFSettings,
     ShapeVAE,
     VolumetricIoU,
@@ -118,32 +118,18 @@ def markdown(rows: list[dict[str, Any]], means: dict[str, float], threshold: flo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.shape_vae")
     parser.add_argument("--vae", required=True, help="a ShapeVAE folder (save_pretrained)")
-    parser.add_argument("--root", default=".cache/data/cgal-meshes")
+    add_split_arguments(parser)
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--test-fraction", type=float, default=0.1)
-    parser.add_argument("--duplicate-tolerance", type=float, default=0.01)
     parser.add_argument("--num-surface", type=int, default=2048, help="encoder input points")
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--samples", type=int, default=100000, help="surface samples a mesh")
     parser.add_argument("--threshold", type=float, default=0.01)
     parser.add_argument("--max-shapes", type=int, default=None)
-    parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     vae = ShapeVAE.from_pretrained(args.vae)
-    datamodule = MeshFolder(
-        root=args.root,
-        skip_invalid=True,
-        duplicate_tolerance=args.duplicate_tolerance,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        cache_dir=args.cache_dir,
-    )
-    datamodule.setup()
+    datamodule = split_datamodule(args)
     files = datamodule.files[args.split][: args.max_shapes]
     rows = []
     for path in files:

@@ -41,3 +41,13 @@ def inverse_std(chunks: Iterable[Tensor], source: str = "chunks") -> float:
         raise ValueError(f"{source} yielded no values")
     variance = total_square / count - (total / count) ** 2
     return 1.0 / float(variance.clamp_min(1e-12).sqrt())
+
+
+def gaussian_sample(
+    mean: Tensor, logvar: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    """A sample of ``N(mean, diag(exp(logvar)))`` by reparameterisation,
+    ``mean + exp(logvar / 2) * eps`` with ``eps ~ N(0, I)`` drawn from ``generator``, so the
+    gradient reaches ``mean`` and ``logvar`` (a KL auto-encoder's posterior sample)."""
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + (0.5 * logvar).exp() * noise

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmflow.losses import kl_to_standard_normal
-from mmflow.numerics import inverse_std
+from mmflow.numerics import gaussian_sample, inverse_std
 
 from .mel import F_MAX, F_MIN, HOP_LENGTH, LOG_FLOOR, N_FFT, N_MELS, SAMPLE_RATE, WIN_LENGTH, LogMel
 from .parts import AudioPart
@@ -266,12 +266,7 @@ class MelVAE(AudioPart):
     ) -> Tensor:
         """Flow latents ``latent_scale * z``, ``z = mu`` (or ``mu + sigma eps`` if ``sample``)."""
         mean, logvar = self.posterior(log_mel)
-        latents = mean
-        if sample:
-            noise = torch.randn(
-                mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
-            )
-            latents = mean + (0.5 * logvar).exp() * noise
+        latents = gaussian_sample(mean, logvar, generator) if sample else mean
         return latents * self.latent_scale
 
     def decode(self, latents: Tensor, num_frames: int | None = None) -> Tensor:
@@ -283,8 +278,7 @@ class MelVAE(AudioPart):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(reconstruction, mean, logvar)`` with a reparameterised posterior sample."""
         mean, logvar = self.posterior(log_mel)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        latents = mean + (0.5 * logvar).exp() * noise
+        latents = gaussian_sample(mean, logvar, generator)
         return self.decode_unscaled(latents, log_mel.shape[-1]), mean, logvar
 
     def losses(self, log_mel: Tensor) -> dict[str, Tensor]:

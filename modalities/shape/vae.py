@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mmflow.losses import kl_to_standard_normal
-from mmflow.numerics import inverse_std
+from mmflow.numerics import gaussian_sample, inverse_std
 from mmflow.pretrained import TrainablePart
 
 from .evaluators import inside_iou
@@ -242,12 +242,7 @@ class ShapeVAE(TrainablePart):
     ) -> Tensor:
         """Flow latents ``latent_scale * z`` ``[B, M, C]``, ``z = mu`` (or a posterior sample)."""
         mean, logvar = self.posterior(surface)
-        latents = mean
-        if sample:
-            noise = torch.randn(
-                mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
-            )
-            latents = mean + (0.5 * logvar).exp() * noise
+        latents = gaussian_sample(mean, logvar, generator) if sample else mean
         return latents * self.latent_scale
 
     def decode(self, latents: Tensor, points: Tensor) -> Tensor:
@@ -279,7 +274,7 @@ class ShapeVAE(TrainablePart):
         """
         surface, points, target = batch["surface"], batch["points"], batch["sdf"]
         mean, logvar = self.posterior(surface)
-        latents = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
+        latents = gaussian_sample(mean, logvar)
         features = self.autoencoder.decode(latents)
         predicted = self.autoencoder.query(features, points)
         kl = kl_to_standard_normal(mean, logvar).mean()

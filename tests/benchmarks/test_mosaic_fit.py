@@ -1,16 +1,20 @@
 """The Mosaic-SDF benchmark fits a held-out split and scores it as the shape metrics do."""
 
+import argparse
 import json
 from pathlib import Path
 
-from benchmarks.mosaic_fit import held_out_files, main
+from benchmarks.mosaic_fit import main
+from benchmarks.shape_split import add_split_arguments, split_datamodule
 from modalities.shape import write_primitive_folder
 
 
 def test_a_primitive_folder_is_fitted_scored_and_tabulated(tmp_path: Path):
     root = write_primitive_folder(tmp_path / "shapes", per_kind=2)
     split = ["--root", str(root), "--test-fraction", "0.2", "--cache-dir", str(tmp_path / "cache")]
-    files = held_out_files(str(root), 0, 0.1, 0.2, str(tmp_path / "cache"))
+    parser = argparse.ArgumentParser()
+    add_split_arguments(parser)
+    files = split_datamodule(parser.parse_args(split)).files["test"]
     assert len(files) == 2
     out = tmp_path / "out"
     args = ["--settings", "32x3", "--refine-steps", "0", "3", "--resolution", "32"]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mmflow.numerics import inverse_std, invert_increasing
+from mmflow.numerics import gaussian_sample, inverse_std, invert_increasing
 
 
 def test_invert_increasing_solves_a_cube():
@@ -20,3 +20,14 @@ def test_inverse_std_pools_chunks_of_any_shape():
 def test_inverse_std_of_nothing_names_its_source():
     with pytest.raises(ValueError, match="my batches yielded no values"):
         inverse_std([], source="my batches")
+
+
+def test_gaussian_sample_has_the_moments_and_the_gradients_of_the_closed_form():
+    mean = torch.full((200_000,), 2.0, requires_grad=True)
+    logvar = torch.full((200_000,), 2 * torch.log(torch.tensor(3.0)).item(), requires_grad=True)
+    sample = gaussian_sample(mean, logvar, torch.Generator().manual_seed(0))
+    assert sample.mean().item() == pytest.approx(2.0, abs=0.03)
+    assert sample.std().item() == pytest.approx(3.0, abs=0.03)
+    sample.sum().backward()  # d sample / d mean = 1, d sample / d logvar = (sample - mean) / 2
+    torch.testing.assert_close(mean.grad, torch.ones(200_000))
+    torch.testing.assert_close(logvar.grad, (sample.detach() - 2.0) / 2)

@@ -1,0 +1,35 @@
+"""The split the shape benchmarks score on: the recipes' ``MeshFolder`` from command-line
+options, so a benchmark and the recipe it measures agree on which shapes are held out."""
+
+from __future__ import annotations
+
+import argparse
+
+from modalities.shape import MeshFolder
+
+
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--root --seed --val-fraction --test-fraction --duplicate-tolerance --cache-dir`` with
+    the defaults of ``recipes/shape/*.yaml``."""
+    parser.add_argument("--root", default=".cache/data/cgal-meshes")
+    parser.add_argument("--seed", type=int, default=0, help="the split's seed")
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--test-fraction", type=float, default=0.1)
+    parser.add_argument("--duplicate-tolerance", type=float, default=0.01)
+    parser.add_argument("--cache-dir", default=None, help="the SDF sample cache")
+
+
+def split_datamodule(args: argparse.Namespace) -> MeshFolder:
+    """The set-up ``MeshFolder`` of :func:`add_split_arguments`' options (invalid files
+    skipped, as the recipes do)."""
+    datamodule = MeshFolder(
+        root=args.root,
+        skip_invalid=True,
+        duplicate_tolerance=args.duplicate_tolerance,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        cache_dir=args.cache_dir,
+    )
+    datamodule.setup()
+    return datamodule
