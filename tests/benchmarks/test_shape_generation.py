@@ -6,7 +6,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.shape_generation import main
+from mmflow.cli import main as cli_main
 from modalities.shape import Primitive, ShapeVAE
+from tests.test_recipes import build_module
 
 NETWORK = {
     "class_path": "mmflow.nn.MMDiT",
@@ -28,8 +30,6 @@ def write_checkpoint(tmp_path: Path) -> Path:
         "class_path": "modalities.shape.ShapeLatentAdapter",
         "init_args": {"vae_path": str(vae_folder), "num_classes": 1, "mesh_resolution": 16},
     }
-    from tests.test_recipes import build_module
-
     network = build_module(NETWORK)
     state = {f"network.{key}": value for key, value in network.state_dict().items()}
     hparams = {"network": NETWORK, "adapter": adapter, "sampler": "euler", "nfe": 2}
@@ -66,3 +66,20 @@ def test_generations_are_meshed_scored_and_previewed(tmp_path, monkeypatch):
     assert row["cov"] == 0.5 and row["1-nna"] >= 0.6
     assert (tmp_path / "out" / "latent.png").stat().st_size > 0
     assert "| latent |" in (tmp_path / "out" / "shape_generation.md").read_text()
+
+
+def test_mmflow_sample_writes_the_meshes_of_a_shape_flow(tmp_path, monkeypatch):
+    """``mmflow sample`` on a shape flow: the adapter draws the set shape and the classes,
+    and its media are one GLB a shape and a preview grid."""
+    monkeypatch.setattr(
+        ShapeVAE, "sdf_function", lambda self, latents: lambda x: x.norm(dim=-1) - 0.5
+    )
+    out = tmp_path / "samples"
+    args = ["sample", "--checkpoint", str(write_checkpoint(tmp_path)), "--num_samples", "3"]
+    assert cli_main([*args, "--nfe", "2", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "samples.png",
+        "samples_0.glb",
+        "samples_1.glb",
+        "samples_2.glb",
+    ]
