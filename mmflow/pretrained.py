@@ -24,12 +24,16 @@ encoders, and a part can be swapped at evaluation time), and it follows the owne
 
 **Training.** A part with its own recipe (a modality's VAE, vocoder ...) subclasses
 :class:`TrainablePart`: a LightningModule whose steps log the losses the subclass computes
-and which saves itself to ``export_dir`` at the end of fit.
+and which saves itself to ``export_dir`` at the end of fit. A KL auto-encoder whose latents a
+flow transports subclasses :class:`LatentAutoencoderPart`, which also measures the latent scale
+at the end of fit.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -39,8 +43,17 @@ from torch import Tensor, nn
 
 import mmflow
 from mmflow.files import load_state, load_weights, read_json, save_weights, write_json
+from mmflow.numerics import inverse_std
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "Frozen", "PretrainedPart", "TrainablePart", "freeze"]
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "Frozen",
+    "LatentAutoencoderPart",
+    "PretrainedPart",
+    "TrainablePart",
+    "freeze",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -201,4 +214,40 @@ class TrainablePart(PretrainedPart, pl.LightningModule):
             print(f"{type(self).__name__} saved to {saved}")
 
     def on_fit_end(self) -> None:
+        self.export()
+
+
+class LatentAutoencoderPart(TrainablePart):
+    """A trainable KL auto-encoder whose flow latents are ``latent_scale * mu``.
+
+    ``latent_scale = 1 / std(mu)`` over the posterior means of training batches, so the flow
+    sees unit-variance latents. It is measured at the end of fit on
+    ``hparams.latent_scale_batches`` training batches (0 keeps the current value), before the
+    part is saved. Subclasses register the ``latent_scale`` buffer and implement
+    :meth:`posterior_mean` for one batch.
+    """
+
+    def posterior_mean(self, batch: dict[str, Any]) -> Tensor:
+        """The unscaled posterior means ``mu`` of a batch's data."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def estimate_latent_scale(
+        self, batches: Iterable[dict[str, Any]], max_batches: int | None = None
+    ) -> float:
+        """Set and return ``latent_scale = 1 / std(mu)`` over up to ``max_batches`` batches
+        (``std^2 = E[mu^2] - E[mu]^2`` over every latent element, in float64)."""
+        was_training = self.training
+        self.eval()
+        means = (self.posterior_mean(batch) for batch in islice(batches, max_batches))
+        scale = inverse_std(means, source="estimate_latent_scale: `batches`")
+        self.train(was_training)
+        self.latent_scale.fill_(scale)
+        return scale
+
+    def on_fit_end(self) -> None:
+        if self.hparams.latent_scale_batches > 0:
+            self.estimate_latent_scale(
+                self.trainer.train_dataloader, self.hparams.latent_scale_batches
+            )
         self.export()

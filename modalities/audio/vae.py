@@ -27,8 +27,6 @@ dict batches of the audio datamodule, measures ``latent_scale = 1 / std(z)`` at 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from itertools import islice
 from typing import Any
 
 import torch
@@ -36,7 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmflow.losses import kl_to_standard_normal
-from mmflow.numerics import gaussian_sample, inverse_std
+from mmflow.numerics import gaussian_sample
+from mmflow.pretrained import LatentAutoencoderPart
 
 from .mel import F_MAX, F_MIN, HOP_LENGTH, LOG_FLOOR, N_FFT, N_MELS, SAMPLE_RATE, WIN_LENGTH, LogMel
 from .parts import AudioPart
@@ -162,7 +161,7 @@ class MelAutoencoder(nn.Module):
         return self.decoder(latents)
 
 
-class MelVAE(AudioPart):
+class MelVAE(AudioPart, LatentAutoencoderPart):
     """Trains and serves the mel auto-encoder on waveform batches.
 
     Batches are the audio datamodule's dicts; ``batch[batch_key]`` (``[B, T]`` waveforms, e.g.
@@ -315,32 +314,8 @@ class MelVAE(AudioPart):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.autoencoder.parameters(), lr=self.hparams.lr)
 
-    def on_fit_end(self) -> None:
-        if self.hparams.latent_scale_batches > 0:
-            self.estimate_latent_scale(
-                self.trainer.train_dataloader, self.hparams.latent_scale_batches
-            )
-        self.export()
-
-    @torch.no_grad()
-    def estimate_latent_scale(
-        self, batches: Iterable[dict[str, Any]], max_batches: int | None = None
-    ) -> float:
-        """Set and return ``latent_scale = 1 / std(mu)`` over the posterior means of ``batches``.
-
-        ``std^2 = E[mu^2] - E[mu]^2`` over every latent element of up to ``max_batches``
-        batches, accumulated in float64; the flow then sees unit-variance latents.
-        """
-        was_training = self.training
-        self.eval()
-        means = (
-            self.posterior(self.mel(self.waveforms_of(batch).to(self.device)))[0]
-            for batch in islice(batches, max_batches)
-        )
-        scale = inverse_std(means, source="estimate_latent_scale: `batches`")
-        self.train(was_training)
-        self.latent_scale.fill_(scale)
-        return scale
+    def posterior_mean(self, batch: dict[str, Any]) -> Tensor:
+        return self.posterior(self.mel(self.waveforms_of(batch).to(self.device)))[0]
 
     def _pad(self, mel: Tensor) -> Tensor:
         f = self.downsample_factor

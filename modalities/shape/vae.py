@@ -42,8 +42,7 @@ function of points, which :func:`modalities.shape.mesh_from_sdf` meshes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from itertools import islice
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -54,8 +53,8 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mmflow.losses import kl_to_standard_normal
-from mmflow.numerics import gaussian_sample, inverse_std
-from mmflow.pretrained import TrainablePart
+from mmflow.numerics import gaussian_sample
+from mmflow.pretrained import LatentAutoencoderPart
 
 from .evaluators import inside_iou
 from .sampling import farthest_point_sampling
@@ -178,7 +177,7 @@ class ShapeAutoencoder(nn.Module):
         return self.head(x)[..., 0]
 
 
-class ShapeVAE(TrainablePart):
+class ShapeVAE(LatentAutoencoderPart):
     """Trains and serves the :class:`ShapeAutoencoder` on :class:`MeshFolder` batches.
 
     Args:
@@ -329,25 +328,5 @@ class ShapeVAE(TrainablePart):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def on_fit_end(self) -> None:
-        if self.hparams.latent_scale_batches > 0:
-            self.estimate_latent_scale(
-                self.trainer.train_dataloader, self.hparams.latent_scale_batches
-            )
-        self.export()
-
-    @torch.no_grad()
-    def estimate_latent_scale(
-        self, batches: Iterable[dict[str, Any]], max_batches: int | None = None
-    ) -> float:
-        """Set and return ``latent_scale = 1 / std(mu)`` over up to ``max_batches`` batches."""
-        was_training = self.training
-        self.eval()
-        means = (
-            self.posterior(batch["surface"].to(self.device))[0]
-            for batch in islice(batches, max_batches)
-        )
-        scale = inverse_std(means, source="estimate_latent_scale: `batches`")
-        self.train(was_training)
-        self.latent_scale.fill_(scale)
-        return scale
+    def posterior_mean(self, batch: dict[str, Any]) -> Tensor:
+        return self.posterior(batch["surface"].to(self.device))[0]
