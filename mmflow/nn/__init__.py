@@ -1,7 +1,7 @@
 """The MM-DiT backbone, its tokenizers, embedders and position encodings."""
 
 from .blocks import FinalLayer, JointBlock, SingleBlock, StreamLayer
-from .conditioning import ChannelConcat
+from .conditioning import ChannelConcat, EncodedContext
 from .embedders import (
     ClassEmbedder,
     PooledEmbedder,
@@ -9,6 +9,7 @@ from .embedders import (
     TimestepEmbedder,
     sinusoidal_embedding,
 )
+from .encoders import TimmEncoder
 from .mmdit import ContextConfig, MMDiT
 from .positions import PositionConfig, apply_rope, grid_position_ids, sincos_nd
 from .sd3 import mmdit_from_sd3
@@ -18,6 +19,7 @@ __all__ = [
     "ChannelConcat",
     "ClassEmbedder",
     "ContextConfig",
+    "EncodedContext",
     "FinalLayer",
     "JointBlock",
     "MMDiT",
@@ -31,6 +33,7 @@ __all__ = [
     "StepSizeEmbedder",
     "StreamLayer",
     "TimestepEmbedder",
+    "TimmEncoder",
     "Tokenizer",
     "Tokens",
     "apply_rope",

@@ -46,3 +46,56 @@ class ChannelConcat(nn.Module):
             )
         output = self.network(torch.cat([x, condition.to(x.dtype)], dim=dim), t, **kwargs)
         return output.narrow(dim, 0, x.shape[dim])
+
+
+class EncodedContext(nn.Module):
+    """Condition on a raw input (an image) through an encoder that trains with the backbone.
+
+    ``u(x, t | c) = network(x, t, context={stream: E(c)}, context_mask={stream: m})``: the
+    condition ``c`` (keyword ``key``, e.g. images ``[B, C, H, W]``) is encoded by ``E`` into
+    tokens ``[B, L, D]`` that join the backbone's context stream ``stream``. The optional
+    keyword ``<key>_mask`` ``[B]`` (bool, ``True`` for a real condition) is the null condition
+    of classifier-free guidance: a sample with ``False`` has its ``L`` tokens masked out of
+    the joint attention, so its velocity does not depend on ``c`` at all (exactly the
+    unconditional estimate, with no learned null input). Holding ``E`` inside the network puts
+    it in the optimizer, the EMA copy, the checkpoints and the exports with the backbone.
+
+    Args:
+        network: the backbone, e.g. :class:`mmflow.nn.MMDiT` with a context stream ``stream``
+            of ``dim = encoder.dim``.
+        encoder: maps the condition to tokens ``[B, L, D]``, e.g. :class:`mmflow.nn.TimmEncoder`.
+        key: the keyword argument holding the condition.
+        stream: the backbone's context stream the tokens join.
+    """
+
+    def __init__(
+        self, network: nn.Module, encoder: nn.Module, key: str = "image", stream: str = "image"
+    ) -> None:
+        super().__init__()
+        self.network, self.encoder = network, encoder
+        self.key, self.stream = key, stream
+
+    def forward(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
+        if self.key not in kwargs:
+            raise ValueError(
+                f"EncodedContext: the condition `{self.key}` is missing from the inputs"
+            )
+        condition = kwargs.pop(self.key)
+        present = kwargs.pop(f"{self.key}_mask", None)
+        tokens = self.encoder(condition.to(x.dtype))
+        if tokens.dim() != 3 or tokens.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"EncodedContext: the encoder gave {tuple(tokens.shape)} for `{self.key}`; "
+                f"expected tokens [B={x.shape[0]}, L, D]"
+            )
+        context = dict(kwargs.pop("context", None) or {})
+        context_mask = dict(kwargs.pop("context_mask", None) or {})
+        context[self.stream] = tokens
+        if present is not None:
+            if present.shape != (x.shape[0],):
+                raise ValueError(
+                    f"EncodedContext: `{self.key}_mask` must be [B={x.shape[0]}], "
+                    f"got {tuple(present.shape)}"
+                )
+            context_mask[self.stream] = present.bool()[:, None].expand(-1, tokens.shape[1])
+        return self.network(x, t, context=context, context_mask=context_mask, **kwargs)

@@ -1,11 +1,22 @@
-"""ChannelConcat: a condition stacked on the channels of x, velocity from the first channels."""
+"""ChannelConcat (a condition stacked on the channels of x, velocity from the first channels)
+and EncodedContext (a condition encoded into a context stream by a trained encoder)."""
 
 import pytest
 import torch
 from jsonargparse import ArgumentParser
 
-from mmflow.nn import ChannelConcat, MMDiT, Patchify2D
+from mmflow.nn import (
+    ChannelConcat,
+    ContextConfig,
+    EncodedContext,
+    MMDiT,
+    Patchify2D,
+    SetTokens,
+    TimmEncoder,
+)
 from mmflow.sampling import ClassifierFreeGuidance
+
+from .helpers import randomize_
 
 
 class Echo(torch.nn.Module):
@@ -91,3 +102,58 @@ def test_works_under_guidance_and_from_yaml():
         null_kwargs={"mixture": torch.zeros(2, 1, 2, 2)},
     )
     torch.testing.assert_close(guided(x, torch.zeros(2), mixture=torch.ones(2, 1, 2, 2)), x + 2)
+
+
+def image_conditioned_mmdit(seed: int = 0) -> EncodedContext:
+    """A set MMDiT whose image stream comes from a tiny ViT, all weights random."""
+    torch.manual_seed(seed)
+    encoder = TimmEncoder(
+        "vit_tiny_patch16_224",
+        in_chans=1,
+        model_args={"img_size": 16, "patch_size": 8, "embed_dim": 24, "depth": 1, "num_heads": 2},
+    )
+    backbone = MMDiT(
+        SetTokens(3), hidden_size=32, depth=2, num_heads=2, context={"image": ContextConfig(24)}
+    )
+    return EncodedContext(randomize_(backbone), encoder)
+
+
+def test_encoded_image_is_the_backbones_context_stream():
+    model = image_conditioned_mmdit()
+    x, t, images = torch.randn(2, 5, 3), torch.rand(2), torch.randn(2, 1, 16, 16)
+    direct = model.network(x, t, context={"image": model.encoder(images)})
+    torch.testing.assert_close(model(x, t, image=images), direct)
+    assert not torch.allclose(model(x, t, image=images), model(x, t, image=images.flip(0)))
+
+
+def test_a_masked_image_is_exactly_the_unconditional_velocity():
+    model = image_conditioned_mmdit()
+    x, t = torch.randn(2, 5, 3), torch.rand(2)
+    absent = torch.zeros(2, dtype=torch.bool)
+    first = model(x, t, image=torch.randn(2, 1, 16, 16), image_mask=absent)
+    second = model(x, t, image=torch.randn(2, 1, 16, 16), image_mask=absent)
+    torch.testing.assert_close(first, second)
+    # Per sample: only the sample whose mask is True sees its image.
+    images = torch.randn(2, 1, 16, 16)
+    mixed = model(x, t, image=images, image_mask=torch.tensor([True, False]))
+    torch.testing.assert_close(mixed[0], model(x, t, image=images)[0])
+    torch.testing.assert_close(mixed[1], first[1])
+
+
+def test_the_encoder_trains_with_the_backbone():
+    model = image_conditioned_mmdit()
+    model(
+        torch.randn(2, 5, 3), torch.rand(2), image=torch.randn(2, 1, 16, 16)
+    ).square().sum().backward()
+    grads = [p.grad for p in model.encoder.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_missing_or_wrong_image_inputs_are_clear_errors():
+    model = image_conditioned_mmdit()
+    x, t = torch.randn(2, 5, 3), torch.rand(2)
+    with pytest.raises(ValueError, match="`image` is missing"):
+        model(x, t)
+    with pytest.raises(ValueError, match="`image_mask` must be \\[B=2\\]"):
+        model(x, t, image=torch.randn(2, 1, 16, 16), image_mask=torch.ones(3, dtype=torch.bool))
