@@ -2,11 +2,18 @@
 
 Meshes are loaded and checked by :mod:`modalities.shape.mesh`, their signed distances sampled
 and cached by :mod:`modalities.shape.sdf`; :mod:`modalities.shape.primitives` has solids with
-closed-form SDFs, and :mod:`modalities.shape.data` serves folders of meshes as SDF examples.
+closed-form SDFs, and :mod:`modalities.shape.data` serves folders of meshes as SDF examples;
+:mod:`modalities.shape.render` renders the images the flows may be conditioned on.
 See docs/shape.md.
 """
 
-from .adapter import GeneratedShapes, ShapeAdapter, ShapeLatentAdapter, WatertightShare
+from .adapter import (
+    GeneratedShapes,
+    ImageChamfer,
+    ShapeAdapter,
+    ShapeLatentAdapter,
+    WatertightShare,
+)
 from .data import (
     MESH_SUFFIXES,
     Augmentation,
@@ -37,6 +44,7 @@ from .meshing import dense_sdf_grid, extract_mesh, hierarchical_sdf_grid, mesh_f
 from .mosaic import MosaicNormaliser, MosaicSDF, MosaicSettings, cached_mosaic, fit_mosaic
 from .mosaic_adapter import MosaicAdapter
 from .primitives import PRIMITIVE_KINDS, Primitive
+from .render import ShapeImages, render_surface
 from .sampling import farthest_point_sampling
 from .sdf import SDFSamples, SDFSettings, cached_sdf_samples, sample_sdf, signed_distance
 from .vae import ShapeAutoencoder, ShapeVAE
@@ -49,6 +57,7 @@ __all__ = [
     "FScore",
     "GeneratedShapes",
     "GenerationMetrics",
+    "ImageChamfer",
     "MeshError",
     "MeshFolder",
     "MosaicAdapter",
@@ -62,6 +71,7 @@ __all__ = [
     "SDFSettings",
     "ShapeAdapter",
     "ShapeAutoencoder",
+    "ShapeImages",
     "ShapeLatentAdapter",
     "ShapeSDFDataset",
     "ShapeVAE",
@@ -82,6 +92,7 @@ __all__ = [
     "mesh_from_sdf",
     "normalise_mesh",
     "render_grid",
+    "render_surface",
     "render_views",
     "sample_sdf",
     "save_mesh",

@@ -20,7 +20,15 @@ import trimesh
 
 from mmflow.files import atomic_write
 
-__all__ = ["MESH_FILE_SUFFIXES", "render_grid", "render_views", "save_mesh"]
+__all__ = [
+    "CAMERA_LIGHT",
+    "MESH_FILE_SUFFIXES",
+    "UP_AXES",
+    "camera_rotation",
+    "render_grid",
+    "render_views",
+    "save_mesh",
+]
 
 MESH_FILE_SUFFIXES: tuple[str, ...] = (".glb", ".obj", ".ply", ".stl", ".off")
 
@@ -29,6 +37,10 @@ UP_AXES: dict[str, np.ndarray] = {
     "z": np.eye(3),
     "y": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]),
 }
+
+
+#: The direction towards the light in camera coordinates: from the upper left front.
+CAMERA_LIGHT: np.ndarray = np.array([-0.3, -1.0, 0.6]) / np.linalg.norm([-0.3, -1.0, 0.6])
 
 
 def save_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
@@ -40,8 +52,9 @@ def save_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: mesh.export(tmp, file_type=suffix[1:]))
 
 
-def _rotation(azimuth: float, elevation: float) -> np.ndarray:
-    """World to camera: turn by ``azimuth`` about z, then tilt by ``elevation`` (degrees)."""
+def camera_rotation(azimuth: float, elevation: float) -> np.ndarray:
+    """World (z up) to camera (x right, y into the screen, z up): turn by ``azimuth`` about z,
+    then tilt by ``elevation`` (degrees)."""
     a, e = np.radians(azimuth), np.radians(elevation)
     turn = np.array([[np.cos(a), np.sin(a), 0], [-np.sin(a), np.cos(a), 0], [0, 0, 1]])
     tilt = np.array([[1, 0, 0], [0, np.cos(e), np.sin(e)], [0, -np.sin(e), np.cos(e)]])
@@ -68,11 +81,10 @@ def _draw(axis: Any, mesh: trimesh.Trimesh, azimuth: float, elevation: float, up
     from matplotlib.collections import PolyCollection
 
     triangles, normals, centre, radius = _prepared(mesh, up)
-    rotation = _rotation(azimuth, elevation)
+    rotation = camera_rotation(azimuth, elevation)
     camera = (triangles - centre) @ rotation.T  # x right, y into the screen, z up
     facing = (normals @ rotation.T)[:, 1] < 0
-    light = np.array([-0.3, -1.0, 0.6]) / np.linalg.norm([-0.3, -1.0, 0.6])
-    shade = 0.25 + 0.75 * np.clip((normals @ rotation.T) @ light, 0, None)
+    shade = 0.25 + 0.75 * np.clip((normals @ rotation.T) @ CAMERA_LIGHT, 0, None)
     order = np.argsort(-camera[facing][:, :, 1].mean(axis=1))
     polygons = camera[facing][order][:, :, [0, 2]]
     colours = np.repeat(shade[facing][order][:, None], 3, axis=1) * [0.55, 0.7, 0.9]

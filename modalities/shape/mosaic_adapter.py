@@ -39,6 +39,7 @@ from mmflow.modality import Batch, Condition
 
 from .adapter import ShapeAdapter
 from .mosaic import MosaicNormaliser, MosaicSDF
+from .render import ShapeImages
 
 __all__ = ["MIN_SCALE", "MosaicAdapter"]
 
@@ -54,7 +55,7 @@ class MosaicAdapter(ShapeAdapter):
             training mosaics' per-channel mean and standard deviation).
         grid_size: ``k``, the side of each grid (the data's ``mosaic.grid_size``).
         num_grids: ``n``, grids per shape (the data's ``mosaic.num_grids``).
-        num_classes, num_points, up: as :class:`ShapeAdapter`.
+        num_classes, images, num_points, up: as :class:`ShapeAdapter`.
         mesh_resolution: cells over [-1, 1]^3 of the grid generated mosaics are meshed on.
             The fit covers a band of a 128-cell diagonal around the surface
             (:data:`modalities.shape.mosaic.DEFAULT_BAND`), so before refinement every cell
@@ -69,6 +70,7 @@ class MosaicAdapter(ShapeAdapter):
         grid_size: int = 5,
         num_grids: int = 64,
         num_classes: int | None = None,
+        images: ShapeImages | None = None,
         mesh_resolution: int = 128,
         num_points: int = 2048,
         up: str = "y",
@@ -81,13 +83,12 @@ class MosaicAdapter(ShapeAdapter):
                 f"grid_size {grid_size} makes rows of {width} (4 + {grid_size}^3): the "
                 "statistics were computed with other mosaic settings"
             )
-        super().__init__((num_grids, width), num_classes, num_points, up)
+        super().__init__((num_grids, width), num_classes, images, num_points, up)
         self.normaliser, self.grid_size = normaliser, grid_size
         self.mesh_resolution = mesh_resolution
 
     def encode(self, batch: Batch) -> tuple[Tensor, Condition]:
-        """``((batch["mosaic"] - mean) / std, {"class_labels": label})`` (no condition if
-        unconditional)."""
+        """``((batch["mosaic"] - mean) / std, condition)`` (:meth:`ShapeAdapter.condition`)."""
         if "mosaic" not in batch:
             raise KeyError(
                 "MosaicAdapter: the batch has no `mosaic` (give the MeshFolder `mosaic` settings)"

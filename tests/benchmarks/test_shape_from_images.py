@@ -1,0 +1,92 @@
+"""The image benchmark generates a shape from each held-out shape's image and scores it
+against that shape, beside the no-image and shuffled-image baselines."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from benchmarks.shape_from_images import main
+from modalities.shape import Primitive, ShapeVAE
+from tests.test_recipes import build_module
+
+NETWORK = {
+    "class_path": "mmflow.nn.EncodedContext",
+    "init_args": {
+        "encoder": {
+            "class_path": "mmflow.nn.TimmEncoder",
+            "init_args": {
+                "name": "vit_tiny_patch16_224",
+                "in_chans": 1,
+                "model_args": {
+                    "img_size": 16,
+                    "patch_size": 8,
+                    "embed_dim": 24,
+                    "depth": 1,
+                    "num_heads": 2,
+                },
+            },
+        },
+        "network": {
+            "class_path": "mmflow.nn.MMDiT",
+            "init_args": {
+                "tokenizer": {"class_path": "mmflow.nn.SetTokens", "init_args": {"in_channels": 2}},
+                "hidden_size": 16,
+                "depth": 1,
+                "num_heads": 2,
+                "context": {"image": {"dim": 24}},
+            },
+        },
+    },
+}
+
+
+def write_checkpoint(tmp_path: Path) -> Path:
+    """A Lightning-style checkpoint of an untrained image-conditioned latent flow."""
+    vae = ShapeVAE(width=16, num_heads=2, num_latents=4, latent_channels=2)
+    adapter = {
+        "class_path": "modalities.shape.ShapeLatentAdapter",
+        "init_args": {
+            "vae_path": str(vae.save_pretrained(tmp_path / "vae")),
+            "images": {"resolution": 16},
+            "mesh_resolution": 16,
+        },
+    }
+    network = build_module(NETWORK)
+    state = {f"network.{key}": value for key, value in network.state_dict().items()}
+    hparams = {"network": NETWORK, "adapter": adapter, "sampler": "euler", "nfe": 2}
+    path = tmp_path / "flow.ckpt"
+    torch.save({"hyper_parameters": hparams, "state_dict": state}, path)
+    return path
+
+
+def test_each_image_gives_one_scored_shape_per_setting(tmp_path, monkeypatch):
+    """The decoder is replaced by a sphere of radius 0.5, so every setting generates the same
+    spheres and scores the same; the rows, baselines and files are what is checked."""
+    root = tmp_path / "shapes"
+    root.mkdir()
+    for index, kind in enumerate(["box", "torus", "capsule", "cylinder", "box"]):
+        Primitive(kind, extents=(0.3 + 0.1 * index, 0.6, 0.9)).mesh().export(root / f"{index}.obj")
+    monkeypatch.setattr(
+        ShapeVAE, "sdf_function", lambda self, latents: lambda x: x.norm(dim=-1) - 0.5
+    )
+    args = ["--checkpoint", str(write_checkpoint(tmp_path)), "--cfg-scale", "1", "--cfg-scale", "3"]
+    args += ["--root", str(root), "--val-fraction", "0.2", "--test-fraction", "0.2"]
+    args += [
+        "--points",
+        "256",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "o" / "shape_from_images.json").read_text())
+    settings = [row["setting"] for row in result["rows"]]
+    assert settings == ["image, cfg 1", "image, cfg 3", "no image", "shuffled, cfg 1"]
+    assert len(result["shapes"]) == 2
+    chamfers = {round(row["chamfer"], 6) for row in result["rows"]}
+    assert len(chamfers) == 1 and chamfers.pop() > 0.001  # spheres are not the primitives
+    assert all(row["watertight_share"] == 1.0 for row in result["rows"])
+    assert (tmp_path / "o" / "no_image.png").stat().st_size > 0
+    assert "| image, cfg 3 |" in (tmp_path / "o" / "shape_from_images.md").read_text()
