@@ -18,8 +18,9 @@ A generated shape is scored against the shape its image was rendered from (the `
 one against the shape it should have followed): Chamfer-L2 on ``--points`` surface points a
 shape in the normalisation of :func:`modalities.shape.mesh.normalise_mesh`, F-score@0.05, and
 the watertight share. Conditioning works when the conditioned rows score a lower Chamfer
-distance than both baselines. Writes ``shape_from_images.json``, ``shape_from_images.md`` and
-a preview ``<setting>.png`` per setting under ``--out``.
+distance than both baselines. Writes ``shape_from_images.json``, ``shape_from_images.md``, the
+first 16 images ``images.png`` and a preview ``<setting>.png`` of the first 16 generations per
+setting under ``--out``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,25 @@ def settings(flow: Any, cond: Condition, scales: list[float]) -> list[tuple[str,
     return [*rows, ("no image", null, 1.0), ("shuffled, cfg 1", shuffled, 1.0)]
 
 
+def save_images(images: torch.Tensor, path: Path, columns: int = 4) -> Path:
+    """The first view of each image ``[R, V, H, H]`` in a grid PNG (``columns`` a row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = -(-len(images) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.6), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image in zip(axes.flat, images, strict=False):
+        axis.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    figure.subplots_adjust(0, 0, 1, 1, 0.05, 0.05)
+    figure.savefig(path, format="png", dpi=100)
+    plt.close(figure)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.shape_from_images")
     parser.add_argument("--checkpoint", required=True)
@@ -92,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     flow.adapter.num_points = args.points
     surfaces, names = held_out_surfaces(args)
     cond = flow.adapter.condition({"surface": surfaces})
+    save_images(cond["image"][:16], out / "images.png")
     generator = torch.Generator().manual_seed(args.noise_seed)
     noise = torch.randn((len(surfaces), *flow.adapter.set_shape), generator=generator)
     rows = []

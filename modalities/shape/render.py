@@ -4,10 +4,12 @@ A shape's image is rendered from its surface samples (points ``p`` with outward 
 ``n``, what every batch carries as ``surface``), so it follows the shape through the
 augmentation and costs no mesh. Each view is an orthographic camera at ``azimuth`` about the
 vertical axis and ``elevation`` (the rotation ``R`` of :func:`modalities.shape.media.camera_rotation`,
-x right, y into the screen, z up) looking at the normalisation cube ``[-1, 1]^3``, so the
-image keeps the shape's size and position. A point lands in the pixel
+x right, y into the screen, z up) with a fixed window ``[-e, e]^2`` (``extent`` ``e``), so the
+image keeps the shape's size and position. The default ``e = 1.6`` exceeds the circumradius
+``0.9 sqrt(3) = 1.56`` of the box ``[-0.9, 0.9]^3`` shapes are normalised into, so no view
+cuts a shape off. A point lands in the pixel
 
-    column = floor((x + 1) / 2 * H),   row = floor((1 - z) / 2 * H),   (x, y, z) = R p,
+    column = floor((x + e) / (2 e) * H),   row = floor((e - z) / (2 e) * H),   (x, y, z) = R p,
 
 and in the ``(2 r + 1)^2`` pixels around it (``point_radius`` ``r``, which closes the gaps
 between samples). Points facing away (``(R n)_y > 0``) are dropped, and in each pixel the
@@ -37,13 +39,15 @@ class ShapeImages:
 
     Attributes:
         resolution: pixels a side.
+        extent: half the window's width in the shapes' units (module docstring).
         azimuths: one view a channel, degrees about the vertical axis.
         elevation: degrees above the horizon.
         point_radius: pixels each surface point covers around its own.
         up: the shapes' vertical axis (``"y"`` for most mesh files).
     """
 
-    resolution: int = 32
+    resolution: int = 48
+    extent: float = 1.6
     azimuths: tuple[float, ...] = (30.0,)
     elevation: float = 20.0
     point_radius: int = 1
@@ -52,6 +56,8 @@ class ShapeImages:
     def __post_init__(self) -> None:
         if self.resolution < 4:
             raise ValueError(f"`resolution` must be at least 4, got {self.resolution}")
+        if not self.extent > 0:
+            raise ValueError(f"`extent` must be positive, got {self.extent}")
         if not self.azimuths:
             raise ValueError("`azimuths` must name at least one view")
         if self.point_radius < 0:
@@ -84,8 +90,9 @@ def _render_view(surface: Tensor, azimuth: float, settings: ShapeImages) -> Tens
     points, normals = surface[..., :3] @ rotation.T, surface[..., 3:] @ rotation.T
     light = torch.as_tensor(CAMERA_LIGHT, dtype=surface.dtype, device=surface.device)
     shade = 0.25 + 0.75 * (normals @ light).clamp(min=0)
-    column = torch.floor((points[..., 0] + 1) / 2 * size).long()
-    row = torch.floor((1 - points[..., 2]) / 2 * size).long()
+    extent = settings.extent
+    column = torch.floor((points[..., 0] + extent) / (2 * extent) * size).long()
+    row = torch.floor((extent - points[..., 2]) / (2 * extent) * size).long()
     offsets = torch.arange(-radius, radius + 1, device=surface.device)
     row = (row[..., None, None] + offsets[:, None]).expand(-1, -1, len(offsets), len(offsets))
     column = (column[..., None, None] + offsets).expand(-1, -1, len(offsets), len(offsets))

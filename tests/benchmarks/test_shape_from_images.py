@@ -89,4 +89,5 @@ def test_each_image_gives_one_scored_shape_per_setting(tmp_path, monkeypatch):
     assert len(chamfers) == 1 and chamfers.pop() > 0.001  # spheres are not the primitives
     assert all(row["watertight_share"] == 1.0 for row in result["rows"])
     assert (tmp_path / "o" / "no_image.png").stat().st_size > 0
+    assert (tmp_path / "o" / "images.png").stat().st_size > 0
     assert "| image, cfg 3 |" in (tmp_path / "o" / "shape_from_images.md").read_text()
