@@ -16,10 +16,41 @@ evaluate it on the vertices of a regular grid of ``resolution`` cells per side o
 
 An SDF defined only near its surface (Mosaic-SDF covers a band around it) returns NaN
 elsewhere; the extractors accept that with ``partial=True`` (infinite values are always
-refused). NaN marks a vertex as unknown, never as inside or outside: :func:`extract_mesh` runs
-marching cubes only on the cells whose eight corners are known, so the band's edges, where
-the values are far from 0, make no surface. The hierarchical grid interpolates only from known
-values (``sum w v / sum w`` over the known corners) and evaluates exactly every vertex whose
+refused). NaN marks a vertex as unknown. Marching cubes needs a value at every corner of a
+cell, and leaving out the cells with an unknown corner cuts the surface open wherever the zero
+level set reaches an unknown region: a false fragment that trilinear interpolation makes far
+from the surface and the band's edge cuts, or a surface a generated band does not cover.
+:func:`extract_mesh` therefore completes the grid before marching cubes:
+
+- each unknown vertex ``u`` takes the sign of the known vertex ``k`` that proves a sign at
+  ``u`` most strongly. For a distance function ``|f(u) - f(k)| <= |u - k|``, so a known value
+  ``v_k`` proves its sign within ``|v_k|`` of ``k``, and the evidence it gives at ``u`` is
+  ``|v_k| - |u - k|``; ``u`` takes ``sign v_k`` for ``k = argmax_k (|v_k| - |u - k|)``.
+  Across a band around a closed surface the inner edge is negative and the outer positive,
+  so the deep inside is filled as inside and the far outside as outside. Where a band leaves
+  a gap (a generated mosaic whose grids miss part of its surface), the surface closes across
+  the gap between the known values of either sign. A false fragment of small negative values
+  that the band's edge cuts is capped near the edge, because the larger positive values
+  around it prove more. (One sign for each connected unknown region fails at gaps, where
+  inside and outside are one region and the shape becomes a hollow shell; the nearest known
+  sign fails at fragments, which it extends outwards to the box.) The maximum is taken over
+  the levels ``|v_k| >= j h``, ``j = 0 .. 8``, each by scipy's exact Euclidean distance
+  transform to the vertices of that level, so the evidence is exact up to ``h``;
+- the fill's magnitude is the grid spacing ``h``. On an edge from a known value ``a`` to the
+  fill of the other sign, marching cubes (linear along the edge) puts the crossing
+  ``h |a| / (|a| + h)`` from the known vertex: about ``|a|`` when ``|a| << h``, where a
+  distance function whose gradient follows the edge is 0, and nearer the known vertex than the
+  edge's middle while ``|a| < h``. A larger magnitude would pull these crossings onto the known
+  vertices, a smaller one onto the unknown ones. Two fills of opposite signs cross midway;
+- one layer of ``+h`` vertices is added around the grid (everything beyond the box is
+  outside), so a surface that reaches the box's faces is closed by a cap less than ``h``
+  beyond them (the open meshes of the latent flow were all of this kind).
+
+On a grid known everywhere, marching cubes gives a closed surface, so the mesh is watertight.
+The fill changes no crossing between two known vertices; it only closes the surface at the
+borders of the unknown regions (a false fragment becomes a small closed part of the mesh; it
+is kept, not removed). The hierarchical grid interpolates only from known values
+(``sum w v / sum w`` over the known corners) and evaluates exactly every vertex whose
 interpolation stencil mixes known and unknown corners, besides the near ones; a vertex whose
 stencil is all unknown stays NaN. It gives the dense grid's surface when every cell the
 surface crosses at the coarsest level has a known corner, which holds when the function is
@@ -34,6 +65,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import trimesh
+from scipy import ndimage
 from skimage.measure import marching_cubes
 from torch import Tensor
 
@@ -145,34 +177,64 @@ def hierarchical_sdf_grid(
     return grid, evaluated
 
 
-def _known_cells(unknown: np.ndarray) -> np.ndarray:
-    """The marching-cubes mask that keeps the cells whose eight corners are all known.
+#: The sign evidence of known values is resolved in steps of one grid spacing up to this many.
+EVIDENCE_LEVELS = 8
 
-    scikit-image's ``mask`` gates the cell ``[i, i + 1] x [j, j + 1] x [l, l + 1]`` by its
-    entry at the far corner ``(i + 1, j + 1, l + 1)`` (checked by the tests)."""
-    known = ~unknown
-    size = tuple(n - 1 for n in known.shape)
-    cells = np.ones(size, dtype=bool)
-    for dx in (0, 1):
-        for dy in (0, 1):
-            for dz in (0, 1):
-                cells &= known[dx : dx + size[0], dy : dy + size[1], dz : dz + size[2]]
-    mask = np.zeros_like(known)
-    mask[1:, 1:, 1:] = cells
-    return mask
+
+def _fill_signs(values: np.ndarray, unknown: np.ndarray, spacing: float) -> np.ndarray:
+    """``+1`` or ``-1`` at every unknown vertex, the sign of the known vertex with the most
+    evidence ``|v_k| - |u - k|`` (module docstring), and 0 at known vertices; ``spacing`` is the
+    grid's ``h``.
+
+    For each level ``j`` the nearest known vertex with ``|v_k| >= j h`` gives the evidence
+    ``j h - |u - k|`` at ``u`` (a lower bound within ``h`` of its own), and ``u`` takes the
+    sign of the level with the most."""
+    magnitude = np.abs(np.where(unknown, 0.0, values))
+    best = np.full(values.shape, -np.inf)
+    signs = np.ones(values.shape)
+    for level in range(EVIDENCE_LEVELS + 1):
+        sources = ~unknown & (magnitude >= level * spacing)
+        if not sources.any():
+            break
+        distance, nearest = ndimage.distance_transform_edt(~sources, return_indices=True)
+        evidence = level - distance
+        stronger = evidence > best
+        best = np.where(stronger, evidence, best)
+        signs = np.where(
+            stronger & (values[tuple(nearest)] < 0), -1.0, np.where(stronger, 1.0, signs)
+        )
+    return np.where(unknown, signs, 0.0)
+
+
+def _complete(values: np.ndarray, spacing: float) -> np.ndarray:
+    """``values`` with every NaN vertex set to ``+-spacing`` by :func:`_fill_signs`, padded with
+    one layer of ``+spacing`` (outside) on every side (module docstring)."""
+    unknown = np.isnan(values)
+    if unknown.any():
+        fill = (spacing * _fill_signs(values, unknown, spacing)).astype(values.dtype)
+        values = np.where(unknown, fill, values)
+    return np.pad(values, 1, constant_values=spacing)
+
+
+def _uncollapsed(faces: np.ndarray) -> np.ndarray:
+    """The faces with three distinct corners once coincident vertices are merged. A face that
+    is thin but not collapsed (a crossing within float precision of a grid vertex) is kept:
+    removing it by its area would open a hole."""
+    first, second, third = faces.T
+    return (first != second) & (second != third) & (first != third)
 
 
 def extract_mesh(grid: Tensor, bound: float = 1.0) -> trimesh.Trimesh:
     """Marching cubes at level 0 of a vertex grid over ``[-bound, bound]^3``, faces wound so
-    normals point outwards (towards positive values). NaN vertices are unknown: cells with a
-    NaN corner are left out (module docstring).
+    normals point outwards (towards positive values). NaN vertices are unknown: each takes the
+    sign the known values prove most strongly there, and the box is surrounded by outside, so
+    the surface is closed (module docstring).
 
     Where the SDF is exactly 0 at a grid vertex, marching cubes emits triangles whose corners
-    coincide; once duplicate vertices are merged those are zero-area faces whose edges are
+    coincide; once duplicate vertices are merged those faces have a repeated corner and edges
     used four times, so they are removed, which leaves a closed surface closed."""
     values = grid.detach().cpu().numpy().astype(np.float32)
-    unknown = np.isnan(values)
-    if unknown.all():
+    if np.isnan(values).all():
         raise ValueError("the SDF grid holds only NaN: no vertex is covered")
     low, high = np.nanmin(values), np.nanmax(values)
     if not (low < 0 < high):
@@ -180,20 +242,15 @@ def extract_mesh(grid: Tensor, bound: float = 1.0) -> trimesh.Trimesh:
             f"the SDF does not change sign on the grid (min {low:.3g}, max {high:.3g}): no "
             f"surface inside [-{bound}, {bound}]^3"
         )
-    mask = _known_cells(unknown) if unknown.any() else None
-    spacing = (2 * bound / (values.shape[0] - 1),) * 3
-    try:
-        vertices, faces, _, _ = marching_cubes(
-            np.where(unknown, high, values),
-            level=0.0,
-            spacing=spacing,
-            gradient_direction="descent",
-            mask=mask,
-        )
-    except RuntimeError:
-        raise ValueError("no cell with eight known corners changes sign: no surface") from None
-    mesh = trimesh.Trimesh(vertices - bound, faces, process=True)
-    mesh.update_faces(mesh.nondegenerate_faces())
+    spacing = 2 * bound / (values.shape[0] - 1)
+    vertices, faces, _, _ = marching_cubes(
+        _complete(values, spacing),
+        level=0.0,
+        spacing=(spacing,) * 3,
+        gradient_direction="descent",
+    )
+    mesh = trimesh.Trimesh(vertices - (bound + spacing), faces, process=True)
+    mesh.update_faces(_uncollapsed(mesh.faces))
     mesh.remove_unreferenced_vertices()
     return mesh
 

@@ -17,12 +17,12 @@ covering grid's trilinear error, ``(h^2 / 8) (|f_xx| + |f_yy| + |f_zz|)`` for gr
 ``h = 2 s / (k - 1)``.
 
 Points no grid covers (``sum_j w_j(x) = 0``: the deep inside and the far outside) have no
-value: :meth:`MosaicSDF.evaluate` returns NaN there. Giving them any number would be wrong
+value: :meth:`MosaicSDF.evaluate` returns NaN there. Giving them one number would be wrong
 on one side of the surface (a constant of one sign puts a spurious surface at the band's edge
-on the other side), while marching cubes needs only the cells the surface crosses.
-:func:`modalities.shape.meshing.extract_mesh` skips every cell with a NaN corner, and
-:meth:`MosaicSDF.sdf_grid` fills a marching-cubes grid exactly by splatting each grid onto the
-vertices of its own cube.
+on the other side). :func:`modalities.shape.meshing.extract_mesh` instead gives each of them the
+sign the known values prove most strongly there (the deep inside negative, the far outside
+positive), so the mesh is closed, and :meth:`MosaicSDF.sdf_grid` fills a
+marching-cubes grid exactly by splatting each grid onto the vertices of its own cube.
 
 Fitting (:func:`fit_mosaic`, the paper's Algorithm 1):
 

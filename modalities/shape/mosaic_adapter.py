@@ -12,9 +12,10 @@ statistics of the training split only must not change with the split being evalu
 has no order, so the network gives its tokens no positions (``mmflow.nn.SetTokens``).
 
 A generated set becomes a mesh by denormalising it, rebuilding the mosaic and running marching
-cubes on its exact grid, NaN where no grid covers a vertex (:meth:`MosaicSDF.mesh`), so only
-the band around the surface makes triangles. Two things a data mosaic never has can come out
-of the flow:
+cubes on its exact grid, NaN where no grid covers a vertex (:meth:`MosaicSDF.mesh`); the
+uncovered vertices take the sign the covered values prove most strongly there
+(:func:`modalities.shape.meshing.extract_mesh`), so the mesh is closed. Two things a data
+mosaic never has can come out of the flow:
 
 - a scale ``s_i <= 0``. It is clamped to :data:`MIN_SCALE` (1e-6). The weight
   ``w_i(x) = max(0, 1 - |x - p_i|_inf / s_i)`` of a grid whose scale tends to 0 from above
@@ -22,8 +23,8 @@ of the flow:
   which reads nothing and covers (almost surely) no vertex of the meshing grid: it drops out.
   Mirroring it (``|s_i|``) would instead give weight to values the flow placed for a cube it
   did not mean.
-- no surface: every covered value of one sign, or no cell with eight covered corners changing
-  sign. Such a set meshes to ``None``, which the evaluators count as a missing shape.
+- no surface: every covered value of one sign. Such a set meshes to ``None``, which the
+  evaluators count as a missing shape.
 
 Everything else (the class condition, decoding to points, the evaluators, the media) is
 :class:`modalities.shape.adapter.ShapeAdapter`'s.
@@ -59,8 +60,9 @@ class MosaicAdapter(ShapeAdapter):
         mesh_resolution: cells over [-1, 1]^3 of the grid generated mosaics are meshed on.
             The fit covers a band of a 128-cell diagonal around the surface
             (:data:`modalities.shape.mosaic.DEFAULT_BAND`), so before refinement every cell
-            the surface crosses at 128 cells or more has its eight corners covered; coarser
-            grids may leave holes. On cached CGAL mosaics 128 cells also scored higher than
+            the surface crosses at 128 cells or more has its eight corners covered; on coarser
+            grids the fill decides more of them. On cached CGAL mosaics 128 cells also scored
+            higher than
             64 (docs/shape.md), at 1 to 2 s a shape.
     """
 
