@@ -16,7 +16,8 @@ them. They are scored against the reference shapes of the recipe's split (``--sp
 in the normalisation of :func:`modalities.shape.mesh.normalise_mesh`:
 
 - COV (higher is better), MMD (lower is better), 1-NNA (0.5 is best);
-- the share of generated meshes that are watertight;
+- the share of generated meshes that are watertight, their mean number of connected parts and
+  the share that are one part (floating fragments show here);
 - samples a second: the flow's sampling and the meshing, timed together and apart.
 
 Writes ``shape_generation.json``, ``shape_generation.md`` and a preview grid
@@ -66,6 +67,7 @@ def score_flow(name: str, checkpoint: str, reference: torch.Tensor, args) -> dic
     metrics.update(shapes.points, reference)
     scores = {key: value.item() for key, value in metrics.compute().items()}
     closed = sum(mesh is not None and mesh.is_watertight for mesh in shapes.meshes)
+    parts = [len(mesh.split(only_watertight=False)) for mesh in shapes.meshes if mesh is not None]
     render_grid(shapes.meshes[:16], Path(args.out) / f"{name}.png", up=args.up)
     return {
         "flow": name,
@@ -73,6 +75,8 @@ def score_flow(name: str, checkpoint: str, reference: torch.Tensor, args) -> dic
         **scores,
         "watertight_share": closed / len(shapes),
         "no_surface": sum(mesh is None for mesh in shapes.meshes),
+        "parts_mean": sum(parts) / max(len(parts), 1),
+        "one_part_share": sum(count == 1 for count in parts) / len(shapes),
         "nfe": result.nfe,
         "sampling_seconds": sampled - start,
         "meshing_seconds": meshed - sampled,
@@ -84,8 +88,8 @@ def markdown(rows: list[dict[str, Any]], num_references: int) -> str:
     lines = [
         f"{num_references} reference shapes.",
         "",
-        "| flow | COV | MMD | 1-NNA | watertight | NFE | samples / s (sampling only) |",
-        "|---|---|---|---|---|---|---|",
+        "| flow | COV | MMD | 1-NNA | watertight | parts (one part) | NFE | samples / s (sampling only) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         sampling_rate = row["samples_per_second"] * (
@@ -93,7 +97,8 @@ def markdown(rows: list[dict[str, Any]], num_references: int) -> str:
         )
         lines.append(
             f"| {row['flow']} | {row['cov']:.3f} | {row['mmd']:.2e} | {row['1-nna']:.3f} | "
-            f"{row['watertight_share']:.0%} | {row['nfe']} | {row['samples_per_second']:.2f} "
+            f"{row['watertight_share']:.0%} | {row['parts_mean']:.1f} ({row['one_part_share']:.0%}) | "
+            f"{row['nfe']} | {row['samples_per_second']:.2f} "
             f"({sampling_rate:.1f}) |"
         )
     return "\n".join(lines)

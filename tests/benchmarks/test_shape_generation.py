@@ -61,6 +61,7 @@ def test_generations_are_meshed_scored_and_previewed(tmp_path, monkeypatch):
     (row,) = result["flows"]
     assert result["references"] == 2 and row["nfe"] == 2
     assert row["watertight_share"] == 1.0 and row["no_surface"] == 0
+    assert row["parts_mean"] == 1.0 and row["one_part_share"] == 1.0
     # three identical spheres against two other shapes: they cover one reference at most, and
     # the nearest other member of each sphere is a sphere (3 of the 5 classified right)
     assert row["cov"] == 0.5 and row["1-nna"] >= 0.6
