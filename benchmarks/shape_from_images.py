@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.shape_split import add_split_arguments, split_datamodule
+from benchmarks.shape_split import add_scored_split_argument, add_split_arguments, scored_files
 from mmflow.hub import pretrained_from_checkpoint
 from mmflow.modality import Condition
 from modalities.shape import ChamferDistance, FScore, cached_sdf_samples, render_grid
@@ -41,9 +41,7 @@ from modalities.shape import ChamferDistance, FScore, cached_sdf_samples, render
 
 def held_out_surfaces(args: argparse.Namespace) -> tuple[torch.Tensor, list[str]]:
     """``[R, points, 6]`` surface samples with normals of the split's shapes, and their names."""
-    datamodule = split_datamodule(args)
-    splits = ("val", "test") if args.split == "held_out" else (args.split,)
-    files = [path for split in splits for path in datamodule.files[split]]
+    datamodule, files = scored_files(args)
     surfaces = []
     for path in files:
         samples = cached_sdf_samples(path, datamodule.sdf, args.cache_dir)
@@ -100,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", type=int, default=2048, help="surface points a shape")
     parser.add_argument("--noise-seed", type=int, default=0, help="seed of the noise")
     add_split_arguments(parser)
-    parser.add_argument("--split", default="held_out", choices=("held_out", "val", "test"))
+    add_scored_split_argument(parser)
     parser.add_argument("--up", default="y", help="vertical axis of the previews")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)

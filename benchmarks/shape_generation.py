@@ -34,16 +34,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.shape_split import add_split_arguments, split_datamodule
+from benchmarks.shape_split import add_scored_split_argument, add_split_arguments, scored_files
 from mmflow.hub import pretrained_from_checkpoint
 from modalities.shape import GenerationMetrics, cached_sdf_samples, render_grid
 
 
 def reference_points(args: argparse.Namespace) -> torch.Tensor:
     """``[R, points, 3]`` surface samples of the reference shapes (the split's cached ones)."""
-    datamodule = split_datamodule(args)
-    splits = ("val", "test") if args.split == "held_out" else (args.split,)
-    files = [path for split in splits for path in datamodule.files[split]]
+    datamodule, files = scored_files(args)
     return torch.stack(
         [
             cached_sdf_samples(path, datamodule.sdf, args.cache_dir).surface_points[: args.points]
@@ -119,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nfe", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--points", type=int, default=2048, help="surface points a shape")
     add_split_arguments(parser)
-    parser.add_argument("--split", default="held_out", choices=("held_out", "val", "test"))
+    add_scored_split_argument(parser)
     parser.add_argument("--up", default="y", help="vertical axis of the previews")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)

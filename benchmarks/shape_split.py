@@ -4,6 +4,7 @@ options, so a benchmark and the recipe it measures agree on which shapes are hel
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from modalities.shape import MeshFolder
 
@@ -33,3 +34,15 @@ def split_datamodule(args: argparse.Namespace) -> MeshFolder:
     )
     datamodule.setup()
     return datamodule
+
+
+def add_scored_split_argument(parser: argparse.ArgumentParser) -> None:
+    """``--split``: the shapes a benchmark scores against (``held_out``: validation and test)."""
+    parser.add_argument("--split", default="held_out", choices=("held_out", "val", "test"))
+
+
+def scored_files(args: argparse.Namespace) -> tuple[MeshFolder, list[Path]]:
+    """The set-up datamodule of the options and the mesh files of ``--split``."""
+    datamodule = split_datamodule(args)
+    splits = ("val", "test") if args.split == "held_out" else (args.split,)
+    return datamodule, [path for split in splits for path in datamodule.files[split]]

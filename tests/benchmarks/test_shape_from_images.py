@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.shape_from_images import main
-from modalities.shape import Primitive, ShapeVAE
+from modalities.shape import ShapeVAE
+from tests.benchmarks.test_shape_generation import five_primitives_and_sphere_decoder
 from tests.test_recipes import build_module
 
 NETWORK = {
@@ -63,23 +64,8 @@ def write_checkpoint(tmp_path: Path) -> Path:
 def test_each_image_gives_one_scored_shape_per_setting(tmp_path, monkeypatch):
     """The decoder is replaced by a sphere of radius 0.5, so every setting generates the same
     spheres and scores the same; the rows, baselines and files are what is checked."""
-    root = tmp_path / "shapes"
-    root.mkdir()
-    for index, kind in enumerate(["box", "torus", "capsule", "cylinder", "box"]):
-        Primitive(kind, extents=(0.3 + 0.1 * index, 0.6, 0.9)).mesh().export(root / f"{index}.obj")
-    monkeypatch.setattr(
-        ShapeVAE, "sdf_function", lambda self, latents: lambda x: x.norm(dim=-1) - 0.5
-    )
     args = ["--checkpoint", str(write_checkpoint(tmp_path)), "--cfg-scale", "1", "--cfg-scale", "3"]
-    args += ["--root", str(root), "--val-fraction", "0.2", "--test-fraction", "0.2"]
-    args += [
-        "--points",
-        "256",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--out",
-        str(tmp_path / "o"),
-    ]
+    args += five_primitives_and_sphere_decoder(tmp_path, monkeypatch, tmp_path / "o")
     assert main(args) == 0
     result = json.loads((tmp_path / "o" / "shape_from_images.json").read_text())
     settings = [row["setting"] for row in result["rows"]]

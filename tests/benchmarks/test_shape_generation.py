@@ -38,7 +38,9 @@ def write_checkpoint(tmp_path: Path) -> Path:
     return path
 
 
-def test_generations_are_meshed_scored_and_previewed(tmp_path, monkeypatch):
+def five_primitives_and_sphere_decoder(tmp_path: Path, monkeypatch, out: Path) -> list[str]:
+    """Options of a benchmark on five primitives split 3 / 1 / 1 (two held out), with every
+    VAE decoding to the sphere of radius 0.5."""
     root = tmp_path / "shapes"
     root.mkdir()
     for index, kind in enumerate(["box", "torus", "capsule", "cylinder", "box"]):
@@ -46,16 +48,13 @@ def test_generations_are_meshed_scored_and_previewed(tmp_path, monkeypatch):
     monkeypatch.setattr(
         ShapeVAE, "sdf_function", lambda self, latents: lambda x: x.norm(dim=-1) - 0.5
     )
+    args = ["--root", str(root), "--val-fraction", "0.2", "--test-fraction", "0.2"]
+    return [*args, "--points", "256", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+
+
+def test_generations_are_meshed_scored_and_previewed(tmp_path, monkeypatch):
     args = ["--flow", f"latent={write_checkpoint(tmp_path)}", "--num-samples", "3"]
-    args += ["--root", str(root), "--val-fraction", "0.2", "--test-fraction", "0.2"]
-    args += [
-        "--points",
-        "256",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--out",
-        str(tmp_path / "out"),
-    ]
+    args += five_primitives_and_sphere_decoder(tmp_path, monkeypatch, tmp_path / "out")
     assert main(args) == 0
     result = json.loads((tmp_path / "out" / "shape_generation.json").read_text())
     (row,) = result["flows"]

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from mmflow.modality import drop_conditions
-from mmflow.nn import ContextConfig, EncodedContext, MMDiT, SetTokens, TimmEncoder
 from mmflow.training import FlowMatching
 from modalities.shape import (
     GeneratedShapes,
@@ -17,6 +16,7 @@ from modalities.shape import (
     ShapeVAE,
     render_surface,
 )
+from tests.mmflow.nn.test_conditioning import image_conditioned_mmdit
 
 
 @pytest.fixture
@@ -151,23 +151,11 @@ def test_image_chamfer_scores_each_shape_against_the_one_its_image_shows(vae_fol
 def test_an_image_conditioned_flow_trains_its_image_encoder(vae_folder: Path):
     """One optimizer step of FlowMatching moves the encoder's weights, and the EMA copy holds
     an encoder of its own: the encoder is part of the network."""
-    torch.manual_seed(0)
-    settings = ShapeImages(resolution=16)
-    adapter = ShapeLatentAdapter(str(vae_folder), images=settings)
-    encoder = TimmEncoder(
-        "vit_tiny_patch16_224",
-        in_chans=1,
-        model_args={"img_size": 16, "patch_size": 8, "embed_dim": 24, "depth": 1, "num_heads": 2},
-    )
-    backbone = MMDiT(
-        SetTokens(3), hidden_size=32, depth=2, num_heads=2, context={"image": ContextConfig(24)}
-    )
-    module = FlowMatching(adapter, EncodedContext(backbone, encoder), cond_dropout=0.5)
+    adapter = ShapeLatentAdapter(str(vae_folder), images=ShapeImages(resolution=16))
+    network = image_conditioned_mmdit()  # random weights: a zero-initialised MMDiT passes no
+    encoder = network.encoder  # gradient to its context on the first step
+    module = FlowMatching(adapter, network, cond_dropout=0.5)
     optimizer = module.configure_optimizers()
-    # The zero-initialised gates and output layer pass no gradient on the first step.
-    with torch.no_grad():
-        for parameter in backbone.parameters():
-            parameter.normal_(std=0.1)
     before = [p.detach().clone() for p in encoder.parameters()]
     batch = {"surface": torch.stack([sphere_surface(r, 2000) for r in (0.3, 0.5, 0.7, 0.4)])}
     x1, cond = module.encode(batch)
