@@ -33,21 +33,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.shape_split import add_scored_split_argument, add_split_arguments, scored_files
+from benchmarks.shape_split import add_scoring_arguments, add_split_arguments, scored_surfaces
 from mmflow.hub import pretrained_from_checkpoint
 from mmflow.modality import Condition
-from modalities.shape import ChamferDistance, FScore, cached_sdf_samples, render_grid
-
-
-def held_out_surfaces(args: argparse.Namespace) -> tuple[torch.Tensor, list[str]]:
-    """``[R, points, 6]`` surface samples with normals of the split's shapes, and their names."""
-    datamodule, files = scored_files(args)
-    surfaces = []
-    for path in files:
-        samples = cached_sdf_samples(path, datamodule.sdf, args.cache_dir)
-        points = samples.surface_points[: args.points]
-        surfaces.append(torch.cat([points, samples.surface_normals[: args.points]], dim=1))
-    return torch.stack(surfaces), [path.stem for path in files]
+from modalities.shape import ChamferDistance, FScore, render_grid
 
 
 def score(points: torch.Tensor, meshes: list, target: torch.Tensor) -> dict[str, float]:
@@ -95,11 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--cfg-scale", type=float, action="append", default=None)
     parser.add_argument("--nfe", type=int, default=None, help="default: the recipe's")
-    parser.add_argument("--points", type=int, default=2048, help="surface points a shape")
     parser.add_argument("--noise-seed", type=int, default=0, help="seed of the noise")
     add_split_arguments(parser)
-    add_scored_split_argument(parser)
-    parser.add_argument("--up", default="y", help="vertical axis of the previews")
+    add_scoring_arguments(parser)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -108,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(flow.adapter, "images", None) is None:
         raise SystemExit(f"{args.checkpoint}: the flow is not conditioned on images")
     flow.adapter.num_points = args.points
-    surfaces, names = held_out_surfaces(args)
+    surfaces, names = scored_surfaces(args)
     cond = flow.adapter.condition({"surface": surfaces})
     save_images(cond["image"][:16], out / "images.png")
     generator = torch.Generator().manual_seed(args.noise_seed)

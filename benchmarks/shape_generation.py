@@ -34,20 +34,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.shape_split import add_scored_split_argument, add_split_arguments, scored_files
+from benchmarks.shape_split import add_scoring_arguments, add_split_arguments, scored_surfaces
 from mmflow.hub import pretrained_from_checkpoint
-from modalities.shape import GenerationMetrics, cached_sdf_samples, render_grid
-
-
-def reference_points(args: argparse.Namespace) -> torch.Tensor:
-    """``[R, points, 3]`` surface samples of the reference shapes (the split's cached ones)."""
-    datamodule, files = scored_files(args)
-    return torch.stack(
-        [
-            cached_sdf_samples(path, datamodule.sdf, args.cache_dir).surface_points[: args.points]
-            for path in files
-        ]
-    )
+from modalities.shape import GenerationMetrics, render_grid
 
 
 def score_flow(name: str, checkpoint: str, reference: torch.Tensor, args) -> dict[str, Any]:
@@ -115,14 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flow", type=named_checkpoint, action="append", required=True)
     parser.add_argument("--num-samples", type=int, default=50)
     parser.add_argument("--nfe", type=int, default=None, help="default: the recipe's")
-    parser.add_argument("--points", type=int, default=2048, help="surface points a shape")
     add_split_arguments(parser)
-    add_scored_split_argument(parser)
-    parser.add_argument("--up", default="y", help="vertical axis of the previews")
+    add_scoring_arguments(parser)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    reference = reference_points(args)
+    reference = scored_surfaces(args)[0][:, :, :3]
     rows = []
     for name, checkpoint in args.flow:
         rows.append(score_flow(name, checkpoint, reference, args))

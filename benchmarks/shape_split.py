@@ -4,9 +4,10 @@ options, so a benchmark and the recipe it measures agree on which shapes are hel
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from modalities.shape import MeshFolder
+import torch
+
+from modalities.shape import MeshFolder, cached_sdf_samples
 
 
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,13 +37,23 @@ def split_datamodule(args: argparse.Namespace) -> MeshFolder:
     return datamodule
 
 
-def add_scored_split_argument(parser: argparse.ArgumentParser) -> None:
-    """``--split``: the shapes a benchmark scores against (``held_out``: validation and test)."""
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--split`` (the shapes a benchmark scores against; ``held_out`` is validation and
+    test), ``--points`` (surface points a shape) and ``--up`` (the previews' vertical axis)."""
     parser.add_argument("--split", default="held_out", choices=("held_out", "val", "test"))
+    parser.add_argument("--points", type=int, default=2048, help="surface points a shape")
+    parser.add_argument("--up", default="y", help="vertical axis of the previews")
 
 
-def scored_files(args: argparse.Namespace) -> tuple[MeshFolder, list[Path]]:
-    """The set-up datamodule of the options and the mesh files of ``--split``."""
+def scored_surfaces(args: argparse.Namespace) -> tuple[torch.Tensor, list[str]]:
+    """``[R, points, 6]`` cached surface points with normals of the ``--split`` shapes, and
+    their names."""
     datamodule = split_datamodule(args)
     splits = ("val", "test") if args.split == "held_out" else (args.split,)
-    return datamodule, [path for split in splits for path in datamodule.files[split]]
+    files = [path for split in splits for path in datamodule.files[split]]
+    surfaces = []
+    for path in files:
+        samples = cached_sdf_samples(path, datamodule.sdf, args.cache_dir)
+        points, normals = samples.surface_points, samples.surface_normals
+        surfaces.append(torch.cat([points[: args.points], normals[: args.points]], dim=1))
+    return torch.stack(surfaces), [path.stem for path in files]

@@ -74,25 +74,28 @@ class GeneratedShapes:
         return len(self.meshes)
 
 
+def paired_points(shapes: GeneratedShapes, batch: Batch) -> tuple[Tensor, Tensor]:
+    """Generated points and the batch's surface points (``batch["surface"]``), each side cut
+    to as many points as the smaller one has."""
+    count = min(shapes.points.shape[1], batch["surface"].shape[1])
+    reference = batch["surface"][:, :count, :3]
+    return shapes.points[:, :count].to(reference), reference
+
+
 class BatchGenerationMetrics(GenerationMetrics):
-    """:class:`GenerationMetrics` of generated shapes against the batch's own shapes (the
-    first surface points of ``batch["surface"]``), updated as ``update(shapes, batch)``; both
-    sides keep as many points as the smaller one has."""
+    """:class:`GenerationMetrics` of generated shapes against the batch's own shapes, updated
+    as ``update(shapes, batch)`` (:func:`paired_points`)."""
 
     def update(self, shapes: GeneratedShapes, batch: Batch) -> None:  # type: ignore[override]
-        count = min(shapes.points.shape[1], batch["surface"].shape[1])
-        reference = batch["surface"][:, :count, :3]
-        super().update(shapes.points[:, :count].to(reference), reference)
+        super().update(*paired_points(shapes, batch))
 
 
 class ImageChamfer(ChamferDistance):
     """Chamfer-L2 of each generated shape to the batch's shape its condition image shows,
-    updated as ``update(shapes, batch)`` (both sides keep as many points as the smaller has)."""
+    updated as ``update(shapes, batch)`` (:func:`paired_points`)."""
 
     def update(self, shapes: GeneratedShapes, batch: Batch) -> None:  # type: ignore[override]
-        count = min(shapes.points.shape[1], batch["surface"].shape[1])
-        reference = batch["surface"][:, :count, :3]
-        super().update(shapes.points[:, :count].to(reference), reference)
+        super().update(*paired_points(shapes, batch))
 
 
 class WatertightShare(Metric):
@@ -167,7 +170,8 @@ class ShapeAdapter(ModalityAdapter):
             cond["class_labels"] = labels
         if self.images is not None:
             cond["image"] = render_surface(batch["surface"], self.images)
-            cond["image_mask"] = torch.ones(len(cond["image"]), dtype=torch.bool)
+            image = cond["image"]
+            cond["image_mask"] = torch.ones(len(image), dtype=torch.bool, device=image.device)
         return cond
 
     def null_condition(self, cond: Condition) -> Condition:

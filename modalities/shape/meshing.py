@@ -200,9 +200,7 @@ def _fill_signs(values: np.ndarray, unknown: np.ndarray, spacing: float) -> np.n
         evidence = level - distance
         stronger = evidence > best
         best = np.where(stronger, evidence, best)
-        signs = np.where(
-            stronger & (values[tuple(nearest)] < 0), -1.0, np.where(stronger, 1.0, signs)
-        )
+        signs = np.where(stronger, np.where(values[tuple(nearest)] < 0, -1.0, 1.0), signs)
     return np.where(unknown, signs, 0.0)
 
 

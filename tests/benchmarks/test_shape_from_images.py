@@ -2,14 +2,12 @@
 against that shape, beside the no-image and shuffled-image baselines."""
 
 import json
-from pathlib import Path
-
-import torch
 
 from benchmarks.shape_from_images import main
-from modalities.shape import ShapeVAE
-from tests.benchmarks.test_shape_generation import five_primitives_and_sphere_decoder
-from tests.test_recipes import build_module
+from tests.benchmarks.test_shape_generation import (
+    five_primitives_and_sphere_decoder,
+    write_checkpoint,
+)
 
 NETWORK = {
     "class_path": "mmflow.nn.EncodedContext",
@@ -42,29 +40,11 @@ NETWORK = {
 }
 
 
-def write_checkpoint(tmp_path: Path) -> Path:
-    """A Lightning-style checkpoint of an untrained image-conditioned latent flow."""
-    vae = ShapeVAE(width=16, num_heads=2, num_latents=4, latent_channels=2)
-    adapter = {
-        "class_path": "modalities.shape.ShapeLatentAdapter",
-        "init_args": {
-            "vae_path": str(vae.save_pretrained(tmp_path / "vae")),
-            "images": {"resolution": 16},
-            "mesh_resolution": 16,
-        },
-    }
-    network = build_module(NETWORK)
-    state = {f"network.{key}": value for key, value in network.state_dict().items()}
-    hparams = {"network": NETWORK, "adapter": adapter, "sampler": "euler", "nfe": 2}
-    path = tmp_path / "flow.ckpt"
-    torch.save({"hyper_parameters": hparams, "state_dict": state}, path)
-    return path
-
-
 def test_each_image_gives_one_scored_shape_per_setting(tmp_path, monkeypatch):
     """The decoder is replaced by a sphere of radius 0.5, so every setting generates the same
     spheres and scores the same; the rows, baselines and files are what is checked."""
-    args = ["--checkpoint", str(write_checkpoint(tmp_path)), "--cfg-scale", "1", "--cfg-scale", "3"]
+    checkpoint = write_checkpoint(tmp_path, NETWORK, {"images": {"resolution": 16}})
+    args = ["--checkpoint", str(checkpoint), "--cfg-scale", "1", "--cfg-scale", "3"]
     args += five_primitives_and_sphere_decoder(tmp_path, monkeypatch, tmp_path / "o")
     assert main(args) == 0
     result = json.loads((tmp_path / "o" / "shape_from_images.json").read_text())

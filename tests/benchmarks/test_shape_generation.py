@@ -22,17 +22,24 @@ NETWORK = {
 }
 
 
-def write_checkpoint(tmp_path: Path) -> Path:
-    """A Lightning-style checkpoint of an untrained latent flow over a tiny VAE's sets."""
+def write_checkpoint(
+    tmp_path: Path, network_config: dict = NETWORK, adapter_args: dict | None = None
+) -> Path:
+    """A Lightning-style checkpoint of an untrained latent flow over a tiny VAE's sets (one
+    class unless ``adapter_args`` say otherwise)."""
     vae = ShapeVAE(width=16, num_heads=2, num_latents=4, latent_channels=2)
     vae_folder = vae.save_pretrained(tmp_path / "vae")
     adapter = {
         "class_path": "modalities.shape.ShapeLatentAdapter",
-        "init_args": {"vae_path": str(vae_folder), "num_classes": 1, "mesh_resolution": 16},
+        "init_args": {
+            "vae_path": str(vae_folder),
+            "mesh_resolution": 16,
+            **(adapter_args or {"num_classes": 1}),
+        },
     }
-    network = build_module(NETWORK)
+    network = build_module(network_config)
     state = {f"network.{key}": value for key, value in network.state_dict().items()}
-    hparams = {"network": NETWORK, "adapter": adapter, "sampler": "euler", "nfe": 2}
+    hparams = {"network": network_config, "adapter": adapter, "sampler": "euler", "nfe": 2}
     path = tmp_path / "flow.ckpt"
     torch.save({"hyper_parameters": hparams, "state_dict": state}, path)
     return path
