@@ -30,8 +30,10 @@ from typing import Any
 
 import torch
 from jsonargparse import ArgumentParser
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 
 import mmflow
+from mmflow.faults import TrainingFault
 from mmflow.hub import PretrainedFlow, load_flow, pretrained_from_checkpoint, save_pretrained
 from mmflow.modality import to_device
 
@@ -77,10 +79,10 @@ def _sample_parser() -> ArgumentParser:
         "--pretrained", type=str | None, default=None, help="folder from `mmflow export`"
     )
     parser.add_argument("--out", type=str, required=True, help="output folder")
-    parser.add_argument("--num_samples", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_samples", type=PositiveInt, default=64)
+    parser.add_argument("--batch_size", type=PositiveInt, default=64)
     parser.add_argument("--sampler", type=str | None, default=None, help="default: the model's")
-    parser.add_argument("--nfe", type=int | None, default=None, help="default: the model's")
+    parser.add_argument("--nfe", type=PositiveInt | None, default=None, help="default: the model's")
     parser.add_argument("--cfg_scale", type=float | None, default=None, help="default: the model's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", type=str, default="cpu")
@@ -106,18 +108,32 @@ def sample_media(
         chunk = slice(start, start + batch_size)
         part = {k: v[chunk] if torch.is_tensor(v) else v for k, v in cond.items()}
         result = flow.generate(part, noise[chunk], sampler=sampler, nfe=nfe, cfg_scale=cfg_scale)
+        if not bool(torch.isfinite(result.samples).all()):
+            raise TrainingFault(
+                f"samples {start}..{start + len(result.samples) - 1} hold NaN or infinite "
+                "values: the flow diverges under this sampler and NFE; nothing was written"
+            )
         samples.append(result.samples)
         total_nfe += result.nfe
     return flow.adapter.decode(torch.cat(samples), cond), total_nfe
 
 
+def output_folder(path: str, option: str = "--out") -> Path:
+    """``path`` as a folder to write into; an existing file there is a user's error."""
+    folder = Path(path)
+    if folder.is_file():
+        raise ValueError(f"{option} {folder}: is a file; give a folder to write into")
+    return folder
+
+
 def _sample(argv: Sequence[str]) -> int:
     args = _sample_parser().parse_args(list(argv))
+    out = output_folder(args.out)
     flow = load_flow(args.checkpoint, args.pretrained, args.device)
     media, nfe = sample_media(
         flow, args.num_samples, args.batch_size, args.seed, args.sampler, args.nfe, args.cfg_scale
     )
-    written = flow.adapter.save_media(media, Path(args.out), "samples")
+    written = flow.adapter.save_media(media, out, "samples")
     for path in written:
         print(path)
     batches = -(-args.num_samples // args.batch_size)
@@ -130,7 +146,8 @@ def _export(argv: Sequence[str]) -> int:
     parser.add_argument("--checkpoint", type=str, required=True)
     parser.add_argument("--out", type=str, required=True)
     args = parser.parse_args(list(argv))
-    print(save_pretrained(pretrained_from_checkpoint(args.checkpoint), args.out))
+    out = output_folder(args.out)
+    print(save_pretrained(pretrained_from_checkpoint(args.checkpoint), out))
     return 0
 
 
@@ -152,20 +169,23 @@ def _couplings(argv: Sequence[str]) -> int:
         "--data", type=str, required=True, help="recipe whose `data:` gives conditions"
     )
     parser.add_argument("--out", type=str, required=True, help="folder of the shards")
-    parser.add_argument("--num_samples", type=int, required=True)
-    parser.add_argument("--shard_size", type=int, default=500)
-    parser.add_argument("--batch_size", type=int, default=250)
+    parser.add_argument("--num_samples", type=PositiveInt, required=True)
+    parser.add_argument("--shard_size", type=PositiveInt, default=500)
+    parser.add_argument("--batch_size", type=PositiveInt, default=250)
     parser.add_argument("--sampler", type=str | None, default=None, help="default: the teacher's")
-    parser.add_argument("--nfe", type=int | None, default=None, help="default: the teacher's")
+    parser.add_argument(
+        "--nfe", type=PositiveInt | None, default=None, help="default: the teacher's"
+    )
     parser.add_argument(
         "--cfg_scale", type=float | None, default=None, help="default: the teacher's"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--process_index", type=int, default=0)
-    parser.add_argument("--num_processes", type=int, default=1)
+    parser.add_argument("--process_index", type=NonNegativeInt, default=0)
+    parser.add_argument("--num_processes", type=PositiveInt, default=1)
     parser.add_argument("--accelerator", type=str, default="cpu")
-    parser.add_argument("--devices", type=int, default=1, help="Lightning deals shards out")
+    parser.add_argument("--devices", type=PositiveInt, default=1, help="Lightning deals shards out")
     args = parser.parse_args(list(argv))
+    output_folder(args.out)
     flow = load_flow(args.checkpoint, args.pretrained)
     datamodule = load_datamodule(args.data)
     datamodule.prepare_data()
@@ -268,19 +288,24 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
+SIGTERM_EXIT_STATUS = 143
+"""128 + SIGTERM, the status a shell reports for a process ended by SIGTERM."""
+
 USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError)
 
 
 def run_command(name: str, command: Callable[[], int]) -> int:
     """Run ``command``; an error a user causes (a missing or corrupt file, a bad value) ends in
-    one line naming the file or key and exit status 2. ``MMFLOW_DEBUG=1`` shows the traceback."""
+    one line naming the file or key and exit status 2, a training fault (a non-finite loss,
+    :class:`~mmflow.faults.TrainingFault`) in one line naming the step and exit
+    status 1. ``MMFLOW_DEBUG=1`` shows the traceback."""
     try:
         return command()
-    except USER_ERRORS as error:
+    except (*USER_ERRORS, TrainingFault) as error:
         if os.environ.get("MMFLOW_DEBUG"):
             raise
         print(f"{name}: error: {_root_cause(error)}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(error, TrainingFault) else 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -295,9 +320,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_command(f"mmflow {command}", lambda: COMMANDS[command](argv[1:]))
 
     def fit_or_validate() -> int:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
         from mmflow.training.cli import MMFlowCLI
 
-        MMFlowCLI(args=None if from_console else argv)
+        try:
+            MMFlowCLI(args=None if from_console else argv)
+        except SIGTERMException:
+            print(
+                f"mmflow {command}: stopped by SIGTERM; the last checkpoint holds the last "
+                "step (resume with --ckpt_path last)",
+                file=sys.stderr,
+            )
+            return SIGTERM_EXIT_STATUS
         return 0
 
     return run_command(f"mmflow {command}", fit_or_validate)

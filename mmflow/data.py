@@ -3,13 +3,15 @@ the commands use (build one from a recipe, take real batches)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmflow.modality import Batch
 
@@ -71,15 +73,105 @@ class SplitDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, order: list[int] | None = None) -> DataLoader:
         self.setup()
+        if shuffle:
+            return ResumableLoader(
+                self.datasets[split], self.batch_size, self.num_workers, batch_as_is
+            )
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
             sampler=order,
             num_workers=self.num_workers,
             collate_fn=batch_as_is,
             persistent_workers=self.num_workers > 0,
         )
+
+
+_SEED_RANGE = 2**62
+
+
+class EpochShuffle(Sampler[int]):
+    """A new random order of ``size`` examples every epoch, resumable mid-epoch.
+
+    Epoch ``e`` visits ``randperm(size)`` drawn from a generator seeded with ``seed + e``, so
+    the order of any epoch is known again from ``(seed, e)`` alone, without the global random
+    state. ``seed`` is drawn once from torch's global generator (so ``seed_everything`` fixes
+    it) and belongs to the loader's state. ``start(epoch, skip)`` makes the next iteration that
+    epoch's order without its first ``skip`` examples: how a resumed run continues.
+    """
+
+    def __init__(self, size: int, seed: int | None = None) -> None:
+        self.size = size
+        self.seed = int(torch.randint(_SEED_RANGE, ())) if seed is None else seed
+        self.epoch, self._skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this before each epoch's iteration."""
+        self.epoch = epoch
+
+    def start(self, epoch: int, skip: int) -> None:
+        self.epoch, self._skip = epoch, skip
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed((self.seed + self.epoch) % _SEED_RANGE)
+        order = torch.randperm(self.size, generator=generator)[self._skip :]
+        self._skip = 0
+        return iter(order.tolist())
+
+
+class ResumableLoader(DataLoader):
+    """The training loader of every datamodule: shuffled by :class:`EpochShuffle`, with the
+    ``state_dict`` / ``load_state_dict`` pair Lightning saves in a checkpoint, so that a run
+    resumed mid-epoch sees the batches an uninterrupted run would have seen.
+
+    How far training got is told to it by :meth:`track`, which
+    :class:`mmflow.training.checkpoints.ExactResume` (installed by the ``mmflow`` command) calls
+    at each batch: the loader itself runs ahead of training (Lightning fetches one batch in
+    advance), so it cannot count that itself.
+    The workers' seeds come from ``(seed, epoch)`` too, never from the global generator.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset[Any],
+        batch_size: int,
+        num_workers: int = 0,
+        collate_fn: Any = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            sampler=EpochShuffle(len(dataset), seed),  # type: ignore[arg-type]
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+            persistent_workers=num_workers > 0,
+            generator=torch.Generator(),
+        )
+        self.consumed, self.epoch_batches = 0, len(self)
+
+    def track(self, consumed: int, epoch_batches: int) -> None:
+        """``consumed`` batches of this epoch are trained on, of ``epoch_batches`` in all."""
+        self.consumed, self.epoch_batches = consumed, epoch_batches
+
+    def __iter__(self) -> Any:
+        sampler: EpochShuffle = self.sampler  # type: ignore[assignment]
+        self.generator.manual_seed((sampler.seed - 1 - sampler.epoch) % _SEED_RANGE)
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, int]:
+        sampler: EpochShuffle = self.sampler  # type: ignore[assignment]
+        if self.consumed >= self.epoch_batches:
+            return {"seed": sampler.seed, "epoch": sampler.epoch + 1, "consumed": 0}
+        return {"seed": sampler.seed, "epoch": sampler.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler: EpochShuffle = self.sampler  # type: ignore[assignment]
+        sampler.seed, self.consumed = state["seed"], state["consumed"]
+        sampler.start(state["epoch"], state["consumed"] * self.batch_size)
 
 
 def load_datamodule(recipe: str | Path) -> pl.LightningDataModule:

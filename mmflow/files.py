@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,8 +83,66 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
 
 
+def read_checkpoint(
+    path: str | Path, map_location: str | torch.device | None = "cpu"
+) -> dict[str, Any]:
+    """Read a Lightning checkpoint as data (``weights_only=True``: nothing in it is run).
+
+    A missing file, a truncated or foreign file, or one whose pickle asks for code raises an
+    error naming the file.
+    """
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: checkpoint not found") from None
+    except pickle.UnpicklingError as error:
+        asked = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if asked is None:
+            raise ValueError(f"{path}: not a readable checkpoint (not a PyTorch file)") from None
+        raise ValueError(
+            f"{path}: not a data-only checkpoint (it asks for `{asked.group(1)}`, and mmflow "
+            "never runs code from a checkpoint)"
+        ) from None
+    except EOFError:
+        raise ValueError(f"{path}: not a readable checkpoint (empty or truncated)") from None
+    except (RuntimeError, OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{path}: not a readable checkpoint (truncated or not a PyTorch file: {first})"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(  # noqa: TRY004 (a bad file, reported as a user error)
+            f"{path}: not a checkpoint (a {type(checkpoint).__name__}, not a dict)"
+        )
+    return checkpoint
+
+
+def check_finite(weights: dict[str, Tensor], source: str | Path) -> None:
+    """Refuse weights with a NaN or an infinity, naming ``source`` and the first such tensor."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{source}: weight `{name}` holds NaN or infinite values")
+
+
+def _number_kind(tensor: Tensor) -> str:
+    if tensor.is_floating_point():
+        return "float"
+    return "complex" if tensor.is_complex() else "bool" if tensor.dtype == torch.bool else "int"
+
+
 def load_state(module: torch.nn.Module, weights: dict[str, Tensor], source: str | Path) -> None:
-    """``module.load_state_dict(weights, strict=True)`` with mismatches reported against ``source``."""
+    """``module.load_state_dict(weights, strict=True)`` with mismatches (names, shapes, a
+    number kind for another: integers for floats) and non-finite values reported against
+    ``source``; floating-point precisions convert (a float16 file loads into float32)."""
+    check_finite(weights, source)
+    expected = module.state_dict()
+    for name, tensor in weights.items():
+        own = expected.get(name)
+        if own is not None and _number_kind(own) != _number_kind(tensor):
+            raise ValueError(
+                f"{source}: weight `{name}` is {tensor.dtype}, the model holds {own.dtype}"
+            )
     try:
         module.load_state_dict(weights, strict=True)
     except RuntimeError as error:

@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
-from mmflow.files import load_weights
+from mmflow.files import check_finite, load_weights, read_checkpoint
 
 __all__ = [
     "LoRA",
@@ -80,15 +78,11 @@ def network_weights(source: str | Path) -> dict[str, Tensor]:
         weights = load_weights(path / "model.safetensors")
         prefix = "network."
     else:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
+        if not path.exists():
             raise FileNotFoundError(
                 f"{path}: no checkpoint or pretrained folder (`mmflow export`) here"
-            ) from None
-        except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as error:
-            raise ValueError(f"{path}: not a readable checkpoint ({error})") from None
-        weights = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+            )
+        weights = read_checkpoint(path).get("state_dict")
         if not isinstance(weights, dict):
             raise ValueError(f"{path}: a checkpoint without a `state_dict`")
         prefix = "ema.module." if any(k.startswith("ema.module.") for k in weights) else "network."
@@ -101,6 +95,7 @@ def network_weights(source: str | Path) -> dict[str, Tensor]:
 def load_initial_weights(network: nn.Module, source: str | Path) -> WeightReport:
     """Load what fits of ``source`` into ``network`` (matched names with equal shapes)."""
     weights = network_weights(source)
+    check_finite(weights, source)
     own = network.state_dict()
     report = WeightReport(str(source))
     for name in own:

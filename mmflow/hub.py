@@ -7,16 +7,26 @@ A pretrained folder holds
   the adapter with jsonargparse, without the training code;
 - ``model.safetensors``: the network's weights (the EMA copy when training kept one, with
   LoRA adapters merged into the weights) under ``network.`` and the adapter's under
-  ``adapter.`` (frozen sub-models are not among them: the adapter loads them itself).
+  ``adapter.`` (frozen sub-models are not among them: the adapter loads them itself);
+- ``files/``: a copy of every file or folder a setting names (``*_path``, ``path``,
+  ``weights``: the adapter's classifier, VAE, vocoder, an encoder's weights), listed in the
+  config's ``"files"`` (setting -> path inside the folder). Loading points the settings there,
+  so the folder works wherever it is moved, without the files it was exported from.
 
 Both files are written atomically (:mod:`mmflow.files`), so a folder never holds half a file.
 Lightning checkpoints stay the format for resuming training.
+
+A folder or a checkpoint can come from anyone, and building a class imports its module, which
+runs code. So every ``class_path`` in a config (nested ones included) must lie under a trusted
+package, checked before anything is imported: ``mmflow``, ``modalities``, ``torch.nn``, and
+those a user adds with :func:`trust_packages` or the comma-separated ``MMFLOW_TRUSTED_PACKAGES``.
 """
 
 from __future__ import annotations
 
 import copy
-import pickle
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +36,14 @@ from jsonargparse import ArgumentError, ArgumentParser
 from torch import Tensor, nn
 
 import mmflow
-from mmflow.files import load_state, load_weights, read_json, save_weights, write_json
+from mmflow.files import (
+    load_state,
+    load_weights,
+    read_checkpoint,
+    read_json,
+    save_weights,
+    write_json,
+)
 from mmflow.finetune import LoRA, add_lora, has_lora, merge_lora
 from mmflow.generation import GenerationDefaults
 from mmflow.modality import Condition, ModalityAdapter
@@ -34,6 +51,37 @@ from mmflow.sampling import SampleResult
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+TRUSTED_PACKAGES: list[str] = ["mmflow", "modalities", "torch.nn"]
+"""Packages whose classes a config may name (module docstring)."""
+
+
+def trust_packages(*packages: str) -> None:
+    """Let configs name classes of ``packages`` (e.g. a user's own modality package)."""
+    TRUSTED_PACKAGES.extend(p for p in packages if p not in TRUSTED_PACKAGES)
+
+
+def _trusted(class_path: str) -> bool:
+    from_environment = os.environ.get("MMFLOW_TRUSTED_PACKAGES", "").split(",")
+    packages = TRUSTED_PACKAGES + [p.strip() for p in from_environment if p.strip()]
+    return any(class_path == p or class_path.startswith(f"{p}.") for p in packages)
+
+
+def check_class_paths(config: Any, source: str | Path, key: str = "") -> None:
+    """Refuse a config naming a class outside the trusted packages, before any import."""
+    if isinstance(config, dict):
+        for name, value in config.items():
+            where = f"{key}.{name}" if key else str(name)
+            if name == "class_path" and not (isinstance(value, str) and _trusted(value)):
+                raise ValueError(
+                    f"{source}: `{where}` names {value!r}, outside the trusted packages "
+                    f"{TRUSTED_PACKAGES} (add a package with mmflow.hub.trust_packages or "
+                    "MMFLOW_TRUSTED_PACKAGES if you trust this file)"
+                )
+            check_class_paths(value, source, where)
+    elif isinstance(config, list):
+        for index, value in enumerate(config):
+            check_class_paths(value, source, f"{key}[{index}]")
 
 
 class PretrainedFlow(nn.Module):
@@ -98,11 +146,78 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
         "adapter": parts.adapter_config,
         "generation": vars(parts.defaults),
     }
+    config["files"] = _bundle_files(config, directory)
     tensors = {f"network.{k}": v for k, v in parts.network.state_dict().items()}
     tensors.update({f"adapter.{k}": v for k, v in parts.adapter.state_dict().items()})
     save_weights(directory / WEIGHTS_NAME, tensors)
     write_json(directory / CONFIG_NAME, config)
     return directory
+
+
+FILES_DIR = "files"
+
+
+def _is_file_setting(name: str) -> bool:
+    return name in ("path", "weights") or (name.endswith("_path") and name != "class_path")
+
+
+def _file_settings(config: Any, key: str = "") -> list[tuple[str, str]]:
+    """``(dotted key, value)`` of every string setting named like a file (``_is_file_setting``)."""
+    found = []
+    if isinstance(config, dict):
+        for name, value in config.items():
+            where = f"{key}.{name}" if key else str(name)
+            if isinstance(value, str) and _is_file_setting(str(name)):
+                found.append((where, value))
+            else:
+                found.extend(_file_settings(value, where))
+    return found
+
+
+def _bundle_files(config: dict[str, Any], directory: Path) -> dict[str, str]:
+    """Copy what the network's and adapter's file settings name into ``directory/files``."""
+    bundled = {}
+    for key, value in _file_settings({k: config[k] for k in ("network", "adapter")}):
+        source = Path(value)
+        if not source.exists():
+            raise FileNotFoundError(
+                f"`{key}`: {source} does not exist, so the export could not hold it"
+            )
+        target = directory / FILES_DIR / key
+        if target.is_dir():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copy2(source, target)
+        bundled[key] = f"{FILES_DIR}/{key}"
+    return bundled
+
+
+def _point_to_bundled_files(config: dict[str, Any], directory: Path) -> None:
+    """Set each bundled setting to its copy inside ``directory``; a missing copy is an error."""
+    files = config.get("files") or {}
+    if not isinstance(files, dict):  # a malformed file is a bad value, as invalid JSON is
+        raise ValueError(f"{directory / CONFIG_NAME}: `files` must map settings to paths")  # noqa: TRY004
+    for key, relative in files.items():
+        copy_path = directory / str(relative)
+        if (
+            not copy_path.exists()
+            or Path(str(relative)).is_absolute()
+            or ".." in Path(str(relative)).parts
+        ):
+            raise FileNotFoundError(
+                f"{directory}: `{key}` needs {relative} inside the folder, which is missing "
+                "(an incomplete copy of an export?)"
+            )
+        *parents, name = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or name not in node:
+            raise ValueError(f"{directory / CONFIG_NAME}: `files` names `{key}`, not a setting")
+        node[name] = str(copy_path)
 
 
 def from_pretrained(
@@ -111,6 +226,7 @@ def from_pretrained(
     """Rebuild a :class:`PretrainedFlow` from a folder written by :func:`save_pretrained`."""
     directory = Path(directory)
     config = _read_config(directory / CONFIG_NAME)
+    _point_to_bundled_files(config, directory)
     network = _instantiate(config["network"], "network", directory / CONFIG_NAME)
     adapter = _instantiate(config["adapter"], "adapter", directory / CONFIG_NAME)
     weights = load_weights(directory / WEIGHTS_NAME, map_location)
@@ -130,12 +246,7 @@ def pretrained_from_checkpoint(
     with ``weights_only=True``: it is never unpickled as code.
     """
     path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: checkpoint not found") from None
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as error:
-        raise ValueError(f"{path}: not a readable checkpoint ({error})") from None
+    checkpoint = read_checkpoint(path, map_location)
     hparams = checkpoint.get("hyper_parameters", {})
     config = {name: hparams.get(name) for name in ("network", "adapter")}
     missing = [n for n, c in config.items() if not (isinstance(c, dict) and "class_path" in c)]
@@ -191,6 +302,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _instantiate(config: dict[str, Any], key: str, source: Path) -> nn.Module:
+    check_class_paths(config, source, key)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(nn.Module, key, fail_untyped=False)
     try:

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from mmflow.hub import trust_packages
 from modalities.image import MNIST5k, SmallCNN, train_classifier
+
+trust_packages("tests")  # the toy modality's classes, which the suite exports and loads
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,13 @@
 """Training: the one LightningModule every modality trains with, its objectives and loops."""
 
+from mmflow.training.checkpoints import (
+    AtomicCheckpointIO,
+    ExactResume,
+    RunCheckpoint,
+    install_safeguards,
+)
 from mmflow.training.evaluation import EvaluatedBatch, EvaluatedModule
+from mmflow.training.guards import NonFiniteGuard
 from mmflow.training.module import FlowMatching
 from mmflow.training.objectives import (
     FlowMatchingObjective,
@@ -10,11 +17,16 @@ from mmflow.training.objectives import (
 )
 
 __all__ = [
+    "AtomicCheckpointIO",
     "EvaluatedBatch",
     "EvaluatedModule",
+    "ExactResume",
     "FlowMatching",
     "FlowMatchingObjective",
+    "NonFiniteGuard",
     "ObjectiveOutput",
+    "RunCheckpoint",
     "TrainingContext",
     "TrainingObjective",
+    "install_safeguards",
 ]

@@ -197,7 +197,10 @@ class FlowMatching(EvaluatedModule):
             self.log(f"train/{name}", value, batch_size=x1.shape[0])
         return output.loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the EMA update: once per optimizer step (not per batch
+        under gradient accumulation), and done before a checkpoint of that step is saved."""
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update_parameters(self.network)
 

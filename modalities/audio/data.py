@@ -436,22 +436,55 @@ class CaptionedWavFolder(MixtureDataModule):
     def _read_csv(self) -> list[dict[str, str]]:
         if not self.captions_csv.is_file():
             raise FileNotFoundError(f"captions CSV {self.captions_csv} not found")
-        with open(self.captions_csv, newline="") as handle:
-            reader = csv.DictReader(handle)
-            columns = [name.strip() for name in reader.fieldnames or []]
-            for needed in ("file", "caption"):
-                if needed not in columns:
-                    raise ValueError(
-                        f"{self.captions_csv}: missing column `{needed}` (header has {columns}; "
-                        "expected file,caption[,class][,split])"
-                    )
-            rows = []
-            for line, raw in enumerate(reader, start=2):
-                row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-                rows.append(self._checked_row(row, line))
+        try:  # utf-8-sig: a byte-order mark, as spreadsheet programs write, is not a column
+            with open(self.captions_csv, newline="", encoding="utf-8-sig") as handle:
+                rows = self._parse_csv(csv.DictReader(handle))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{self.captions_csv}: not UTF-8 text ({error.reason})") from None
+        except csv.Error as error:
+            raise ValueError(f"{self.captions_csv}: not a valid CSV ({error})") from None
         if not rows:
             raise ValueError(f"{self.captions_csv}: no rows")
+        self._check_consistent(rows)
         return rows
+
+    def _parse_csv(self, reader: csv.DictReader) -> list[dict[str, str]]:
+        if reader.fieldnames is None:
+            raise ValueError(f"{self.captions_csv}: empty file (expected a header line)")
+        columns = [name.strip() for name in reader.fieldnames]
+        for needed in ("file", "caption"):
+            if needed not in columns:
+                raise ValueError(
+                    f"{self.captions_csv}: missing column `{needed}` (header has {columns}; "
+                    "expected file,caption[,class][,split])"
+                )
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            if None in raw:
+                raise ValueError(
+                    f"{self.captions_csv} row {line}: more cells than the header's {columns}"
+                )
+            if any(value is None for value in raw.values()):
+                raise ValueError(
+                    f"{self.captions_csv} row {line}: fewer cells than the header's {columns}"
+                )
+            row = {k.strip(): v.strip() for k, v in raw.items()}
+            rows.append(self._checked_row(row, line))
+        return rows
+
+    def _check_consistent(self, rows: list[dict[str, str]]) -> None:
+        """The rows of one file (one per caption) must agree on its class and split."""
+        for column in ("class", "split"):
+            seen: dict[str, dict[str, str]] = {}
+            for row in rows:
+                if column not in row:
+                    break
+                first = seen.setdefault(row["file"], row)
+                if first[column] != row[column]:
+                    raise ValueError(
+                        f"{self.captions_csv} rows {first['row']} and {row['row']}: "
+                        f"{row['file']} has {column} {first[column]!r} and {row[column]!r}"
+                    )
 
     def _checked_row(self, row: dict[str, str], line: int) -> dict[str, str]:
         where = f"{self.captions_csv} row {line}"

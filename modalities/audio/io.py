@@ -33,7 +33,8 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> Tensor:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is empty (0 bytes or 0 frames), truncated or not decodable.
+        ValueError: the file is empty (0 bytes or 0 frames), truncated, not decodable, or holds
+            NaN or infinite samples.
     """
     path = Path(path)
     if not path.is_file():
@@ -46,6 +47,12 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> Tensor:
         raise ValueError(f"audio file {path} is truncated or corrupt: {error}") from error
     if frames.shape[0] == 0:
         raise ValueError(f"audio file {path} holds no audio frames (empty, truncated or corrupt)")
+    finite = np.isfinite(frames).all(axis=1)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise ValueError(
+            f"audio file {path} holds NaN or infinite samples (first at frame {first})"
+        )
     _check_wav_complete(path)
     mono = torch.from_numpy(np.ascontiguousarray(frames.mean(axis=1)))
     if file_rate != sample_rate:
@@ -84,11 +91,14 @@ def save_wav(path: str | Path, audio: Tensor, sample_rate: int) -> Path:
     """Write a mono ``[T]`` waveform in [-1, 1] as 16-bit PCM WAV, atomically.
 
     The file is written to a temporary name in the same folder and moved over ``path`` with
-    ``os.replace``, so a reader never sees a half-written file.
+    ``os.replace``, so a reader never sees a half-written file. A waveform with NaN or infinite
+    samples is refused (PCM has no NaN: it would be written as full-scale noise or DC).
     """
     path = Path(path)
     if audio.ndim != 1:
         raise ValueError(f"save_wav expects a mono waveform [T], got shape {tuple(audio.shape)}")
+    if not bool(torch.isfinite(audio).all()):
+        raise ValueError(f"{path}: the waveform holds NaN or infinite samples; not writing it")
     path.parent.mkdir(parents=True, exist_ok=True)
     samples = audio.detach().to(torch.float32).clamp(-1.0, 1.0).cpu().numpy()
     handle, temporary = tempfile.mkstemp(suffix=".wav", dir=path.parent)

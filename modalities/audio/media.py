@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile
 from torch import Tensor
 
+from .io import save_wav
 from .mel import LogMel
 
 __all__ = ["save_spectrogram_png", "write_separation_examples"]
@@ -87,7 +87,7 @@ def write_separation_examples(
     directory.mkdir(parents=True, exist_ok=True)
     waveforms = {"mixture": mixture, "estimate": estimate, "reference": reference}
     paths = [
-        _write_wav(directory / f"{name}_{role}.wav", _as_mono(role, waveform), sample_rate)
+        save_wav(directory / f"{name}_{role}.wav", _as_mono(role, waveform).float(), sample_rate)
         for role, waveform in waveforms.items()
     ]
     if log_mels is None:
@@ -148,9 +148,3 @@ def _as_image(title: str, log_mel: Tensor) -> np.ndarray:
             f"got {tuple(log_mel.shape)}"
         )
     return image.numpy()
-
-
-def _write_wav(path: Path, waveform: Tensor, sample_rate: int) -> Path:
-    samples = waveform.float().clamp(-1.0, 1.0).numpy()
-    soundfile.write(str(path), samples, sample_rate, subtype="PCM_16")
-    return path

@@ -56,7 +56,7 @@ def mmflow_command() -> list[str]:
 
 
 def run(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MMFLOW_TRUSTED_PACKAGES": "tests"}
     result = subprocess.run(
         mmflow_command() + list(args),
         capture_output=True,
@@ -230,3 +230,21 @@ def test_missing_file_in_a_recipe_is_one_line_naming_it(tmp_path):
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("mmflow fit: error:") and str(missing) in last_line
     assert "Traceback" not in result.stderr
+
+
+def test_bad_numbers_and_a_file_as_output_folder_are_one_clear_error(tmp_path):
+    for option in ("--num_samples=0", "--batch_size=0", "--nfe=-1"):
+        result = run(
+            "sample", "--pretrained", str(tmp_path), "--out", str(tmp_path), option, check=False
+        )
+        assert result.returncode == 2, option
+        assert (
+            option.split("=")[0].lstrip("-") in result.stderr and "Traceback" not in result.stderr
+        )
+    existing = tmp_path / "taken.png"
+    existing.write_bytes(b"")
+    for command in ("sample", "export"):
+        source = "--pretrained" if command == "sample" else "--checkpoint"
+        result = run(command, source, str(tmp_path), "--out", str(existing), check=False)
+        assert result.returncode == 2
+        assert f"--out {existing}: is a file" in result.stderr.strip().splitlines()[-1]

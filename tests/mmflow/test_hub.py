@@ -1,6 +1,7 @@
 """save_pretrained / from_pretrained and checkpoint conversion, on the toy modality."""
 
 import json
+import shutil
 
 import pytest
 import pytorch_lightning as pl
@@ -163,3 +164,108 @@ def test_with_adapter_args_rebuilds_the_adapter_and_names_a_bad_setting(trained,
     assert changed.config["adapter"]["init_args"] == {"num_classes": 7}
     with pytest.raises(ValueError, match="`adapter`"):
         flow.with_adapter_args(no_such_setting=1)
+
+
+@pytest.fixture
+def importable_payload(tmp_path, monkeypatch):
+    """A module on the import path whose import writes a marker file, as a payload would."""
+    marker = tmp_path / "imported"
+    (tmp_path / "payload_pkg.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nfrom torch.nn import Linear as Thing\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return marker
+
+
+@pytest.mark.parametrize("where", ["network", "adapter", "network.init_args.inner"])
+def test_a_class_outside_the_trusted_packages_is_refused_before_any_import(
+    trained, tmp_path, importable_payload, where
+):
+    module, _ = trained
+    folder = save_pretrained(module, tmp_path / "p")
+    config = json.loads((folder / "config.json").read_text())
+    if where == "network.init_args.inner":
+        config["network"]["init_args"]["inner"] = {"class_path": "payload_pkg.Thing"}
+    else:
+        config[where]["class_path"] = "payload_pkg.Thing"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"config.json: `{where}.class_path` names 'payload_pkg"):
+        from_pretrained(folder)
+    assert not importable_payload.exists()
+
+
+def test_a_trusted_package_can_be_added(trained, tmp_path, importable_payload, monkeypatch):
+    module, _ = trained
+    folder = save_pretrained(module, tmp_path / "p")
+    config = json.loads((folder / "config.json").read_text())
+    config["network"]["class_path"] = "payload_pkg.Thing"
+    (folder / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("MMFLOW_TRUSTED_PACKAGES", "somewhere, payload_pkg")
+    with pytest.raises(ValueError, match="cannot build `network`"):
+        from_pretrained(folder)  # imported (trusted), then the arguments do not fit a Linear
+    assert importable_payload.exists()
+
+
+def test_checkpoint_hyperparameters_naming_an_untrusted_class_are_refused(
+    trained, tmp_path, importable_payload
+):
+    _, root = trained
+    checkpoint = torch.load(root / "ckpt" / "last.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["adapter"] = {"class_path": "payload_pkg.Thing"}
+    torch.save(checkpoint, tmp_path / "edited.ckpt")
+    with pytest.raises(ValueError, match="edited.ckpt: `adapter.class_path`"):
+        pretrained_from_checkpoint(tmp_path / "edited.ckpt")
+    assert not importable_payload.exists()
+
+
+def _image_flow(classifier):
+    config = {
+        "adapter": {
+            "class_path": "modalities.image.PixelAdapter",
+            "init_args": {"num_classes": 10, "classifier_path": str(classifier)},
+        },
+        "network": {
+            "class_path": "mmflow.nn.MMDiT",
+            "init_args": {
+                "tokenizer": {
+                    "class_path": "mmflow.nn.Patchify2D",
+                    "init_args": {"in_channels": 1, "patch_size": 7},
+                },
+                "hidden_size": 16,
+                "depth": 1,
+                "num_heads": 2,
+                "num_classes": 10,
+            },
+        },
+    }
+    return build_module(config)
+
+
+def test_an_export_holds_the_files_its_adapter_needs_and_works_after_they_move(
+    trained_classifier, tmp_path
+):
+    _, _, classifier = trained_classifier
+    own_copy = shutil.copytree(classifier, tmp_path / "classifier")
+    folder = save_pretrained(_image_flow(own_copy), tmp_path / "export")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["files"] == {
+        "adapter.init_args.classifier_path": "files/adapter.init_args.classifier_path"
+    }
+    shutil.rmtree(own_copy)
+    moved = shutil.move(folder, tmp_path / "moved")
+    flow = from_pretrained(moved)
+    assert flow.config["adapter"]["init_args"]["classifier_path"].startswith(str(moved))
+    assert "class_accuracy" in flow.adapter.evaluators()
+
+    shutil.rmtree(tmp_path / "moved" / "files")
+    with pytest.raises(FileNotFoundError, match="classifier_path` needs files/"):
+        from_pretrained(moved)
+
+
+def test_an_export_whose_file_setting_names_nothing_is_refused(trained_classifier, tmp_path):
+    _, _, classifier = trained_classifier
+    own_copy = shutil.copytree(classifier, tmp_path / "classifier")
+    module = _image_flow(own_copy)
+    shutil.rmtree(own_copy)
+    with pytest.raises(FileNotFoundError, match="classifier_path`: .* does not exist"):
+        save_pretrained(module, tmp_path / "export")

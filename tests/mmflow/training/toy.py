@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import Metric
 
+from mmflow.data import ResumableLoader
 from mmflow.interpolants import LinearPath
 from mmflow.losses import VelocityLoss
 from mmflow.modality import ModalityAdapter
@@ -35,7 +36,9 @@ class ToyData(pl.LightningDataModule):
 
     def _loader(self, shuffle: bool) -> DataLoader:
         dataset = TensorDataset(self.points, self.labels)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=_as_dict)
+        if shuffle:
+            return ResumableLoader(dataset, self.batch_size, collate_fn=_as_dict)
+        return DataLoader(dataset, batch_size=self.batch_size, collate_fn=_as_dict)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(shuffle=True)
@@ -135,6 +138,23 @@ class ToyVelocity(nn.Module):
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor) -> Tensor:
         h = self.inp(torch.cat([x, t[:, None].to(x.dtype)], dim=1)) + self.embed(class_labels)
         return self.body(h)
+
+
+class FaultyVelocity(ToyVelocity):
+    """:class:`ToyVelocity` whose output turns NaN from its ``nan_from``-th training call on,
+    as a diverging run's would."""
+
+    def __init__(self, nan_from: int, width: int = 32) -> None:
+        super().__init__(width=width)
+        self.nan_from, self.calls = nan_from, 0
+
+    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor) -> Tensor:
+        velocity = super().forward(x, t, class_labels)
+        if self.training:
+            self.calls += 1
+            if self.calls >= self.nan_from:
+                return velocity * float("nan")
+        return velocity
 
 
 class SetAdapter(ToyAdapter):

@@ -92,3 +92,19 @@ def test_split_into_clips_cuts_long_and_pads_short() -> None:
     assert torch.equal(split_into_clips(ramp[:230], 100), ramp[:200].reshape(2, 100))
     short = split_into_clips(ramp[:50], 100)[0]
     assert torch.equal(short[:50], ramp[:50]) and not short[50:].any()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_samples_are_refused_on_reading_and_writing(tmp_path: Path, bad: float) -> None:
+    samples = np.zeros(1600, dtype=np.float32)
+    samples[700] = bad
+    path = tmp_path / "bad.wav"
+    soundfile.write(path, samples, 16000, subtype="FLOAT")
+    with pytest.raises(
+        ValueError, match="bad.wav holds NaN or infinite samples \\(first at frame 700\\)"
+    ):
+        load_audio(path)
+    out = tmp_path / "out.wav"
+    with pytest.raises(ValueError, match="out.wav: the waveform holds NaN or infinite"):
+        save_wav(out, torch.from_numpy(samples), 16000)
+    assert not out.exists() and list(tmp_path.iterdir()) == [path]

@@ -206,3 +206,10 @@ def test_captioned_wav_folder_names_the_bad_row_or_column(tmp_path: Path) -> Non
     csv_path.write_text("path,caption\nx.wav,hello\n")
     with pytest.raises(ValueError, match=r"captions.csv: missing column `file`"):
         CaptionedWavFolder(str(tmp_path), str(csv_path)).setup()
+
+
+def test_a_captions_csv_with_a_byte_order_mark_reads_as_without(tmp_path: Path) -> None:
+    csv_path = _write_folder(tmp_path)
+    plain = CaptionedWavFolder(str(tmp_path), str(csv_path)).rows()
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())
+    assert CaptionedWavFolder(str(tmp_path), str(csv_path)).rows() == plain

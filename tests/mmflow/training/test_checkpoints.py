@@ -1,0 +1,194 @@
+"""Checkpoints that never lose work and numerical faults that stop the run, through the
+``mmflow`` command on the toy modality (``tests/mmflow/test_cli.py``'s recipe)."""
+
+import os
+import pickle
+import signal
+import subprocess
+import time
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from mmflow.cli import SIGTERM_EXIT_STATUS
+from mmflow.faults import TrainingFault
+from mmflow.files import read_checkpoint
+from mmflow.training import (
+    AtomicCheckpointIO,
+    ExactResume,
+    FlowMatching,
+    NonFiniteGuard,
+    RunCheckpoint,
+    install_safeguards,
+)
+
+from ..test_cli import ROOT, mmflow_command, run, write_recipe
+from .toy import FaultyVelocity, ToyAdapter, ToyData, ToyVelocity, one_thread
+
+FAULTY = ["--model.network=tests.mmflow.training.toy.FaultyVelocity", "--model.network.nan_from=13"]
+
+
+def checkpoints(tmp_path):
+    return sorted((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+def test_last_checkpoint_is_the_true_end_of_a_run_off_the_checkpoint_grid(tmp_path):
+    run("fit", "--config", str(write_recipe(tmp_path, max_steps=23)))
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 23
+
+
+def test_a_smoke_run_never_writes_into_a_runs_checkpoints(tmp_path):
+    recipe = str(write_recipe(tmp_path, max_steps=10))
+    run("fit", "--config", recipe)
+    before = {path: path.stat().st_mtime_ns for path in checkpoints(tmp_path)}
+    run("fit", "--config", recipe, "--trainer.fast_dev_run=true")
+    assert {path: path.stat().st_mtime_ns for path in checkpoints(tmp_path)} == before
+
+
+def test_a_nan_loss_stops_the_run_at_that_step_and_keeps_the_last_finite_checkpoint(tmp_path):
+    # checkpoints every 5 steps; the network's output is NaN from its 13th training call on
+    result = run("fit", "--config", str(write_recipe(tmp_path, max_steps=40)), *FAULTY, check=False)
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert "step 12: non-finite loss" in message
+    assert "last.ckpt" in message and "Traceback" not in result.stderr
+    saved = {path.name: read_checkpoint(path) for path in checkpoints(tmp_path)}
+    assert saved["last.ckpt"]["global_step"] == 10
+    for checkpoint in saved.values():
+        assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
+
+
+def _fit_toy(tmp_path, network, max_steps, **trainer_args):
+    module = FlowMatching(ToyAdapter(), network, ema_decay=None)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        **trainer_args,
+    )
+    with one_thread():
+        install_safeguards(trainer)
+        trainer.fit(module, datamodule=ToyData(size=128, batch_size=32))
+    return module, trainer
+
+
+def test_skipped_non_finite_steps_leave_the_weights_and_then_stop(tmp_path):
+    network = FaultyVelocity(nan_from=3)
+    guard = NonFiniteGuard(max_skipped_steps=2)
+    with pytest.raises(TrainingFault, match="step 4: non-finite loss"):
+        _fit_toy(tmp_path, network, max_steps=10, callbacks=[guard], enable_checkpointing=False)
+    assert guard.skipped_in_a_row == 2
+    assert all(torch.isfinite(p).all() for p in network.parameters())
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    module, trainer = _fit_toy(tmp_path, ToyVelocity(width=8), max_steps=2)
+    callback = trainer.checkpoint_callback
+    assert isinstance(callback, RunCheckpoint)
+    with torch.no_grad():
+        next(module.network.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingFault, match="not finite; not saving"):
+        callback._save_checkpoint(trainer, str(tmp_path / "broken.ckpt"))
+    assert not (tmp_path / "broken.ckpt").exists()
+
+
+class _SigtermAt(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_sigterm_saves_last_at_the_step_it_stopped_off_the_checkpoint_grid(tmp_path):
+    every_five = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=5)
+    with pytest.raises(SIGTERMException):
+        _fit_toy(tmp_path, ToyVelocity(width=8), 100, callbacks=[every_five, _SigtermAt(13)])
+    assert read_checkpoint(tmp_path / "ckpt" / "last.ckpt")["global_step"] == 13
+
+
+def test_safeguards_upgrade_lightnings_checkpoint_callback_and_add_the_guards(tmp_path):
+    trainer = pl.Trainer(logger=False, default_root_dir=tmp_path, callbacks=[ModelCheckpoint()])
+    install_safeguards(trainer)
+    kinds = [type(callback) for callback in trainer.callbacks]
+    assert RunCheckpoint in kinds and ExactResume in kinds and NonFiniteGuard in kinds
+    assert ModelCheckpoint not in kinds
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert trainer.checkpoint_callback.state_key.startswith("ModelCheckpoint{")
+
+
+class _Payload:
+    """Unpickling this runs ``open(marker, "w")``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_checkpoint_io_reads_data_only_whatever_it_is_asked(tmp_path):
+    marker, path = tmp_path / "payload-ran", tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Payload(marker)}, path)
+    with pytest.raises(ValueError, match="evil.ckpt: not a data-only checkpoint .*`io.open`"):
+        AtomicCheckpointIO().load_checkpoint(path, weights_only=False)
+    assert not marker.exists()
+    with open(tmp_path / "legacy.ckpt", "wb") as handle:
+        pickle.dump({"payload": _Payload(marker)}, handle)
+    with pytest.raises(ValueError, match="legacy.ckpt: not a readable checkpoint"):
+        AtomicCheckpointIO().load_checkpoint(tmp_path / "legacy.ckpt")
+    assert not marker.exists()
+
+
+def test_a_recipe_cannot_turn_off_weights_only_loading(tmp_path):
+    marker, evil = tmp_path / "payload-ran", tmp_path / "evil.ckpt"
+    torch.save({"payload": _Payload(marker)}, evil)
+    recipe = write_recipe(tmp_path, max_steps=2)
+    recipe.write_text(recipe.read_text() + f"ckpt_path: {evil}\nweights_only: false\n")
+    result = run("fit", "--config", str(recipe), check=False)
+    assert result.returncode == 2
+    assert "weights_only: false" in result.stderr.strip().splitlines()[-1]
+    assert not marker.exists()
+    recipe.write_text(recipe.read_text().replace("weights_only: false\n", ""))
+    result = run("fit", "--config", str(recipe), check=False)
+    assert result.returncode == 2
+    assert f"{evil}: not a data-only checkpoint" in result.stderr.strip().splitlines()[-1]
+    assert not marker.exists()
+
+
+def test_a_sigterm_saves_the_last_step_and_the_resumed_run_ends_as_an_uninterrupted_one(
+    tmp_path,
+):
+    interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
+    for folder in (reference, interrupted):
+        folder.mkdir()
+    recipe = str(write_recipe(interrupted, max_steps=100000))
+    process = subprocess.Popen(
+        [*mmflow_command(), "fit", "--config", recipe],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = interrupted / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not last.exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == SIGTERM_EXIT_STATUS
+    end = read_checkpoint(last)["global_step"] + 30
+    run("fit", "--config", recipe, "--ckpt_path", "last", f"--trainer.max_steps={end}")
+    run("fit", "--config", str(write_recipe(reference, max_steps=end)))
+    a, b = read_checkpoint(reference / "checkpoints" / "last.ckpt"), read_checkpoint(last)
+    assert a["global_step"] == b["global_step"] == end
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
