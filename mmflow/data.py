@@ -164,11 +164,24 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         sampler: EpochShuffle = self.sampler  # type: ignore[assignment]
-        if self.consumed >= self.epoch_batches:
-            return {"seed": sampler.seed, "epoch": sampler.epoch + 1, "consumed": 0}
-        return {"seed": sampler.seed, "epoch": sampler.epoch, "consumed": self.consumed}
+        finished = self.consumed >= self.epoch_batches
+        return {
+            "seed": sampler.seed,
+            "epoch": sampler.epoch + 1 if finished else sampler.epoch,
+            "consumed": 0 if finished else self.consumed,
+            "batch_size": self.batch_size,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue where ``state`` says; a run resumed with another batch size is refused
+        (its position, counted in batches, would point elsewhere in the epoch)."""
+        saved_batch_size = state.get("batch_size", self.batch_size)
+        if saved_batch_size != self.batch_size:
+            raise ValueError(
+                f"data.batch_size: the checkpoint's run used {saved_batch_size}, this one "
+                f"{self.batch_size}; a resumed run keeps its batch size (to change it, start "
+                "a new run from the checkpoint's weights with --model.init_from)"
+            )
         sampler: EpochShuffle = self.sampler  # type: ignore[assignment]
         sampler.seed, self.consumed = state["seed"], state["consumed"]
         sampler.start(state["epoch"], state["consumed"] * self.batch_size)

@@ -157,6 +157,20 @@ class ExactResume(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._states_to_restore = state_dict.get("random_states")
 
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Refuse a resume whose recipe trains differently from the run it continues."""
+        changed = changed_training_settings(
+            checkpoint.get("hyper_parameters") or {}, dict(pl_module.hparams)
+        )
+        if changed:
+            raise ValueError(
+                f"resuming with other training settings than the checkpoint's run: "
+                f"{'; '.join(changed)}. A resumed run keeps its recipe; to change it, start a "
+                "new run from the checkpoint's weights with --model.init_from"
+            )
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._states_to_restore is not None:
             _set_random_states(self._states_to_restore)
@@ -190,6 +204,34 @@ class ExactResume(Callback):
         loader = trainer.train_dataloader
         if isinstance(loader, ResumableLoader):
             loader.track(consumed, int(min(trainer.num_training_batches, len(loader))))
+
+
+FREE_ON_RESUME = frozenset(
+    {"sampler", "nfe", "solver_options", "cfg_scale", "val_sample_batches", "sample_seed"}
+    | {"export_dir"}
+)
+"""Model settings a resumed run may change: they steer validation, generation and where the
+result is written, not what is trained."""
+
+
+def _flat(value: Any, key: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for name, item in value.items():
+            flat.update(_flat(item, f"{key}.{name}" if key else str(name)))
+        return flat
+    return {key: value}
+
+
+def changed_training_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``model.<key>: old -> new`` for each setting that differs and changes training."""
+    old, new = _flat(saved), _flat(current)
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if key.split(".")[0] in FREE_ON_RESUME or old.get(key) == new.get(key):
+            continue
+        changes.append(f"model.{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return changes
 
 
 def install_safeguards(trainer: pl.Trainer) -> pl.Trainer:

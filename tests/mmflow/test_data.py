@@ -42,7 +42,7 @@ def test_a_loader_resumed_mid_epoch_serves_the_rest_of_that_epoch_then_the_next(
     loader.track(consumed=2, epoch_batches=5)
     loader.sampler.set_epoch(2)
     state = loader.state_dict()
-    assert state == {"seed": 7, "epoch": 2, "consumed": 2}
+    assert state == {"seed": 7, "epoch": 2, "consumed": 2, "batch_size": 4}
 
     resumed = _loader(seed=99)
     resumed.load_state_dict(state)

@@ -13,7 +13,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from mmflow.cli import SIGTERM_EXIT_STATUS
+from mmflow.cli import SIGTERM_EXIT_STATUS, main
 from mmflow.faults import TrainingFault
 from mmflow.files import read_checkpoint
 from mmflow.training import (
@@ -24,6 +24,7 @@ from mmflow.training import (
     RunCheckpoint,
     install_safeguards,
 )
+from mmflow.training.checkpoints import changed_training_settings
 
 from ..test_cli import ROOT, mmflow_command, run, write_recipe
 from .toy import FaultyVelocity, ToyAdapter, ToyData, ToyVelocity, one_thread
@@ -31,30 +32,50 @@ from .toy import FaultyVelocity, ToyAdapter, ToyData, ToyVelocity, one_thread
 FAULTY = ["--model.network=tests.mmflow.training.toy.FaultyVelocity", "--model.network.nan_from=13"]
 
 
+@pytest.fixture
+def mmflow(capfd):
+    """``mmflow ARGS`` in this process: ``(exit status, error output)``."""
+
+    def call(*args: str, check: bool = True) -> tuple[int, str]:
+        capfd.readouterr()
+        try:
+            status = main(list(args))
+        except SystemExit as stop:  # the argument parser's own errors
+            status = int(stop.code or 0)
+        err = capfd.readouterr().err
+        assert not check or status == 0, err[-3000:]
+        return status, err
+
+    return call
+
+
 def checkpoints(tmp_path):
     return sorted((tmp_path / "checkpoints").glob("*.ckpt"))
 
 
-def test_last_checkpoint_is_the_true_end_of_a_run_off_the_checkpoint_grid(tmp_path):
-    run("fit", "--config", str(write_recipe(tmp_path, max_steps=23)))
+def test_last_checkpoint_is_the_true_end_of_a_run_off_the_checkpoint_grid(tmp_path, mmflow):
+    mmflow("fit", "--config", str(write_recipe(tmp_path, max_steps=23)))
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 23
 
 
-def test_a_smoke_run_never_writes_into_a_runs_checkpoints(tmp_path):
+def test_a_smoke_run_never_writes_into_a_runs_checkpoints(tmp_path, mmflow):
     recipe = str(write_recipe(tmp_path, max_steps=10))
-    run("fit", "--config", recipe)
+    mmflow("fit", "--config", recipe)
     before = {path: path.stat().st_mtime_ns for path in checkpoints(tmp_path)}
-    run("fit", "--config", recipe, "--trainer.fast_dev_run=true")
+    mmflow("fit", "--config", recipe, "--trainer.fast_dev_run=true")
     assert {path: path.stat().st_mtime_ns for path in checkpoints(tmp_path)} == before
 
 
-def test_a_nan_loss_stops_the_run_at_that_step_and_keeps_the_last_finite_checkpoint(tmp_path):
+def test_a_nan_loss_stops_the_run_at_that_step_and_keeps_the_last_finite_checkpoint(
+    tmp_path, mmflow
+):
     # checkpoints every 5 steps; the network's output is NaN from its 13th training call on
-    result = run("fit", "--config", str(write_recipe(tmp_path, max_steps=40)), *FAULTY, check=False)
-    assert result.returncode == 1
-    message = result.stderr.strip().splitlines()[-1]
+    recipe = str(write_recipe(tmp_path, max_steps=40))
+    status, err = mmflow("fit", "--config", recipe, *FAULTY, check=False)
+    assert status == 1
+    message = err.strip().splitlines()[-1]
     assert "step 12: non-finite loss" in message
-    assert "last.ckpt" in message and "Traceback" not in result.stderr
+    assert "last.ckpt" in message and "Traceback" not in err
     saved = {path.name: read_checkpoint(path) for path in checkpoints(tmp_path)}
     assert saved["last.ckpt"]["global_step"] == 10
     for checkpoint in saved.values():
@@ -148,22 +169,6 @@ def test_checkpoint_io_reads_data_only_whatever_it_is_asked(tmp_path):
     assert not marker.exists()
 
 
-def test_a_recipe_cannot_turn_off_weights_only_loading(tmp_path):
-    marker, evil = tmp_path / "payload-ran", tmp_path / "evil.ckpt"
-    torch.save({"payload": _Payload(marker)}, evil)
-    recipe = write_recipe(tmp_path, max_steps=2)
-    recipe.write_text(recipe.read_text() + f"ckpt_path: {evil}\nweights_only: false\n")
-    result = run("fit", "--config", str(recipe), check=False)
-    assert result.returncode == 2
-    assert "weights_only: false" in result.stderr.strip().splitlines()[-1]
-    assert not marker.exists()
-    recipe.write_text(recipe.read_text().replace("weights_only: false\n", ""))
-    result = run("fit", "--config", str(recipe), check=False)
-    assert result.returncode == 2
-    assert f"{evil}: not a data-only checkpoint" in result.stderr.strip().splitlines()[-1]
-    assert not marker.exists()
-
-
 def test_a_sigterm_saves_the_last_step_and_the_resumed_run_ends_as_an_uninterrupted_one(
     tmp_path,
 ):
@@ -186,9 +191,34 @@ def test_a_sigterm_saves_the_last_step_and_the_resumed_run_ends_as_an_uninterrup
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == SIGTERM_EXIT_STATUS
     end = read_checkpoint(last)["global_step"] + 30
+    # separate processes, as a user runs them
     run("fit", "--config", recipe, "--ckpt_path", "last", f"--trainer.max_steps={end}")
     run("fit", "--config", str(write_recipe(reference, max_steps=end)))
     a, b = read_checkpoint(reference / "checkpoints" / "last.ckpt"), read_checkpoint(last)
     assert a["global_step"] == b["global_step"] == end
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name
+
+
+def test_a_resume_that_changes_what_is_trained_is_refused_and_one_that_changes_sampling_runs(
+    tmp_path, mmflow
+):
+    recipe = str(write_recipe(tmp_path, max_steps=10))
+    mmflow("fit", "--config", recipe)
+    resume = ("fit", "--config", recipe, "--ckpt_path", "last", "--trainer.max_steps=20")
+    status, err = mmflow(*resume, "--model.ema_decay=0.5", check=False)
+    assert status == 2
+    assert "model.ema_decay: 0.9 -> 0.5" in err.strip().splitlines()[-1]
+    status, err = mmflow(*resume, "--data.init_args.batch_size=16", check=False)
+    assert status == 2
+    assert "data.batch_size: the checkpoint's run used 32, this one 16" in err
+    mmflow(*resume, "--model.nfe=2")
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 20
+
+
+def test_changed_training_settings_names_each_change_and_ignores_sampling():
+    saved = {"ema_decay": 0.9, "nfe": 4, "optimizer": {"init_args": {"lr": 1e-3}}}
+    current = {"ema_decay": 0.9, "nfe": 8, "optimizer": {"init_args": {"lr": 2e-3}}}
+    assert changed_training_settings(saved, current) == [
+        "model.optimizer.init_args.lr: 0.001 -> 0.002"
+    ]
