@@ -7,11 +7,12 @@ Run from the repository root::
 A small deterministic CPU run (class-conditional scikit-learn digits, a tiny MMDiT with EMA,
 AdamW, validation with sampling, a checkpoint every ``--every`` steps) first trains
 uninterrupted to ``--steps``. Then the same recipe starts in a fresh folder and is killed
-(``kill -9``, no handler runs) after a random delay, resumed with ``--ckpt_path last``, killed
-again, and so on ``--kills`` times; the last resume runs to the end. The delays are uniform
-(seeded) between half the start-up time (the time of a run of 0 steps) and the start-up time
-plus 1.5 times the remaining training time over the kills still to come, so that the kills land
-before the run ends, in start-up, training, validation and checkpoint writes alike.
+(``kill -9``, no handler runs) at a random moment, resumed with ``--ckpt_path last``, killed
+again, and so on ``--kills`` times; the last resume runs to the end. The moments are seeded: a
+quarter of the kills land a random fraction of the start-up time (a run of 0 steps) after
+the start, in start-up or early in training; the others a random 0 to 0.3 s after ``last.ckpt`` reaches a random step, drawn so that the
+kills spread over the whole run; so they land in training, validation and checkpoint writes
+alike.
 
 Reported: for each kill, the delay and the step of ``last.ckpt`` it left; at the end, whether
 every tensor of the final checkpoint (network, EMA, optimizer state) equals the uninterrupted
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +124,8 @@ def run_to_end(recipe: Path, resume: bool) -> float:
     return time.perf_counter() - start
 
 
-def run_and_kill(recipe: Path, resume: bool, delay: float) -> bool:
-    """Start the recipe and SIGKILL it after ``delay`` seconds; False if it ended first."""
+def run_and_kill(recipe: Path, resume: bool, moment: KillMoment) -> bool:
+    """Start the recipe and SIGKILL it at ``moment``; False if it ended first."""
     process = subprocess.Popen(
         fit_command(recipe, resume),
         env=_environment(),
@@ -131,15 +133,42 @@ def run_and_kill(recipe: Path, resume: bool, delay: float) -> bool:
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        process.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
+    start = time.perf_counter()
+    while process.poll() is None:
+        elapsed = time.perf_counter() - start
+        if moment.step is None and elapsed >= moment.delay:
+            break
+        if moment.step is not None and (saved_step(recipe.parent) or 0) >= moment.step:
+            time.sleep(moment.delay)  # then a random moment of the steps after that checkpoint
+            break
+        time.sleep(0.02)
+    if process.poll() is None:
         process.kill()
         process.wait()
         return True
     if process.returncode != 0:
         raise RuntimeError(f"{recipe}: the run failed:\n{process.stderr.read()[-3000:]}")
     return False
+
+
+@dataclass
+class KillMoment:
+    """Kill ``delay`` seconds after the start (``step`` None: in start-up), or ``delay``
+    seconds after ``last.ckpt`` reaches ``step``."""
+
+    delay: float
+    step: int | None = None
+
+
+def draw_moment(
+    rng: random.Random, startup: float, saved: int, steps: int, left: int
+) -> KillMoment:
+    """A quarter of the kills within the start-up time; the others after a step drawn so that
+    the ``left`` kills still to come spread over the remaining steps, plus up to 0.3 s."""
+    if rng.random() < 0.25:
+        return KillMoment(rng.uniform(0.3, 1.0) * startup)
+    step = saved + max(1, round(rng.uniform(0.2, 1.0) * (steps - saved) / (left + 1)))
+    return KillMoment(rng.uniform(0.0, 0.3), step)
 
 
 def saved_step(root: Path) -> int | None:
@@ -193,13 +222,11 @@ def kill_and_resume(
     reference_seconds = run_to_end(reference, resume=False)
     recipe = write_recipe(work / "killed", steps, every, validate_every)
     rng = random.Random(seed)
-    training = max(reference_seconds - startup, 0.0)
     events = []
     for kill in range(kills):
-        remaining = 1 - (saved_step(recipe.parent) or 0) / steps
-        delay = rng.uniform(0.5 * startup, startup + 1.5 * training * remaining / (kills - kill))
-        killed = run_and_kill(recipe, resume=kill > 0, delay=delay)
-        events.append({"kill": kill + 1, "delay_s": delay, "killed": killed})
+        moment = draw_moment(rng, startup, saved_step(recipe.parent) or 0, steps, kills - kill)
+        killed = run_and_kill(recipe, resume=kill > 0, moment=moment)
+        events.append({"kill": kill + 1, **asdict(moment), "killed": killed})
         events[-1]["last_step"] = saved_step(recipe.parent)
         if not killed:
             break
@@ -236,9 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "kill_resume.json", record)
     for event in record["events"]:
         state = "killed" if event["killed"] else "ended"
-        print(
-            f"run {event['kill']}: {state} after {event['delay_s']:.1f} s, last.ckpt at step {event['last_step']}"
+        when = (
+            f"{event['delay']:.1f} s after its start"
+            if event["step"] is None
+            else f"{event['delay']:.2f} s after last.ckpt reached step {event['step']}"
         )
+        print(f"run {event['kill']}: {state} {when}; last.ckpt then at {event['last_step']}")
     verdict = "identical" if record["identical"] else f"DIFFERENT: {record['differing']}"
     print(
         f"{record['kills']} kills; final step {record['global_steps']}; "

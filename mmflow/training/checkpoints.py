@@ -55,7 +55,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class RunCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that never loses work (module docstring); same arguments."""
 
-    _in_step = False
     _optimizer_stepping = False
 
     @property
@@ -64,13 +63,13 @@ class RunCheckpoint(ModelCheckpoint):
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._in_step, self._optimizer_stepping = True, False
+        self._optimizer_stepping = False
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, *args: Any) -> None:
         self._optimizer_stepping = True
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._in_step = self._optimizer_stepping = False
+        self._optimizer_stepping = False
         super().on_train_batch_end(trainer, *args)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

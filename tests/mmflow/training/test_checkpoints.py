@@ -222,3 +222,45 @@ def test_changed_training_settings_names_each_change_and_ignores_sampling():
     assert changed_training_settings(saved, current) == [
         "model.optimizer.init_args.lr: 0.001 -> 0.002"
     ]
+
+
+class _CtrlCInBackward(Callback):
+    """Ctrl-C in the middle of step ``step``, after its forward pass, before its update."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def _fit_with_ema(root, callbacks=(), ckpt_path=None):
+    pl.seed_everything(0)
+    module = FlowMatching(ToyAdapter(), ToyVelocity(width=8), ema_decay=0.9)
+    every_five = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, every_n_train_steps=5)
+    trainer = pl.Trainer(
+        max_steps=40,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=root,
+        callbacks=[every_five, *callbacks],
+    )
+    install_safeguards(trainer)
+    with one_thread():
+        trainer.fit(module, datamodule=ToyData(size=256, batch_size=32), ckpt_path=ckpt_path)
+    return root / "ckpt" / "last.ckpt"
+
+
+def test_ctrl_c_inside_a_step_saves_the_step_before_and_the_resumed_run_ends_the_same(tmp_path):
+    reference = read_checkpoint(_fit_with_ema(tmp_path / "reference"))
+    with pytest.raises(SystemExit):  # Lightning ends a run stopped by Ctrl-C with exit status 1
+        _fit_with_ema(tmp_path / "stopped", callbacks=[_CtrlCInBackward(13)])
+    last = tmp_path / "stopped" / "ckpt" / "last.ckpt"
+    assert read_checkpoint(last)["global_step"] == 13
+    resumed = read_checkpoint(_fit_with_ema(tmp_path / "stopped", ckpt_path=str(last)))
+    assert resumed["global_step"] == reference["global_step"] == 40
+    for name, tensor in reference["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
