@@ -471,3 +471,8 @@ def test_hostile_input_ends_in_one_clear_error(entry, tmp_path, capfd, monkeypat
     assert "Traceback" not in err, err[-2000:]
     assert str(named) in err and "error" in err, f"{entry}: no error naming {named}: {err[-1500:]}"
     assert not (tmp_path / "marker").exists(), f"{entry}: the payload ran"
+
+
+def test_the_readme_counts_the_corpus():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"{len(CORPUS)} hostile inputs, {len(CORPUS)} clear errors" in readme
