@@ -21,6 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from mmflow.numerics import first_non_finite
+
 
 def default_cache_dir() -> Path:
     """Where prepared data is cached: ``$MMFLOW_CACHE`` if set, else ``~/.cache/mmflow``."""
@@ -120,9 +122,9 @@ def read_checkpoint(
 
 def check_finite(weights: dict[str, Tensor], source: str | Path) -> None:
     """Refuse weights with a NaN or an infinity, naming ``source`` and the first such tensor."""
-    for name, tensor in weights.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{source}: weight `{name}` holds NaN or infinite values")
+    bad = first_non_finite(weights)
+    if bad is not None:
+        raise ValueError(f"{source}: weight `{bad}` holds NaN or infinite values")
 
 
 def _number_kind(tensor: Tensor) -> str:

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmflow.data import batch_as_is
 from mmflow.files import load_weights, read_json, save_weights, write_json
 from mmflow.modality import Batch, Condition
+from mmflow.numerics import first_non_finite
 
 __all__ = [
     "COUPLING_KEYS",
@@ -359,9 +360,9 @@ class Couplings(Dataset[Batch]):
             if key not in tensors or tuple(tensors[key].shape) != (size, *shape):
                 found = tuple(tensors[key].shape) if key in tensors else "nothing"
                 raise ValueError(f"{path}: `{key}` should be {(size, *shape)}, found {found}")
-        for key, value in tensors.items():
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise ValueError(f"{path}: `{key}` holds non-finite values")
+        bad = first_non_finite(tensors)
+        if bad is not None:
+            raise ValueError(f"{path}: `{bad}` holds non-finite values")
         return tensors
 
     def __len__(self) -> int:

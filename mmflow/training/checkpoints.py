@@ -35,7 +35,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from mmflow.data import ResumableLoader
 from mmflow.faults import TrainingFault
 from mmflow.files import atomic_write, read_checkpoint
-from mmflow.training.guards import NonFiniteGuard, first_non_finite
+from mmflow.numerics import first_non_finite
+from mmflow.training.guards import NonFiniteGuard
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

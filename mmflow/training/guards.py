@@ -11,7 +11,6 @@ are dropped, the optimizer does not move), as mixed-precision loss scaling does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
 from mmflow.faults import TrainingFault
-
-
-def first_non_finite(tensors: Mapping[str, Tensor]) -> str | None:
-    """The name of the first floating-point tensor holding a NaN or an infinity, else None."""
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            return name
-    return None
+from mmflow.numerics import first_non_finite
 
 
 def last_checkpoint(trainer: pl.Trainer) -> Path | None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mmflow.numerics import gaussian_sample, inverse_std, invert_increasing
+from mmflow.numerics import first_non_finite, gaussian_sample, inverse_std, invert_increasing
 
 
 def test_invert_increasing_solves_a_cube():
@@ -31,3 +31,15 @@ def test_gaussian_sample_has_the_moments_and_the_gradients_of_the_closed_form():
     sample.sum().backward()  # d sample / d mean = 1, d sample / d logvar = (sample - mean) / 2
     torch.testing.assert_close(mean.grad, torch.ones(200_000))
     torch.testing.assert_close(logvar.grad, (sample.detach() - 2.0) / 2)
+
+
+def test_first_non_finite_names_the_first_bad_floating_tensor_and_skips_integers():
+    finite = {"a": torch.ones(3), "count": torch.tensor([2**62])}
+    assert first_non_finite(finite) is None
+    assert first_non_finite({}) is None
+    bad = {
+        "a": torch.ones(2),
+        "b": torch.tensor([1.0, float("inf")]),
+        "c": torch.tensor([float("nan")]),
+    }
+    assert first_non_finite(bad) == "b"
