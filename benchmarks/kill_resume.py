@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,9 @@ def write_recipe(root: Path, steps: int, every: int, validate_every: int) -> Pat
     return recipe
 
 
-def fit_command(recipe: Path, resume: bool) -> list[str]:
-    command = [sys.executable, "-m", "mmflow.cli", "fit", "--config", str(recipe)]
+def fit_command(recipe: Path, resume: bool, options: Sequence[str] = ()) -> list[str]:
+    """``mmflow fit`` of ``recipe`` with further command-line ``options``."""
+    command = [sys.executable, "-m", "mmflow.cli", "fit", "--config", str(recipe), *options]
     return [*command, "--ckpt_path", "last"] if resume else command
 
 
@@ -109,11 +111,11 @@ def _environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
 
 
-def run_to_end(recipe: Path, resume: bool) -> float:
+def run_to_end(recipe: Path, resume: bool, options: Sequence[str] = ()) -> float:
     """Run the recipe to its end; returns the seconds it took."""
     start = time.perf_counter()
     result = subprocess.run(
-        fit_command(recipe, resume),
+        fit_command(recipe, resume, options),
         check=False,
         env=_environment(),
         capture_output=True,

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from jsonargparse import ArgumentParser
 from jsonargparse.typing import NonNegativeInt, PositiveInt
+from pytorch_lightning.utilities import rank_zero_only
 
 import mmflow
 from mmflow.faults import TrainingFault
@@ -298,14 +299,17 @@ def run_command(name: str, command: Callable[[], int]) -> int:
     """Run ``command``; an error a user causes (a missing or corrupt file, a bad value) ends in
     one line naming the file or key and exit status 2, a training fault (a non-finite loss,
     :class:`~mmflow.faults.TrainingFault`) in one line naming the step and exit
-    status 1. ``MMFLOW_DEBUG=1`` shows the traceback."""
+    status 1 (printed by the first of data-parallel processes, which all stop together).
+    ``MMFLOW_DEBUG=1`` shows the traceback."""
     try:
         return command()
     except (*USER_ERRORS, TrainingFault) as error:
         if os.environ.get("MMFLOW_DEBUG"):
             raise
-        print(f"{name}: error: {_root_cause(error)}", file=sys.stderr)
-        return 1 if isinstance(error, TrainingFault) else 2
+        fault = isinstance(error, TrainingFault)
+        if not fault or rank_zero_only.rank == 0:
+            print(f"{name}: error: {_root_cause(error)}", file=sys.stderr)
+        return 1 if fault else 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

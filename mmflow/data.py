@@ -11,9 +11,11 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from mmflow.distributed import SEED_RANGE, SeedPurpose, data_parallel_position, shared_seed
 from mmflow.modality import Batch
+from mmflow.numerics import keyed_seed
 
 SPLITS = ("train", "val", "test")
 
@@ -75,7 +77,11 @@ class SplitDataModule(pl.LightningDataModule):
         self.setup()
         if shuffle:
             return ResumableLoader(
-                self.datasets[split], self.batch_size, self.num_workers, batch_as_is
+                self.datasets[split],
+                self.batch_size,
+                self.num_workers,
+                batch_as_is,
+                trainer=self.trainer,
             )
         return DataLoader(
             self.datasets[split],
@@ -87,39 +93,47 @@ class SplitDataModule(pl.LightningDataModule):
         )
 
 
-_SEED_RANGE = 2**62
-
-
-class EpochShuffle(Sampler[int]):
-    """A new random order of ``size`` examples every epoch, resumable mid-epoch.
+class EpochShuffle(DistributedSampler):
+    """A new random order of ``size`` examples every epoch, split among data-parallel processes
+    and resumable mid-epoch.
 
     Epoch ``e`` visits ``randperm(size)`` drawn from a generator seeded with ``seed + e``, so
     the order of any epoch is known again from ``(seed, e)`` alone, without the global random
-    state. ``seed`` is drawn once from torch's global generator (so ``seed_everything`` fixes
-    it) and belongs to the loader's state. ``start(epoch, skip)`` makes the next iteration that
-    epoch's order without its first ``skip`` examples: how a resumed run continues.
+    state. With ``world_size`` processes the order is cut to a multiple of ``world_size`` and
+    process ``rank`` takes its positions ``rank, rank + world_size, ...`` (as torch's
+    ``DistributedSampler`` with ``drop_last`` does, which this class is, so Lightning leaves it
+    in place): the ``k``-th batch of every process together is the ``k``-th batch one process
+    with ``world_size`` times the batch size would see. ``seed`` comes from the recipe's seed
+    (:func:`mmflow.distributed.shared_seed`) and belongs to the loader's state. ``start(epoch, skip)`` makes the next iteration that epoch's order without its first
+    ``skip`` positions, counted over all processes: how a resumed run continues.
     """
 
-    def __init__(self, size: int, seed: int | None = None) -> None:
+    def __init__(
+        self, size: int, seed: int | None = None, rank: int = 0, world_size: int = 1
+    ) -> None:
+        seed = shared_seed(None, SeedPurpose.DATA_ORDER) if seed is None else seed
+        super().__init__(
+            range(size),  # type: ignore[arg-type]
+            num_replicas=world_size,
+            rank=rank,
+            seed=seed,
+            drop_last=True,
+        )
         self.size = size
-        self.seed = int(torch.randint(_SEED_RANGE, ())) if seed is None else seed
-        self.epoch, self._skip = 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this before each epoch's iteration."""
-        self.epoch = epoch
+        self._skip = 0
 
     def start(self, epoch: int, skip: int) -> None:
         self.epoch, self._skip = epoch, skip
 
     def __len__(self) -> int:
-        return self.size
+        return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed((self.seed + self.epoch) % _SEED_RANGE)
-        order = torch.randperm(self.size, generator=generator)[self._skip :]
+        generator = torch.Generator().manual_seed((self.seed + self.epoch) % SEED_RANGE)
+        order = torch.randperm(self.size, generator=generator)[: self.total_size]
+        share = order[self._skip + self.rank :: self.num_replicas]
         self._skip = 0
-        return iter(order.tolist())
+        return iter(share.tolist())
 
 
 class ResumableLoader(DataLoader):
@@ -127,11 +141,17 @@ class ResumableLoader(DataLoader):
     ``state_dict`` / ``load_state_dict`` pair Lightning saves in a checkpoint, so that a run
     resumed mid-epoch sees the batches an uninterrupted run would have seen.
 
-    How far training got is told to it by :meth:`track`, which
+    Every batch is full (``drop_last``: the few examples left over at the end of an epoch are
+    another random few each epoch), so each optimizer step sees the same number of examples;
+    a split smaller than one batch is served whole, as one short batch an epoch.
+    Given the ``trainer``, it takes this process's share of the data under data parallelism
+    (``batch_size`` is then per process, Lightning's convention) with a seed all processes
+    share; ``W`` processes with batches of ``b`` then train on the global batches one process
+    with batches of ``W b`` trains on. How far training got is told to it by :meth:`track`, which
     :class:`mmflow.training.checkpoints.ExactResume` (installed by the ``mmflow`` command) calls
     at each batch: the loader itself runs ahead of training (Lightning fetches one batch in
     advance), so it cannot count that itself.
-    The workers' seeds come from ``(seed, epoch)`` too, never from the global generator.
+    The workers' seeds come from ``(seed, epoch, rank)`` too, never from the global generator.
     """
 
     def __init__(
@@ -141,17 +161,27 @@ class ResumableLoader(DataLoader):
         num_workers: int = 0,
         collate_fn: Any = None,
         seed: int | None = None,
+        trainer: pl.Trainer | None = None,
     ) -> None:
+        rank, world_size = data_parallel_position(trainer)
+        if seed is None and trainer is not None:
+            seed = shared_seed(trainer, SeedPurpose.DATA_ORDER)
         super().__init__(
             dataset,
             batch_size=batch_size,
-            sampler=EpochShuffle(len(dataset), seed),  # type: ignore[arg-type]
+            sampler=EpochShuffle(len(dataset), seed, rank, world_size),  # type: ignore[arg-type]
             num_workers=num_workers,
             collate_fn=collate_fn,
             persistent_workers=num_workers > 0,
             generator=torch.Generator(),
+            drop_last=len(dataset) // world_size >= batch_size,  # type: ignore[arg-type]
         )
         self.consumed, self.epoch_batches = 0, len(self)
+
+    @property
+    def global_batch_size(self) -> int:
+        """Examples per step over all processes."""
+        return self.batch_size * self.sampler.num_replicas  # type: ignore[attr-defined, operator]
 
     def track(self, consumed: int, epoch_batches: int) -> None:
         """``consumed`` batches of this epoch are trained on, of ``epoch_batches`` in all."""
@@ -159,7 +189,7 @@ class ResumableLoader(DataLoader):
 
     def __iter__(self) -> Any:
         sampler: EpochShuffle = self.sampler  # type: ignore[assignment]
-        self.generator.manual_seed((sampler.seed - 1 - sampler.epoch) % _SEED_RANGE)
+        self.generator.manual_seed(keyed_seed(sampler.seed, sampler.epoch, sampler.rank))
         return super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
@@ -170,21 +200,28 @@ class ResumableLoader(DataLoader):
             "epoch": sampler.epoch + 1 if finished else sampler.epoch,
             "consumed": 0 if finished else self.consumed,
             "batch_size": self.batch_size,
+            "world_size": sampler.num_replicas,
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue where ``state`` says; a run resumed with another batch size is refused
-        (its position, counted in batches, would point elsewhere in the epoch)."""
+        """Continue where ``state`` says. A resumed run keeps its global batch size (the
+        batch size times the number of processes; its position, counted in batches, would
+        point elsewhere in the epoch otherwise) and is refused if it changes."""
+        saved_world_size = state.get("world_size", 1)
         saved_batch_size = state.get("batch_size", self.batch_size)
-        if saved_batch_size != self.batch_size:
+        saved_global = saved_batch_size * saved_world_size
+        if saved_global != self.global_batch_size:
+            world_size = self.sampler.num_replicas  # type: ignore[attr-defined]
             raise ValueError(
-                f"data.batch_size: the checkpoint's run used {saved_batch_size}, this one "
-                f"{self.batch_size}; a resumed run keeps its batch size (to change it, start "
-                "a new run from the checkpoint's weights with --model.init_from)"
+                f"data.batch_size: the checkpoint's run used global batches of {saved_global} "
+                f"({saved_batch_size} x {saved_world_size} processes), this one "
+                f"{self.global_batch_size} ({self.batch_size} x {world_size}); a resumed run "
+                "keeps its global batch size (to change it, start a new run from the "
+                "checkpoint's weights with --model.init_from)"
             )
         sampler: EpochShuffle = self.sampler  # type: ignore[assignment]
         sampler.seed, self.consumed = state["seed"], state["consumed"]
-        sampler.start(state["epoch"], state["consumed"] * self.batch_size)
+        sampler.start(state["epoch"], state["consumed"] * saved_global)
 
 
 def load_datamodule(recipe: str | Path) -> pl.LightningDataModule:

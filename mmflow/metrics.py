@@ -174,5 +174,6 @@ def log_and_reset(module: Any, metrics: dict[str, Metric], stage: str) -> None:
     for name, metric in metrics.items():
         if metric.update_count:
             entries = metric_entries(name, metric.compute())
-            module.log_dict({f"{stage}/{key}": entry for key, entry in entries.items()})
+            logged = {f"{stage}/{key}": entry for key, entry in entries.items()}
+            module.log_dict(logged, sync_dist=True)
         metric.reset()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -63,3 +64,15 @@ def first_non_finite(tensors: Mapping[str, Tensor]) -> str | None:
     if bool(torch.stack([torch.isfinite(t).all() for t in floating.values()]).all()):
         return None
     return next(name for name, t in floating.items() if not bool(torch.isfinite(t).all()))
+
+
+def keyed_seed(seed: int, *keys: int) -> int:
+    """A 64-bit seed mixed from ``(seed, *keys)`` by NumPy's ``SeedSequence``: distinct keys
+    give unrelated streams, and the same keys the same stream in any process."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0])
+
+
+def keyed_generator(seed: int, *keys: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on ``device`` seeded with :func:`keyed_seed`: how a stored shard, or a
+    training step, redraws its noise without the global random state."""
+    return torch.Generator(device=device).manual_seed(keyed_seed(seed, *keys))

@@ -208,10 +208,15 @@ class TrainablePart(PretrainedPart, pl.LightningModule):
             self.log(f"{stage}/{name}", value, prog_bar=name in self.progress_bar)
 
     def export(self) -> None:
-        """Save to ``export_dir`` (if set, on the main process)."""
-        if self.hparams.export_dir is not None and self.trainer.is_global_zero:
-            saved = self.save_pretrained(self.hparams.export_dir)
-            print(f"{type(self).__name__} saved to {saved}")
+        """Save to ``export_dir`` (if set, on the main process, and not in a smoke run:
+        ``fast_dev_run`` must not replace a trained part by a one-step one)."""
+        if self.hparams.export_dir is None or not self.trainer.is_global_zero:
+            return
+        if self.trainer.fast_dev_run:
+            print(f"{type(self).__name__}: a fast_dev_run exports nothing")
+            return
+        saved = self.save_pretrained(self.hparams.export_dir)
+        print(f"{type(self).__name__} saved to {saved}")
 
     def on_fit_end(self) -> None:
         self.export()

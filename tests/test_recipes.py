@@ -131,7 +131,8 @@ def mosaic_statistics(data: dict, root: Path, cache_dir: str, out: Path) -> Path
 
 
 def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Path]) -> list[str]:
-    """Point data, classifiers and pretrained parts at test fixtures; GPU recipes to the CPU."""
+    """Point data, classifiers and pretrained parts at test fixtures; GPU recipes to the CPU
+    (a multi-GPU recipe to two CPU processes)."""
     config = yaml.safe_load(recipe.read_text())
     model = config["model"]
     is_flow = "class_path" not in model
@@ -194,6 +195,8 @@ def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Pat
             "--data.init_args.batch_size=4",
             "--data.init_args.num_workers=0",
         ]
+        if config["trainer"].get("strategy") == "ddp":
+            args.append("--trainer.devices=2")  # two CPU processes (gloo)
         if is_flow:
             args.append("--model.nfe=2")
         if config["data"]["class_path"].endswith("MeshFolder"):

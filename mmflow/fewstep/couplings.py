@@ -33,17 +33,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from mmflow.data import batch_as_is
+from mmflow.data import ResumableLoader, batch_as_is
 from mmflow.files import load_weights, read_json, save_weights, write_json
 from mmflow.modality import Batch, Condition
-from mmflow.numerics import first_non_finite
+from mmflow.numerics import first_non_finite, keyed_generator
 
 __all__ = [
     "COUPLING_KEYS",
@@ -98,10 +97,9 @@ class CouplingSettings:
 
 
 def shard_generator(seed: int, index: int) -> torch.Generator:
-    """The noise generator of shard ``index``: seeded from ``(seed, index)`` by NumPy's
-    ``SeedSequence``, so shards never share a stream and a resumed run redraws the same noise."""
-    state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    """The noise generator of shard ``index``: keyed on ``(seed, index)``, so shards never share
+    a stream and a resumed run redraws the same noise."""
+    return keyed_generator(seed, index)
 
 
 def flatten_condition(cond: Condition, prefix: str = _COND_PREFIX) -> dict[str, Tensor]:
@@ -409,12 +407,8 @@ class CouplingDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
-        return DataLoader(
-            self._train,
-            batch_size=self.batch_size,
-            shuffle=True,
-            num_workers=self.num_workers,
-            collate_fn=batch_as_is,
+        return ResumableLoader(
+            self._train, self.batch_size, self.num_workers, batch_as_is, trainer=self.trainer
         )
 
     def val_dataloader(self) -> Any:

@@ -243,7 +243,7 @@ class StepDistillationObjective(TrainingObjective):
         context: TrainingContext,
     ) -> ObjectiveOutput:
         x0 = noise_from_batch(batch, self.noise_key, x1)
-        t = self.grid_times(x1.shape[0], generator, x1)
+        t = context.per_example(x1.shape[0], lambda m: self.grid_times(m, generator, x1))
         cond = context.drop_conditions(cond, x1, generator)
         x_t = straight_line(x0, x1, t)
         target = x1 - x0

@@ -198,10 +198,10 @@ class RefinerObjective(TrainingObjective):
         context: TrainingContext,
     ) -> ObjectiveOutput:
         x0 = context.noise_like(x1, generator)
-        t = context.time_distribution.sample(x1.shape[0], generator=generator, device=x1.device)
+        t = context.sample_times(x1.shape[0], generator, x1.device, x1.dtype)
         cond = context.drop_conditions(cond, x1, generator)
-        draw = context.path.sample(x0, x1, t.to(x1.dtype))
-        draws = torch.rand(x1.shape[0], device=x1.device, generator=generator).to(x1.dtype)
+        draw = context.path.sample(x0, x1, t)
+        draws = context.uniform(x1.shape[0], generator, x1.device, x1.dtype)
         step = torch.minimum(self.max_delta * draws, 1 - draw.t)
         x_next, t_next, velocity, target = refiner_target(network, draw.x_t, draw.t, step, cond)
         prediction = network(x_next, t_next, velocity=velocity, **cond)

@@ -267,7 +267,10 @@ class MeanFlowObjective(TrainingObjective):
         context: TrainingContext,
     ) -> ObjectiveOutput:
         x0 = context.noise_like(x1, generator)
-        t, step_size = self.sample_times(x1.shape[0], generator, x1.device, x1.dtype)
+        t, step_size = context.per_example(
+            x1.shape[0],
+            lambda m: torch.stack(self.sample_times(m, generator, x1.device, x1.dtype), dim=1),
+        ).unbind(1)
         dropped = self._dropped(x1, generator, context)
         x_t = _per_sample(t, x1) * x1 + (1 - _per_sample(t, x1)) * x0
         velocity = x1 - x0
@@ -292,8 +295,7 @@ class MeanFlowObjective(TrainingObjective):
         :meth:`TrainingContext.drop_conditions`, kept because guidance needs the mask)."""
         if context.cond_dropout <= 0 or not context.adapter.conditioned():
             return None
-        draws = torch.rand(x1.shape[0], device=x1.device, generator=generator)
-        return draws < context.cond_dropout
+        return context.uniform(x1.shape[0], generator, x1.device) < context.cond_dropout
 
     def guided_velocity(
         self,

@@ -241,7 +241,7 @@ class ShortcutObjective(TrainingObjective):
     ) -> Tensor:
         """Times of ``n`` flow-matching rows (see ``flow_times``)."""
         if self.flow_times == "context":
-            return context.time_distribution.sample(n, generator=generator, device=device).to(dtype)
+            return context.time_distribution.sample(n, generator, device=device, dtype=dtype)
         uniform = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
         return (torch.floor(uniform * self.max_steps) / self.max_steps).to(dtype)
 
@@ -329,8 +329,14 @@ class ShortcutObjective(TrainingObjective):
         x0 = context.noise_like(x1, generator)
         rows = self.bootstrap_count(batch_size, generator, device)
         row_cond, null_cond = self._conditions(cond, x1, rows, generator, context)
-        shortcut_t, shortcut_step = self.draw_bootstrap_times(rows, generator, device, dtype)
-        flow_t = self.draw_flow_times(batch_size - rows, generator, device, context, dtype)
+        shortcut_t, shortcut_step = context.per_example(
+            rows,
+            lambda m: torch.stack(self.draw_bootstrap_times(m, generator, device, dtype), dim=1),
+        ).unbind(1)
+        flow_t = context.per_example(
+            batch_size - rows,
+            lambda m: self.draw_flow_times(m, generator, device, context, dtype),
+        )
         flow_step = torch.full_like(flow_t, self.flow_matching_step_size)
         draw = context.path.sample(x0, x1, torch.cat([shortcut_t, flow_t]))
         target = draw.target

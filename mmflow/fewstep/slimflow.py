@@ -101,8 +101,8 @@ class AnnealingReflowObjective(TrainingObjective):
     RF++, :class:`~mmflow.timesteps.UShaped` times and a pseudo-Huber loss, if wanted).
 
     The step ``n`` is the objective's own count of training calls, the buffer
-    ``training_calls``: it advances on every call with ``generator=None`` (training; a
-    validation call, with its seeded generator, uses the current ``beta`` and leaves it), and it
+    ``training_calls``: it advances on every call in training mode (a validation call, in
+    evaluation mode, uses the current ``beta`` and leaves it), and it
     is saved in the module's checkpoint, so a resumed run continues the schedule. With gradient
     accumulation it counts batches, not optimizer steps. ``beta`` is logged as ``randomness``.
 
@@ -145,12 +145,12 @@ class AnnealingReflowObjective(TrainingObjective):
     ) -> ObjectiveOutput:
         pair_noise = noise_from_batch(batch, self.noise_key, x1)
         beta = self.randomness()
-        if generator is None:
+        if self.training:
             self.training_calls += 1
         x0 = annealed_noise(pair_noise, context.noise_like(x1, generator), beta)
-        t = context.time_distribution.sample(x1.shape[0], generator=generator, device=x1.device)
+        t = context.sample_times(x1.shape[0], generator, x1.device, x1.dtype)
         cond = context.drop_conditions(cond, x1, generator)
-        draw = context.path.sample(x0, x1, t.to(x1.dtype))
+        draw = context.path.sample(x0, x1, t)
         prediction = network(draw.x_t, draw.t, **cond)
         loss = context.loss(prediction, draw.target, draw.t, mask=cond.get("x_mask"))
         return ObjectiveOutput(loss, {"randomness": torch.tensor(beta, device=x1.device)})
@@ -254,9 +254,7 @@ class FlowGuidedDistillationObjective(TrainingObjective):
         z = context.noise_like(x1, generator)
         u_z = network(z, start, **cond)
         low, high = self.guide_time_range
-        t_guide = low + (high - low) * torch.rand(
-            x1.shape[0], generator=generator, device=x1.device, dtype=x1.dtype
-        )
+        t_guide = low + (high - low) * context.uniform(x1.shape[0], generator, x1.device, x1.dtype)
         guide, _ = self.distance(u_z, self.guide_target(z, u_z, t_guide, cond), z, start, mask)
         loss = self.distillation_weight * distill + self.guidance_weight * guide
         terms = {"distillation": distill.detach(), "guidance": guide.detach(), **distill_terms}

@@ -22,6 +22,8 @@ Three parts, which the ``mmflow`` command installs in every trainer
 from __future__ import annotations
 
 import random
+import signal
+import threading
 from typing import Any
 
 import numpy as np
@@ -54,17 +56,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that never loses work (module docstring); same arguments."""
+    """``ModelCheckpoint`` that never loses work (module docstring); same arguments.
+
+    SIGTERM stops training at the next step boundary, decided together by all data-parallel
+    processes (the signal needs to reach one of them): from the start of training its handler
+    only records the signal, and every process asks at the start of each step whether any
+    process has it. (Lightning's own handler broadcasts from inside the signal handler, which
+    deadlocks a multi-process run when the signal lands during validation.)
+    """
 
     _optimizer_stepping = False
+    _stop_requested = False
 
     @property
     def state_key(self) -> str:
         """ModelCheckpoint's key, so runs checkpointed before the upgrade resume as well."""
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_requested = trainer.received_sigterm
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._request_stop)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self._stop_requested = True
+
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         self._optimizer_stepping = False
+        if trainer.strategy.reduce_boolean_decision(self._stop_requested, all=False):
+            raise SIGTERMException
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, *args: Any) -> None:
         self._optimizer_stepping = True

@@ -5,10 +5,12 @@ same way for all of them (the flow of every modality, and baselines compared wit
 
 - each validation / test batch gets a generator seeded with ``sample_seed + batch_idx``, so
   epochs and models are compared on the same noise;
-- ``{stage}/loss`` (and any further terms) is logged for every batch that defines one;
+- ``{stage}/loss`` (and any further terms) is logged for every batch that defines one, averaged
+  over data-parallel processes;
 - the first ``val_sample_batches`` validation batches (every test batch) also produce media,
-  which update the evaluators (``metric.update(media, batch)``) and, for the first batch, are
-  written by :meth:`save_media` under ``<log dir>/samples``;
+  which update the evaluators (``metric.update(media, batch)``, torchmetrics states summed
+  over processes at ``compute``) and, for the first batch, are written by :meth:`save_media`
+  under ``<log dir>/samples`` by the first process;
 - at the end of the epoch every evaluator is logged as ``{stage}/<name>`` and reset.
 
 Evaluators stay out of the module tree: their feature networks are not weights of the model
@@ -98,16 +100,21 @@ class EvaluatedModule(pl.LightningModule):
         with_media = sample_batches is None or batch_idx < sample_batches
         result = self.evaluate_batch(batch, self._generator(batch_idx), with_media)
         if result.loss is not None:
-            self.log(f"{stage}/loss", result.loss, prog_bar=True, batch_size=result.size)
+            self.log(
+                f"{stage}/loss", result.loss, prog_bar=True, batch_size=result.size, sync_dist=True
+            )
         for name, value in result.terms.items():
-            self.log(f"{stage}/{name}", value, batch_size=result.size)
+            self.log(f"{stage}/{name}", value, batch_size=result.size, sync_dist=True)
         if result.media is None:
             return
         for metric in self._evaluators.values():
             metric.to(self.device).update(result.media, batch)
-        if batch_idx == 0 and self.trainer.is_global_zero:
-            name = f"epoch{self.current_epoch:04d}" if stage == "val" else stage
-            self.save_media(result.media, self._media_dir(), name, batch)
+        if batch_idx == 0:
+            # every process asks for the folder (Lightning resolves it collectively); one writes
+            directory = self._media_dir()
+            if self.trainer.is_global_zero:
+                name = f"epoch{self.current_epoch:04d}" if stage == "val" else stage
+                self.save_media(result.media, directory, name, batch)
 
     def on_validation_epoch_end(self) -> None:
         """Log every evaluator as ``val/<name>``; a metric returning a dict logs each entry."""

@@ -6,7 +6,8 @@ before the backward pass and the gradients before the optimizer step, so the wei
 still those of the last good step when it raises :class:`TrainingFault`, which names the step
 and the last checkpoint; the ``mmflow`` command then exits with status 1. With
 ``max_skipped_steps > 0`` it first skips up to that many such steps in a row (the gradients
-are dropped, the optimizer does not move), as mixed-precision loss scaling does.
+are dropped, the optimizer does not move), as mixed-precision loss scaling does. Under data
+parallelism the processes decide together, so a fault in one stops (or skips) all of them.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class NonFiniteGuard(Callback):
         bad = first_non_finite(gradients)
         if fault is None and bad is not None:
             fault = f"gradient of `{bad}`"
+        if trainer.strategy.reduce_boolean_decision(fault is not None, all=False) and not fault:
+            fault = "loss in another process"
         if fault is None:
             self.skipped_in_a_row = 0
             return

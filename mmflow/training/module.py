@@ -29,12 +29,14 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from mmflow.distributed import SeedPurpose, data_parallel_position, shared_seed
 from mmflow.fewstep.couplings import coupling_parts
 from mmflow.finetune import LoRA, add_lora, freeze_parameters, load_initial_weights
 from mmflow.generation import GenerationDefaults
 from mmflow.interpolants import AffinePath, LinearPath
 from mmflow.losses import VelocityLoss
 from mmflow.modality import Batch, Condition, ModalityAdapter
+from mmflow.numerics import keyed_generator
 from mmflow.timesteps import LogitNormal, TimeDistribution
 from mmflow.training.evaluation import EvaluatedBatch, EvaluatedModule
 from mmflow.training.objectives import (
@@ -43,6 +45,8 @@ from mmflow.training.objectives import (
     TrainingContext,
     TrainingObjective,
 )
+
+DRAW_SEED_KEY = "mmflow_draw_seed"
 
 _OBJECT_ARGUMENTS = (
     "adapter",
@@ -139,6 +143,7 @@ class FlowMatching(EvaluatedModule):
             self.ema.requires_grad_(False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.draw_seed: int | None = None
         self.use_evaluators(adapter.evaluators())
 
     def _prepare_network(
@@ -170,6 +175,7 @@ class FlowMatching(EvaluatedModule):
 
     def context(self) -> TrainingContext:
         """What the objective shares with the module for the current step."""
+        rank, world_size = data_parallel_position(self._trainer)
         return TrainingContext(
             path=self.path,
             time_distribution=self.time_distribution,
@@ -177,6 +183,8 @@ class FlowMatching(EvaluatedModule):
             adapter=self.adapter,
             ema_network=self.ema.module if self.ema is not None else None,
             cond_dropout=self.hparams.cond_dropout if self.training else 0.0,
+            rank=rank,
+            world_size=world_size,
         )
 
     def objective_output(
@@ -189,9 +197,30 @@ class FlowMatching(EvaluatedModule):
         """The objective's loss and terms for encoded data (condition dropout when training)."""
         return self.objective(self.network, x1, cond, batch, generator, self.context())
 
+    def on_fit_start(self) -> None:
+        """Draw the seed of the training draws (kept in the checkpoint), the same in every
+        process."""
+        if self.draw_seed is None:
+            self.draw_seed = shared_seed(self.trainer, SeedPurpose.TRAINING_DRAWS)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[DRAW_SEED_KEY] = self.draw_seed
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.draw_seed = checkpoint.get(DRAW_SEED_KEY)
+
+    def training_generator(self, batch_idx: int, device: torch.device) -> torch.Generator | None:
+        """The generator of this batch's draws, keyed on ``(draw_seed, step, micro-batch)``:
+        the same in every process and again on resume (``None`` outside ``fit``)."""
+        if self.draw_seed is None:
+            return None
+        micro_batch = batch_idx % self.trainer.accumulate_grad_batches
+        return keyed_generator(self.draw_seed, self.global_step, micro_batch, device=device)
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         x1, cond = self.encode(batch)
-        output = self.objective_output(x1, cond, batch)
+        generator = self.training_generator(batch_idx, x1.device)
+        output = self.objective_output(x1, cond, batch, generator)
         self.log("train/loss", output.loss, prog_bar=True, batch_size=x1.shape[0])
         for name, value in output.terms.items():
             self.log(f"train/{name}", value, batch_size=x1.shape[0])
@@ -242,7 +271,7 @@ class FlowMatching(EvaluatedModule):
         return self._media(x1, cond, batch, generator)
 
     def _media(self, x1: Tensor, cond: Condition, batch: Batch, generator: torch.Generator) -> Any:
-        samples, _ = self.generate(cond, self.adapter.noise_like(x1, generator=generator))
+        samples, _ = self.generate(cond, self.context().noise_like(x1, generator))
         return self.adapter.decode(samples, cond, batch)
 
     def save_media(

@@ -7,9 +7,20 @@ An objective turns an encoded batch into a loss and the terms worth logging::
 
 ``network`` is the trainable velocity network, called however the objective needs
 (``network(x_t, t, **cond)``, with extra inputs such as ``step_size=`` or a second time);
-``x1, cond`` are the adapter's encoding of ``batch``; ``generator`` is ``None`` in training
-and a seeded generator in validation (every random draw must use it, so that validation
-losses are compared on the same noise and times). ``context`` (:class:`TrainingContext`) lends
+``x1, cond`` are the adapter's encoding of ``batch``; ``generator`` is seeded from the run's
+seed and the step in training, and from ``sample_seed`` and the batch in validation, so the
+draws of a step are known again on resume and validation compares epochs on the same noise
+(``None``, outside a trainer, draws from torch's global generator).
+
+Per-example draws (noise, times, dropout, any per-row choice) go through the context's
+:meth:`TrainingContext.per_example` (or its :meth:`~TrainingContext.noise_like`,
+:meth:`~TrainingContext.sample_times`, :meth:`~TrainingContext.uniform`). Under data-parallel
+training each of the ``W`` processes holds rows ``rank, rank + W, ...`` of the global batch
+(:class:`mmflow.data.EpochShuffle`), and every process draws for the whole global batch and
+keeps its own rows; so a row gets the same noise and time whatever the number of processes,
+and ``W`` processes train exactly as one does on the same global batch.
+
+``context`` (:class:`TrainingContext`) lends
 what the module owns and writes once: the path, the time distribution, the loss, the
 adapter's noise, its null condition and the condition dropout of classifier-free guidance
 (applied where the objective calls :meth:`TrainingContext.drop_conditions`), and the EMA copy
@@ -22,6 +33,7 @@ names another objective like any part: ``model.objective.class_path: ...``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -54,6 +66,8 @@ class TrainingContext:
         adapter: the modality adapter (its noise and null condition).
         ema_network: the EMA copy of the network, or ``None`` without an EMA.
         cond_dropout: the probability of training a sample unconditionally (0 in validation).
+        rank: this process's index among the data-parallel processes.
+        world_size: the number of data-parallel processes (1 without data parallelism).
     """
 
     path: AffinePath
@@ -62,10 +76,45 @@ class TrainingContext:
     adapter: ModalityAdapter
     ema_network: nn.Module | None
     cond_dropout: float
+    rank: int = 0
+    world_size: int = 1
+
+    def per_example(self, n: int, draw: Callable[[int], Tensor]) -> Tensor:
+        """This process's ``n`` rows of ``draw(n * world_size)``, the draw for the global batch:
+        rows ``rank, rank + world_size, ...``, as the process holds that batch's examples."""
+        return draw(n * self.world_size)[self.rank :: self.world_size]
 
     def noise_like(self, x1: Tensor, generator: torch.Generator | None) -> Tensor:
         """The adapter's source sample ``x0`` for ``x1`` (standard Gaussian by default)."""
-        return self.adapter.noise_like(x1, generator=generator)
+        shape = x1.shape[1:]
+        return self.per_example(
+            x1.shape[0],
+            lambda m: self.adapter.noise_like(x1.new_empty((m, *shape)), generator=generator),
+        )
+
+    def sample_times(
+        self,
+        n: int,
+        generator: torch.Generator | None,
+        device: torch.device | str,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """``n`` training times from the time distribution."""
+        return self.per_example(
+            n, lambda m: self.time_distribution.sample(m, generator, device=device, dtype=dtype)
+        )
+
+    def uniform(
+        self,
+        n: int,
+        generator: torch.Generator | None,
+        device: torch.device | str,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """``n`` draws of ``U[0, 1)``."""
+        return self.per_example(
+            n, lambda m: torch.rand(m, generator=generator, device=device, dtype=dtype)
+        )
 
     def null_condition(self, cond: Condition) -> Condition:
         """The unconditional version of ``cond``."""
@@ -78,7 +127,7 @@ class TrainingContext:
         condition with probability ``cond_dropout`` (one uniform draw per sample of ``x1``)."""
         if self.cond_dropout <= 0 or not self.adapter.conditioned():
             return cond
-        draws = torch.rand(x1.shape[0], device=x1.device, generator=generator)
+        draws = self.uniform(x1.shape[0], generator, x1.device)
         return drop_conditions(cond, self.null_condition(cond), draws < self.cond_dropout)
 
 
@@ -155,9 +204,9 @@ class FlowMatchingObjective(TrainingObjective):
             x0 = context.noise_like(x1, generator)
         else:
             x0 = noise_from_batch(batch, self.noise_key, x1)
-        t = context.time_distribution.sample(x1.shape[0], generator=generator, device=x1.device)
+        t = context.sample_times(x1.shape[0], generator, x1.device, x1.dtype)
         cond = context.drop_conditions(cond, x1, generator)
-        draw = context.path.sample(x0, x1, t.to(x1.dtype))
+        draw = context.path.sample(x0, x1, t)
         prediction = network(draw.x_t, draw.t, **cond)
         return ObjectiveOutput(
             context.loss(prediction, draw.target, draw.t, mask=cond.get("x_mask"))

@@ -36,11 +36,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from mmflow.data import SPLITS, SplitDataModule
 from mmflow.files import default_cache_dir
+from mmflow.numerics import keyed_seed
 
 from .captions import NULL_CAPTION, draw_captions
 from .io import fit_length, load_audio
@@ -207,15 +209,18 @@ class MixtureDataset(Dataset):
         return captions
 
     def _process_generator(self) -> torch.Generator:
-        """A generator per process: seeded by ``seed`` and the worker's torch seed.
+        """A generator per process: seeded by ``seed``, the worker's torch seed and the
+        data-parallel rank.
 
         In a DataLoader worker ``torch.initial_seed()`` is the loader's per-epoch base seed plus
-        the worker id, so workers and epochs draw different mixtures.
+        the worker id, so workers and epochs draw different mixtures; the rank keeps the
+        processes of a data-parallel run from drawing the same ones.
         """
         info = get_worker_info()
         owner = (os.getpid(), info.id if info is not None else -1)
         if self._generator is None or self._generator_owner != owner:
-            seed = (self.seed * 1_000_003 + torch.initial_seed()) % (2**63)
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            seed = keyed_seed(self.seed, torch.initial_seed(), rank)
             self._generator = torch.Generator().manual_seed(seed)
             self._generator_owner = owner
         return self._generator

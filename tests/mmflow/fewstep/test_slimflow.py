@@ -123,6 +123,7 @@ def test_the_step_counter_advances_in_training_only_and_is_checkpointed():
     module = flow_module(Recorder(straight_velocity), objective)
     for _ in range(3):
         objective_loss(module, x0, x1)
+    module.eval()
     validation = objective_loss(module, x0, x1, torch.Generator().manual_seed(0))
     assert int(objective.training_calls) == 3
     assert float(validation.terms["randomness"]) == pytest.approx(

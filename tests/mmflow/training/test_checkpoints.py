@@ -211,7 +211,10 @@ def test_a_resume_that_changes_what_is_trained_is_refused_and_one_that_changes_s
     assert "model.ema_decay: 0.9 -> 0.5" in err.strip().splitlines()[-1]
     status, err = mmflow(*resume, "--data.init_args.batch_size=16", check=False)
     assert status == 2
-    assert "data.batch_size: the checkpoint's run used 32, this one 16" in err
+    assert (
+        "data.batch_size: the checkpoint's run used global batches of 32 (32 x 1 processes), this one 16"
+        in err
+    )
     mmflow(*resume, "--model.nfe=2")
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 20
 
@@ -264,3 +267,13 @@ def test_ctrl_c_inside_a_step_saves_the_step_before_and_the_resumed_run_ends_the
     assert resumed["global_step"] == reference["global_step"] == 40
     for name, tensor in reference["state_dict"].items():
         assert torch.equal(tensor, resumed["state_dict"][name]), name
+
+
+def test_a_nan_in_one_of_two_processes_stops_both_at_that_step(tmp_path):
+    recipe = str(write_recipe(tmp_path, max_steps=40))
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--model.network.nan_rank=1"]
+    result = run("fit", "--config", recipe, *FAULTY, *ddp, check=False, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "step 12: non-finite" in result.stderr
+    assert result.stderr.count("mmflow fit: error:") == 1  # said once, by the first process
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 10

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmflow.nn import MMDiT, SetTokens
+from mmflow.numerics import keyed_seed
 from mmflow.timesteps import Uniform
 from mmflow.training import (
     FlowMatching,
@@ -151,15 +152,19 @@ def test_the_module_lends_its_parts_and_fixes_validation_noise(tmp_path):
     module = FlowMatching(ToyAdapter(), ToyVelocity(), objective=objective, cond_dropout=0.3)
     trainer = make_trainer(tmp_path, max_steps=2, limit_val_batches=1)
     trainer.fit(module, ToyData())
-    training = [call for call in objective.calls if call[1] is None]
-    assert len(training) == 2  # one call per training step, without a generator
+    training = [call for call in objective.calls if call[2].cond_dropout > 0]
+    assert len(training) == 2  # one call per training step
+    # each step draws from a generator keyed on the run's draw seed and the step
+    seeds = [generator.initial_seed() for _, generator, _ in training]
+    assert seeds == [keyed_seed(module.draw_seed, step, 0) for step in (0, 1)]
     network, _, context = training[0]
     assert network is module.network
     assert context.path is module.path and context.loss is module.loss
     assert context.time_distribution is module.time_distribution
     assert context.ema_network is module.ema.module and context.cond_dropout == 0.3
-    validation = [call for call in objective.calls if call[1] is not None]
-    assert validation and all(call[2].cond_dropout == 0.0 for call in validation)
+    validation = [call for call in objective.calls if call[2].cond_dropout == 0.0]
+    assert validation  # the sanity check's batch 0, seeded with sample_seed + 0
+    assert all(call[1].initial_seed() == module.hparams.sample_seed for call in validation)
     first = trainer.validate(module, ToyData(), verbose=False)[0]["val/loss"]
     again = trainer.validate(module, ToyData(), verbose=False)[0]["val/loss"]
     assert first == again  # the same seeded noise and times every time

@@ -37,7 +37,9 @@ class ToyData(pl.LightningDataModule):
     def _loader(self, shuffle: bool) -> DataLoader:
         dataset = TensorDataset(self.points, self.labels)
         if shuffle:
-            return ResumableLoader(dataset, self.batch_size, collate_fn=_as_dict)
+            return ResumableLoader(
+                dataset, self.batch_size, collate_fn=_as_dict, trainer=self.trainer
+            )
         return DataLoader(dataset, batch_size=self.batch_size, collate_fn=_as_dict)
 
     def train_dataloader(self) -> DataLoader:
@@ -142,19 +144,24 @@ class ToyVelocity(nn.Module):
 
 class FaultyVelocity(ToyVelocity):
     """:class:`ToyVelocity` whose output turns NaN from its ``nan_from``-th training call on,
-    as a diverging run's would."""
+    as a diverging run's would (with ``nan_rank``, only in that data-parallel process)."""
 
-    def __init__(self, nan_from: int, width: int = 32) -> None:
+    def __init__(self, nan_from: int, width: int = 32, nan_rank: int | None = None) -> None:
         super().__init__(width=width)
-        self.nan_from, self.calls = nan_from, 0
+        self.nan_from, self.nan_rank, self.calls = nan_from, nan_rank, 0
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor) -> Tensor:
         velocity = super().forward(x, t, class_labels)
         if self.training:
             self.calls += 1
-            if self.calls >= self.nan_from:
+            faulty_rank = self.nan_rank is None or self.nan_rank == _rank()
+            if self.calls >= self.nan_from and faulty_rank:
                 return velocity * float("nan")
         return velocity
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
 class SetAdapter(ToyAdapter):
