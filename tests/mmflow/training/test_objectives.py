@@ -1,11 +1,18 @@
 """Training objectives are a part of FlowMatching: a second objective defined in this file
 trains, stored (noise, data) pairs train a straight flow, and the network takes extra inputs."""
 
+from dataclasses import replace
+
 import pytest
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
+from mmflow.fewstep.distillation import StepDistillationObjective
+from mmflow.fewstep.flowturbo import RefinerObjective
+from mmflow.fewstep.meanflow import MeanFlowObjective
+from mmflow.fewstep.slimflow import AnnealingReflowObjective, FlowGuidedDistillationObjective
 from mmflow.nn import MMDiT, SetTokens
 from mmflow.numerics import keyed_seed
 from mmflow.timesteps import Uniform
@@ -18,7 +25,15 @@ from mmflow.training import (
 from mmflow.training.cli import build_module
 
 from .test_module import make_trainer
-from .toy import CLASS_MEANS, CLASS_STD, SetAdapter, ToyAdapter, ToyData, ToyVelocity
+from .toy import (
+    CLASS_MEANS,
+    CLASS_STD,
+    SetAdapter,
+    ToyAdapter,
+    ToyData,
+    ToyVelocity,
+    toy_context,
+)
 
 
 class DataPredictionObjective(TrainingObjective):
@@ -207,3 +222,55 @@ def test_a_recipe_names_the_objective_by_class_path():
     assert isinstance(module.objective, FlowMatchingObjective)
     assert module.objective.noise_key == "noise"
     assert module.hparams["objective"]["init_args"]["noise_key"] == "noise"
+
+
+class StepVelocity(ToyVelocity):
+    """:class:`ToyVelocity` that also takes a step size (shortcut, MeanFlow) or a velocity
+    (a FlowTurbo refiner)."""
+
+    def __init__(self) -> None:
+        super().__init__(width=16)
+        self.step = nn.Linear(1, 16)
+        self.velocity = nn.Linear(2, 16)
+
+    def forward(self, x, t, class_labels, step_size=None, velocity=None):
+        h = self.inp(torch.cat([x, t[:, None].to(x.dtype)], dim=1)) + self.embed(class_labels)
+        if step_size is not None:
+            h = h + self.step(step_size[:, None].to(x.dtype))
+        if velocity is not None:
+            h = h + self.velocity(velocity)
+        return self.body(h)
+
+
+DATA_PARALLEL_OBJECTIVES = {
+    "flow_matching": FlowMatchingObjective,
+    "distillation": lambda: StepDistillationObjective(steps=4),
+    "annealing_reflow": lambda: AnnealingReflowObjective(warmup_steps=10),
+    "flow_guided_distillation": lambda: FlowGuidedDistillationObjective(teacher=StepVelocity()),
+    "meanflow": MeanFlowObjective,
+    "refiner": lambda: RefinerObjective(max_delta=0.2),
+}
+
+
+@pytest.mark.parametrize("name", DATA_PARALLEL_OBJECTIVES)
+def test_processes_that_split_a_batch_draw_as_one_process_does(name):
+    """Rows ``r, r + W, ...`` of a batch in process ``r`` of ``W`` get the noise, times and
+    dropout the whole batch gets in one process, so the mean of the processes' losses (what
+    DDP's averaged gradients descend) is the one process's loss."""
+    torch.manual_seed(0)
+    objective, network = DATA_PARALLEL_OBJECTIVES[name]().eval(), StepVelocity()
+    x1, x0, labels = torch.randn(8, 2), torch.randn(8, 2), torch.randint(0, 3, (8,))
+
+    def loss(rows: slice, rank: int, world_size: int) -> torch.Tensor:
+        context = replace(
+            toy_context(ToyAdapter(), cond_dropout=0.5), rank=rank, world_size=world_size
+        )
+        cond, batch = {"class_labels": labels[rows]}, {"x0": x0[rows]}
+        generator = torch.Generator().manual_seed(3)
+        return objective(network, x1[rows], cond, batch, generator, context).loss
+
+    one = loss(slice(None), 0, 1)
+    two = (loss(slice(0, None, 2), 0, 2) + loss(slice(1, None, 2), 1, 2)) / 2
+    assert torch.allclose(one, two, rtol=1e-5, atol=1e-8), (one, two)
+    crossed = (loss(slice(0, None, 2), 1, 2) + loss(slice(1, None, 2), 0, 2)) / 2
+    assert not torch.allclose(one, crossed, rtol=1e-3)  # another process's rows would not do
