@@ -9,8 +9,9 @@ Each recipe under ``recipes/`` but the GPU ones (``*_gpu.yaml``, whose accelerat
 runs as ``mmflow fit --trainer.strategy=ddp --trainer.devices=2`` for ``--steps`` steps with a
 validation (sampling, evaluators, media) at the last step, its outputs moved under ``--out``.
 A recipe whose prerequisites are missing is reported as such, not run. Reported: the exit
-status, the seconds it took, the step of its ``last.ckpt``, the validation metrics of its
-first process, and the last error line of a failed run. Writes ``ddp_recipes.json``.
+status, the seconds it took, the step of its ``last.ckpt`` and the last error line of a
+failed run. Writes ``ddp_recipes.json`` (a
+later run with ``--only`` updates its recipes' entries).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from benchmarks.kill_resume import _environment
-from mmflow.files import read_checkpoint, write_json
+from mmflow.files import read_checkpoint, read_json, write_json
 
 RECIPES = Path("recipes")
 
@@ -60,8 +62,11 @@ def missing_prerequisites(recipe: Path) -> list[str]:
     return missing
 
 
-def ddp_smoke_run(recipe: Path, out: Path, steps: int) -> dict[str, Any]:
-    """``recipe`` for ``steps`` steps on two CPU processes; the record of the run."""
+def ddp_smoke_run(
+    recipe: Path, out: Path, steps: int, options: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``recipe`` for ``steps`` steps on two CPU processes, with further command-line
+    ``options``; the record of the run."""
     root = out / recipe.relative_to(RECIPES).with_suffix("")
     command = [
         sys.executable,
@@ -77,6 +82,7 @@ def ddp_smoke_run(recipe: Path, out: Path, steps: int) -> dict[str, Any]:
         f"--trainer.val_check_interval={steps}",
         "--trainer.check_val_every_n_epoch=null",
         "--trainer.limit_val_batches=1",
+        *options,
     ]
     start = time.perf_counter()
     result = subprocess.run(
@@ -100,18 +106,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ddp_recipes")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="recipe paths (default: every CPU recipe)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        help="a further mmflow fit option, e.g. "
+        "--option=--model.adapter.init_args.vae_path=DIR (repeatable; the options then stand "
+        "in for the prerequisites, which are not checked)",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     out = Path(args.out)
-    records: dict[str, Any] = {}
+    summary = out / "ddp_recipes.json"
+    records: dict[str, Any] = read_json(summary) if summary.exists() else {}
     for recipe in [Path(p) for p in args.only] if args.only else cpu_recipes():
-        missing = missing_prerequisites(recipe)
+        missing = [] if args.option else missing_prerequisites(recipe)
         if missing:
             records[str(recipe)] = {"status": None, "missing": missing}
         else:
-            records[str(recipe)] = ddp_smoke_run(recipe, out, args.steps)
+            records[str(recipe)] = ddp_smoke_run(recipe, out, args.steps, args.option)
         print(f"{recipe}: {json.dumps(records[str(recipe)])}", flush=True)
-        write_json(out / "ddp_recipes.json", records)
+        write_json(summary, records)
     failed = [name for name, record in records.items() if record["status"] not in (0, None)]
     ran = sum(record["status"] is not None for record in records.values())
     print(f"{ran - len(failed)} of {ran} recipes trained under DDP; failed: {failed}")
