@@ -31,6 +31,7 @@ import torch
 import trimesh
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from .sdf import unsigned_distance
 
@@ -266,9 +267,10 @@ class GenerationMetrics(Metric):
                 getattr(self, name).append(sets)
 
     def compute(self) -> dict[str, Tensor]:
-        if not self.generated or not self.reference:
+        # a list of batches, or one tensor once torchmetrics has gathered it from processes
+        if any(len(state) == 0 for state in (self.generated, self.reference)):
             raise ValueError("GenerationMetrics needs generated and reference shapes")
-        generated, reference = torch.cat(self.generated), torch.cat(self.reference)
+        generated, reference = dim_zero_cat(self.generated), dim_zero_cat(self.reference)
         both = torch.cat([generated, reference])
         distances = pairwise_chamfer(both, both)
         across = distances[: len(generated), len(generated) :]

@@ -147,6 +147,18 @@ def test_generation_metrics_by_hand():
     assert scores["1-nna"].item() == pytest.approx(2 / 6)
 
 
+def test_generation_metrics_of_sets_gathered_from_processes_are_the_same():
+    """After a multi-process sync torchmetrics holds each list state as one tensor."""
+    metric = GenerationMetrics()
+    metric.update(single_points(0.3, 0.45), single_points(0.0, 10.0))
+    metric.update(single_points(20.1), single_points(20.0))
+    expected = metric.compute()
+    metric._computed = None
+    metric.generated, metric.reference = torch.cat(metric.generated), torch.cat(metric.reference)
+    for name, value in metric.compute().items():
+        assert value.item() == pytest.approx(expected[name].item()), name
+
+
 def test_generation_metrics_refuse_bad_or_missing_sets():
     metric = GenerationMetrics()
     with pytest.raises(ValueError, match=r"generated point sets must be \[B, N, 3\]"):
