@@ -59,8 +59,9 @@ $(DEMO_CLASSIFIER)/config.json: | $(STAMP)
 # Train the MNIST recipe (3000 steps), score the test split at 32 NFE, benchmark mmflow's
 # samplers beside diffusers' schedulers on the same guided model at NFE 1-16 plus dopri5, and
 # draw 100 samples: outputs/demo/{test_nfe32.json, metrics.json, metrics_vs_nfe.png, samples.png}.
+# A second `make demo` continues the first run's checkpoint (finished: nothing to train).
 demo: $(STAMP) $(DEMO_CLASSIFIER)/config.json
-	$(VENV)/bin/mmflow fit --config $(DEMO_RECIPE)
+	$(VENV)/bin/mmflow fit --config $(DEMO_RECIPE) --ckpt_path last
 	$(VENV)/bin/mmflow evaluate --split test --config $(DEMO_RECIPE) \
 		--ckpt_path outputs/mnist/checkpoints/last.ckpt --model.nfe 32 --out $(DEMO_OUT)/test_nfe32.json
 	$(PY) -m benchmarks.samplers --config $(DEMO_RECIPE) \

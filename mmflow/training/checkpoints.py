@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -72,6 +74,22 @@ class RunCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         """ModelCheckpoint's key, so runs checkpointed before the upgrade resume as well."""
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Refuse a new run (not a resume, not a smoke run) whose checkpoint folder holds
+        another run's checkpoints: Lightning would write ``last-v1.ckpt`` beside them, and a
+        later ``--ckpt_path .../last.ckpt`` would load the old run."""
+        if trainer.ckpt_path is not None or trainer.fast_dev_run or self.dirpath is None:
+            return
+        folder = Path(self.dirpath)
+        earlier = sorted(p.name for p in folder.glob("*.ckpt")) if trainer.is_global_zero else []
+        earlier = trainer.strategy.broadcast(earlier, src=0)
+        if earlier:
+            raise ValueError(
+                f"{folder}: holds checkpoints of an earlier run ({', '.join(earlier[:3])}); "
+                "continue it with --ckpt_path last, or train into another folder "
+                "(--trainer.default_root_dir), or remove them"
+            )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_requested = trainer.received_sigterm
@@ -180,7 +198,10 @@ class ExactResume(Callback):
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """Refuse a resume whose recipe trains differently from the run it continues."""
+        """Refuse a resume whose recipe trains differently from the run it continues
+        (evaluating a checkpoint under another training recipe is fine)."""
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
         changed = changed_training_settings(
             checkpoint.get("hyper_parameters") or {}, dict(pl_module.hparams)
         )
@@ -244,11 +265,14 @@ def _flat(value: Any, key: str = "") -> dict[str, Any]:
 
 
 def changed_training_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``model.<key>: old -> new`` for each setting that differs and changes training."""
+    """``model.<key>: old -> new`` for each setting that differs and changes training.
+
+    A setting the checkpoint does not record (one added to the code after it was written) is
+    taken to be unchanged: the run that wrote it behaved as its default does."""
     old, new = _flat(saved), _flat(current)
     changes = []
     for key in sorted(set(old) | set(new)):
-        if key.split(".")[0] in FREE_ON_RESUME or old.get(key) == new.get(key):
+        if key.split(".")[0] in FREE_ON_RESUME or key not in old or old[key] == new.get(key):
             continue
         changes.append(f"model.{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return changes

@@ -227,6 +227,25 @@ def test_changed_training_settings_names_each_change_and_ignores_sampling():
     ]
 
 
+def test_a_setting_the_checkpoint_predates_is_taken_as_unchanged():
+    saved = {"network": {"init_args": {"depth": 2}}}
+    current = {"network": {"init_args": {"depth": 2, "step_size_scale": 1000.0}}}
+    assert changed_training_settings(saved, current) == []
+
+
+def test_a_new_run_into_a_folder_holding_another_runs_checkpoints_is_refused(tmp_path, mmflow):
+    recipe = str(write_recipe(tmp_path, max_steps=5))
+    mmflow("fit", "--config", recipe)
+    before = {path: path.stat().st_mtime_ns for path in checkpoints(tmp_path)}
+    status, err = mmflow("fit", "--config", recipe, check=False)
+    assert status == 2
+    assert "holds checkpoints of an earlier run" in err.strip().splitlines()[-1]
+    assert {path: path.stat().st_mtime_ns for path in checkpoints(tmp_path)} == before
+    mmflow("fit", "--config", recipe, "--ckpt_path", "last", "--trainer.max_steps=8")
+    assert [p.name for p in checkpoints(tmp_path)] == ["epoch=0-step=5.ckpt", "last.ckpt"]
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 8
+
+
 class _CtrlCInBackward(Callback):
     """Ctrl-C in the middle of step ``step``, after its forward pass, before its update."""
 
