@@ -104,7 +104,8 @@ class EpochShuffle(DistributedSampler):
     ``DistributedSampler`` with ``drop_last`` does, which this class is, so Lightning leaves it
     in place): the ``k``-th batch of every process together is the ``k``-th batch one process
     with ``world_size`` times the batch size would see. ``seed`` comes from the recipe's seed
-    (:func:`mmflow.distributed.shared_seed`) and belongs to the loader's state. ``start(epoch, skip)`` makes the next iteration that epoch's order without its first
+    (:func:`mmflow.distributed.shared_seed`) and belongs to the loader's state.
+    ``start(epoch, skip)`` makes the next iteration that epoch's order without its first
     ``skip`` positions, counted over all processes: how a resumed run continues.
     """
 
@@ -119,18 +120,14 @@ class EpochShuffle(DistributedSampler):
             seed=seed,
             drop_last=True,
         )
-        self.size = size
         self._skip = 0
 
     def start(self, epoch: int, skip: int) -> None:
         self.epoch, self._skip = epoch, skip
 
-    def __len__(self) -> int:
-        return self.num_samples
-
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed((self.seed + self.epoch) % SEED_RANGE)
-        order = torch.randperm(self.size, generator=generator)[: self.total_size]
+        order = torch.randperm(len(self.dataset), generator=generator)[: self.total_size]
         share = order[self._skip + self.rank :: self.num_replicas]
         self._skip = 0
         return iter(share.tolist())
@@ -147,9 +144,9 @@ class ResumableLoader(DataLoader):
     Given the ``trainer``, it takes this process's share of the data under data parallelism
     (``batch_size`` is then per process, Lightning's convention) with a seed all processes
     share; ``W`` processes with batches of ``b`` then train on the global batches one process
-    with batches of ``W b`` trains on. How far training got is told to it by :meth:`track`, which
-    :class:`mmflow.training.checkpoints.ExactResume` (installed by the ``mmflow`` command) calls
-    at each batch: the loader itself runs ahead of training (Lightning fetches one batch in
+    with batches of ``W b`` trains on. How far training got is told to it by :meth:`track`,
+    which :class:`mmflow.training.checkpoints.ExactResume` (installed by the ``mmflow`` command)
+    calls at each batch: the loader itself runs ahead of training (Lightning fetches one batch in
     advance), so it cannot count that itself.
     The workers' seeds come from ``(seed, epoch, rank)`` too, never from the global generator.
     """
