@@ -145,7 +145,7 @@ def model_straightness(
     if get_sampler(entry.sampler).kind not in ("ode", "multistep"):
         return None
     x1, cond = flow.adapter.encode(batch)
-    noise = flow.adapter.noise_like(x1, generator=torch.Generator().manual_seed(seed))
+    noise = flow.adapter.source_like(x1, cond, generator=torch.Generator().manual_seed(seed))
     model = guided_model(flow, entry.cfg_scale)
     return float(straightness(model, noise, STRAIGHTNESS_NFE, **cond))
 

@@ -449,7 +449,8 @@ def _run_cell(
         batch = to_device(batch, device)
         x1, cond = flow.adapter.encode(batch)
         generator = torch.Generator().manual_seed(seed + index)
-        noise = flow.adapter.noise_like(x1.cpu(), generator=generator).to(device)
+        eps = flow.adapter.noise_like(x1.cpu(), generator=generator).to(device)
+        noise = flow.adapter.source.from_noise(eps, cond)
         result = run_method(method, model, noise, nfe, TimeGrids(), solver_options, **cond)
         counts.append(result.nfe)
         if not bool(torch.isfinite(result.samples).all()):

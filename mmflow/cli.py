@@ -103,7 +103,8 @@ def sample_media(
     shape, cond = flow.adapter.sample_conditions(num_samples)
     device = next(flow.network.parameters()).device
     cond = to_device(cond, device)
-    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    eps = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    noise = flow.adapter.source.from_noise(eps, cond)
     samples, total_nfe = [], 0
     for start in range(0, num_samples, batch_size):
         chunk = slice(start, start + batch_size)

@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from mmflow.modality import Condition, ModalityAdapter
 from mmflow.sampling import ClassifierFreeGuidance, SampleResult, get_sampler, sample
 
+SCORE_BASED_KINDS = ("sde", "search")
+
 
 @torch.no_grad()
 def generate(
@@ -27,12 +29,19 @@ def generate(
 
     Guidance uses the adapter's ``null_condition`` (see :class:`ClassifierFreeGuidance`);
     an unconditional adapter ignores ``cfg_scale``. A method that chooses its own steps (an
-    adaptive solver) ignores ``nfe``. The result's ``nfe`` is counted.
+    adaptive solver) ignores ``nfe``. The result's ``nfe`` is counted. Methods that turn the
+    velocity into a score (stochastic samplers, search) need the standard Gaussian source.
     """
+    spec = get_sampler(sampler)
+    if spec.kind in SCORE_BASED_KINDS and not adapter.source.standard_gaussian:
+        raise ValueError(
+            f"sampler `{sampler}` turns the velocity into a score, which assumes x0 ~ N(0, I); "
+            f"this flow starts from {adapter.source!r}: use a deterministic sampler"
+        )
     model: Any = network
     if cfg_scale != 1.0 and adapter.conditioned():
         model = ClassifierFreeGuidance(network, cfg_scale, null_condition=adapter.null_condition)
-    budget = nfe if get_sampler(sampler).takes_nfe else None
+    budget = nfe if spec.takes_nfe else None
     return sample(model, x0, method=sampler, nfe=budget, **sampler_kwargs, **cond)
 
 

@@ -42,6 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmflow.sources import GaussianSource, Source
+
 Batch = dict[str, Any]
 Condition = dict[str, Any]
 
@@ -58,7 +60,12 @@ class ModalityAdapter(nn.Module):
     and *out of the adapter's* ``state_dict`` — a flow checkpoint holds what the flow learned,
     not copies of 90 MB encoders, and swapping one frozen part for another (Griffin-Lim for a
     vocoder) at evaluation time loads the same checkpoint.
+
+    :attr:`source` is the distribution the flow starts from (:mod:`mmflow.sources`): standard
+    Gaussian noise unless an adapter takes another, e.g. one centred on its condition.
     """
+
+    source: Source = GaussianSource()
 
     def encode(self, batch: Batch) -> tuple[Tensor, Condition]:
         """``(x1, cond)``: the data the flow transports and the network's keyword arguments."""
@@ -92,8 +99,14 @@ class ModalityAdapter(nn.Module):
         return True
 
     def noise_like(self, x1: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The source sample ``x0`` for ``x1``: standard Gaussian noise by default."""
+        """Standard Gaussian noise of ``x1``'s shape, the ``eps`` of :attr:`source`."""
         return torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+
+    def source_like(
+        self, x1: Tensor, cond: Condition, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """A sample ``x0`` of :attr:`source` for each example of ``x1`` under ``cond``."""
+        return self.source.from_noise(self.noise_like(x1, generator), cond)
 
     def evaluators(self) -> nn.ModuleDict:
         """Metrics updated as ``metric.update(generated_media, batch)`` during validation."""

@@ -167,7 +167,9 @@ class CouplingGenerator(pl.LightningModule):
         )
         x1_data, cond = self.flow.adapter.encode(data)
         noise = torch.randn(x1_data.shape, generator=shard_generator(settings.seed, index))
-        noise = noise.to(device=self.device, dtype=x1_data.dtype)
+        noise = self.flow.adapter.source.from_noise(
+            noise.to(device=self.device, dtype=x1_data.dtype), cond
+        )
         samples = [
             self.flow.generate(
                 _rows(cond, start, start + self.batch_size),

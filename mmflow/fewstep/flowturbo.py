@@ -197,7 +197,7 @@ class RefinerObjective(TrainingObjective):
         generator: torch.Generator | None,
         context: TrainingContext,
     ) -> ObjectiveOutput:
-        x0 = context.noise_like(x1, generator)
+        x0 = context.source_like(x1, cond, generator)
         t = context.sample_times(x1.shape[0], generator, x1.device, x1.dtype)
         cond = context.drop_conditions(cond, x1, generator)
         draw = context.path.sample(x0, x1, t)

@@ -266,7 +266,7 @@ class MeanFlowObjective(TrainingObjective):
         generator: torch.Generator | None,
         context: TrainingContext,
     ) -> ObjectiveOutput:
-        x0 = context.noise_like(x1, generator)
+        x0 = context.source_like(x1, cond, generator)
         t, step_size = context.per_example(
             x1.shape[0],
             lambda m: torch.stack(self.sample_times(m, generator, x1.device, x1.dtype), dim=1),

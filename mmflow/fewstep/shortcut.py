@@ -326,7 +326,7 @@ class ShortcutObjective(TrainingObjective):
     ) -> ShortcutBatch:
         """Inputs and targets of one batch (see the class docstring)."""
         batch_size, device, dtype = x1.shape[0], x1.device, x1.dtype
-        x0 = context.noise_like(x1, generator)
+        x0 = context.source_like(x1, cond, generator)
         rows = self.bootstrap_count(batch_size, generator, device)
         row_cond, null_cond = self._conditions(cond, x1, rows, generator, context)
         shortcut_t, shortcut_step = context.per_example(

@@ -85,12 +85,17 @@ class TrainingContext:
         return draw(n * self.world_size)[self.rank :: self.world_size]
 
     def noise_like(self, x1: Tensor, generator: torch.Generator | None) -> Tensor:
-        """The adapter's source sample ``x0`` for ``x1`` (standard Gaussian by default)."""
+        """Standard Gaussian noise of ``x1``'s shape, drawn per example."""
         shape = x1.shape[1:]
         return self.per_example(
             x1.shape[0],
             lambda m: self.adapter.noise_like(x1.new_empty((m, *shape)), generator=generator),
         )
+
+    def source_like(self, x1: Tensor, cond: Condition, generator: torch.Generator | None) -> Tensor:
+        """The adapter's source sample ``x0`` for ``x1`` under ``cond`` (:mod:`mmflow.sources`;
+        standard Gaussian by default), its noise drawn per example."""
+        return self.adapter.source.from_noise(self.noise_like(x1, generator), cond)
 
     def sample_times(
         self,
@@ -176,7 +181,7 @@ class TrainingObjective(nn.Module):
 class FlowMatchingObjective(TrainingObjective):
     """Conditional flow matching: regress the path's velocity.
 
-        x0 ~ noise (or batch[noise_key]),   t ~ time_distribution,   c' = dropout(c),
+        x0 ~ the adapter's source (or batch[noise_key]),   t ~ time_distribution,   c' = dropout(c),
         x_t = alpha(t) x1 + sigma(t) x0,    target = alpha'(t) x1 + sigma'(t) x0,
         loss = L(network(x_t, t, **c'), target, t)
 
@@ -201,7 +206,7 @@ class FlowMatchingObjective(TrainingObjective):
         context: TrainingContext,
     ) -> ObjectiveOutput:
         if self.noise_key is None:
-            x0 = context.noise_like(x1, generator)
+            x0 = context.source_like(x1, cond, generator)
         else:
             x0 = noise_from_batch(batch, self.noise_key, x1)
         t = context.sample_times(x1.shape[0], generator, x1.device, x1.dtype)

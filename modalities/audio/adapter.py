@@ -12,6 +12,10 @@ sentence encoder:
             "context_mask": {"query": T(q).mask},
             "pooled": T(q).pooled}               added to the time embedding (adaLN)
 
+The flow starts from Gaussian noise, as in FlowSep, or (``source``) from a density centred on
+the mixture's latent, ``x0 = E(mel(mixture)) + s eps`` (:class:`mmflow.sources.ConditionSource`
+with ``key: mixture``), so it carries the mixture to the source it holds.
+
 The null condition (condition dropout in training, the unconditional branch of CFG) replaces
 only the query by the empty string; the mixture is never dropped, since separating nothing is
 meaningless. Decoding runs the VAE decoder to a log-mel and a :class:`.mel.MelInverter` to a
@@ -33,6 +37,7 @@ from torch import Tensor, nn
 
 from mmflow.modality import Batch, Condition, ModalityAdapter
 from mmflow.pretrained import Frozen
+from mmflow.sources import GaussianSource, Source
 
 from .captions import NULL_CAPTION
 from .evaluators import separation_metrics
@@ -63,6 +68,8 @@ class FlowSepAdapter(ModalityAdapter):
         media_examples: how many examples of a batch :meth:`save_media` writes.
         classifier_path: an audio classifier (``python -m modalities.audio.classifier``) for
             the query-accuracy metric; ``None`` leaves that metric out.
+        source: what the flow starts from (default Gaussian noise); a
+            :class:`mmflow.sources.ConditionSource` on ``mixture`` starts at the mixture.
     """
 
     def __init__(
@@ -76,8 +83,10 @@ class FlowSepAdapter(ModalityAdapter):
         use_pooled: bool = True,
         media_examples: int = 4,
         classifier_path: str | None = None,
+        source: Source | None = None,
     ) -> None:
         super().__init__()
+        self.source = source or GaussianSource()
         vae = MelVAE.from_pretrained(vae_path)
         self.vae = Frozen(vae)
         self.text_encoder = Frozen(SentenceEncoder(text_encoder_path, max_query_tokens))

@@ -3,6 +3,7 @@
 import pytest
 import pytorch_lightning as pl
 import torch
+from torch import Tensor, nn
 
 from mmflow.training import FlowMatching
 
@@ -129,3 +130,38 @@ def test_condition_dropout_trains_the_null_class(tmp_path):
 def test_bad_settings_raise(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         make_module(**bad)
+
+
+class GaussianByOneStep(nn.Module):
+    """``v(x, t) = mu + (s - 1) x``: one Euler step from ``x0 ~ N(0, I)`` gives
+    ``x1 = mu + s x0 ~ N(mu, s^2 I)``, so the mean of ``K`` samples has variance ``s^2 / K``."""
+
+    def __init__(self, mu: float = 2.0, s: float = 0.5) -> None:
+        super().__init__()
+        self.mu, self.s = mu, s
+        self.unused = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor) -> Tensor:
+        return self.mu + (self.s - 1.0) * x
+
+
+@pytest.mark.parametrize("count", [1, 16])
+def test_the_mean_of_samples_averages_independent_generations(count):
+    module = FlowMatching(
+        ToyAdapter(),
+        GaussianByOneStep(),
+        ema_decay=None,
+        sampler="euler",
+        nfe=1,
+        mean_of_samples=count,
+    )
+    batch = {"point": torch.zeros(4096, 2), "label": torch.zeros(4096, dtype=torch.long)}
+    media = module.predict_media(batch, torch.Generator().manual_seed(0))
+    draws = torch.randn(count, 4096, 2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(media, 2.0 + 0.5 * draws.mean(dim=0))
+    assert media.var().item() == pytest.approx(0.25 / count, rel=0.1)
+
+
+def test_the_mean_of_samples_must_be_a_positive_count():
+    with pytest.raises(ValueError, match="mean_of_samples"):
+        FlowMatching(ToyAdapter(), ToyVelocity(), mean_of_samples=0)

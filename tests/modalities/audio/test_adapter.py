@@ -10,6 +10,7 @@ from torch import nn
 
 from mmflow.modality import drop_conditions
 from mmflow.nn import ChannelConcat, ContextConfig, MMDiT, Patchify2D
+from mmflow.sources import ConditionSource, GaussianSource
 from mmflow.training import FlowMatching
 from modalities.audio.adapter import FlowSepAdapter
 from modalities.audio.evaluators import si_sdr
@@ -193,3 +194,14 @@ def test_flow_matching_trains_validates_and_guides_with_the_adapter(adapter) -> 
 def test_a_clip_shorter_than_one_stft_window_is_refused_by_name(adapter) -> None:
     with pytest.raises(ValueError, match="too short"):
         adapter.encode(make_batch(samples=300))
+
+
+def test_a_flow_from_the_mixture_starts_at_its_latent(vae_path) -> None:
+    adapter = FlowSepAdapter(
+        vae_path, class_names=["low", "high"], source=ConditionSource("mixture", noise_scale=0.5)
+    )
+    x1, cond = adapter.encode(make_batch())
+    eps = torch.randn(x1.shape, generator=torch.Generator().manual_seed(3))
+    x0 = adapter.source_like(x1, cond, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(x0, cond["mixture"] + 0.5 * eps)
+    assert isinstance(FlowSepAdapter(vae_path).source, GaussianSource)
