@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +50,9 @@ Separate = Callable[[Batch, torch.Generator], Tensor]
 
 def build(config: str, checkpoint: str, overrides: list[str]) -> tuple[Any, Any]:
     """The recipe's module with the checkpoint's weights, and its datamodule."""
-    cli = MMFlowCLI(args=["--config", config, *overrides, "--trainer.logger=false"], run=False)
+    with warnings.catch_warnings():  # the arguments are this script's, rewritten on purpose
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = MMFlowCLI(args=["--config", config, *overrides, "--trainer.logger=false"], run=False)
     state = read_checkpoint(checkpoint)["state_dict"]
     load_state(cli.model, state, checkpoint)
     return cli.model.eval(), cli.datamodule

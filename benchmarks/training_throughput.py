@@ -23,6 +23,7 @@ import argparse
 import functools
 import json
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -129,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("overrides", nargs="*", help="recipe overrides (after --)")
     args = parser.parse_args(argv)
-    cli = MMFlowCLI(
-        args=["--config", args.config, *args.overrides, "--trainer.logger=false"], run=False
-    )
+    with warnings.catch_warnings():  # the arguments are this script's, rewritten on purpose
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = MMFlowCLI(
+            args=["--config", args.config, *args.overrides, "--trainer.logger=false"], run=False
+        )
     module, datamodule = cli.model, cli.datamodule
     if not isinstance(module, FlowMatching):
         raise TypeError(f"{args.config}: times flow recipes; its model is {type(module).__name__}")
