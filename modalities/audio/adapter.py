@@ -29,6 +29,9 @@ inverter can be swapped at evaluation time: ``--model.adapter.init_args.inverter
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,10 @@ class FlowSepAdapter(ModalityAdapter):
             the query-accuracy metric; ``None`` leaves that metric out.
         source: what the flow starts from (default Gaussian noise); a
             :class:`mmflow.sources.ConditionSource` on ``mixture`` starts at the mixture.
+        target_cache_size: keep the latents of up to this many target waveforms, keyed by
+            their bytes (a hit is exact), so a clip that is the target again in a later epoch
+            is not encoded again; ``0`` turns the cache off. Mixtures are not cached: each
+            training mixture is drawn afresh.
     """
 
     def __init__(
@@ -84,9 +91,13 @@ class FlowSepAdapter(ModalityAdapter):
         media_examples: int = 4,
         classifier_path: str | None = None,
         source: Source | None = None,
+        target_cache_size: int = 0,
     ) -> None:
         super().__init__()
+        if target_cache_size < 0:
+            raise ValueError(f"`target_cache_size` must be >= 0, got {target_cache_size}")
         self.source = source or GaussianSource()
+        self.target_latents = LatentCache(target_cache_size)
         vae = MelVAE.from_pretrained(vae_path)
         self.vae = Frozen(vae)
         self.text_encoder = Frozen(SentenceEncoder(text_encoder_path, max_query_tokens))
@@ -113,7 +124,7 @@ class FlowSepAdapter(ModalityAdapter):
         """``(E(mel(target)), {mixture latent, query tokens, mask, pooled})``."""
         mixture, target = _waveforms(batch)
         cond = {"mixture": self.latents(mixture), **self.query_condition(batch["caption"])}
-        return self.latents(target), cond
+        return self.target_latents(target, self.latents), cond
 
     def query_condition(self, captions: list[str]) -> Condition:
         """The network inputs of text queries: the context stream, its mask, the pooled vector."""
@@ -178,6 +189,41 @@ class FlowSepAdapter(ModalityAdapter):
             self.sample_rate,
             self.vae.mel.hop_length,
         )
+
+
+class LatentCache:
+    """Latents of waveforms already encoded, keyed by a hash of their bytes (module docs).
+
+    ``cache(waveforms, encode)`` returns ``encode(waveforms)`` row for row, calling ``encode``
+    only on the rows not seen before; at most ``size`` entries are kept (oldest dropped).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: OrderedDict[bytes, Tensor] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def __call__(self, waveforms: Tensor, encode: Callable[[Tensor], Tensor]) -> Tensor:
+        if self.size == 0:
+            return encode(waveforms)
+        keys = [_waveform_key(row) for row in waveforms]
+        missing = [row for row, key in enumerate(keys) if key not in self.entries]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            for row, latent in zip(missing, encode(waveforms[missing]), strict=True):
+                self.entries[keys[row]] = latent
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        found = [self.entries.get(key) for key in keys]
+        if any(latent is None for latent in found):  # evicted within this batch: recompute
+            return encode(waveforms)
+        return torch.stack(found)
+
+
+def _waveform_key(waveform: Tensor) -> bytes:
+    data = waveform.detach().cpu().contiguous().numpy().tobytes()
+    return hashlib.blake2b(data, digest_size=16).digest() + str(waveform.dtype).encode()
 
 
 def _waveforms(batch: Batch) -> tuple[Tensor, Tensor]:

@@ -205,3 +205,22 @@ def test_a_flow_from_the_mixture_starts_at_its_latent(vae_path) -> None:
     x0 = adapter.source_like(x1, cond, torch.Generator().manual_seed(3))
     torch.testing.assert_close(x0, cond["mixture"] + 0.5 * eps)
     assert isinstance(FlowSepAdapter(vae_path).source, GaussianSource)
+
+
+def test_cached_target_latents_are_the_encoded_ones_and_a_changed_clip_is_encoded_again(
+    vae_path,
+) -> None:
+    cached = FlowSepAdapter(vae_path, class_names=["low", "high"], target_cache_size=3)
+    plain = FlowSepAdapter(vae_path, class_names=["low", "high"])
+    batch = make_batch()
+    first, _ = cached.encode(batch)
+    again, _ = cached.encode(batch)
+    assert (cached.target_latents.hits, cached.target_latents.misses) == (2, 2)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    torch.testing.assert_close(first, plain.encode(batch)[0], rtol=0, atol=0)
+    quieter = {**batch, "target": batch["target"] * 0.5, "mixture": batch["mixture"] * 0.5}
+    torch.testing.assert_close(cached.encode(quieter)[0], plain.encode(quieter)[0])
+    assert cached.target_latents.misses == 4
+    assert len(cached.target_latents.entries) == 3
+    with pytest.raises(ValueError, match="target_cache_size"):
+        FlowSepAdapter(vae_path, target_cache_size=-1)
