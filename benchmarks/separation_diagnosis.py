@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--out", required=True, help="folder for diagnosis.json")
     parser.add_argument("--split", default="val", choices=["val", "test"])
-    parser.add_argument("--num_examples", type=int, default=10_000, help="at most this many")
+    parser.add_argument("--num_examples", type=int, default=None, help="default: the split")
     parser.add_argument("--mean_of", type=int, default=4, help="K of the mean-of-K row")
     parser.add_argument("--times", type=float, nargs="*", default=list(ESTIMATE_TIMES))
     parser.add_argument("--seed", type=int, default=0)

@@ -240,10 +240,12 @@ def load_datamodule(recipe: str | Path) -> pl.LightningDataModule:
         raise ValueError(f"{recipe}: cannot build `data`: {error}") from None
 
 
-def take_batches(datamodule: pl.LightningDataModule, split: str, num_samples: int) -> list[Batch]:
+def take_batches(
+    datamodule: pl.LightningDataModule, split: str, num_samples: int | None
+) -> list[Batch]:
     """The first ``num_samples`` examples of ``split`` ("test", "val" or "train") as dict
-    batches. The training loader shuffles with torch's global generator: seed it first for the
-    same examples every time."""
+    batches (``None``: every batch of the split). The training loader shuffles with torch's
+    global generator: seed it first for the same examples every time."""
     stages = {
         "test": ("test", "test_dataloader"),
         "val": ("validate", "val_dataloader"),
@@ -254,8 +256,11 @@ def take_batches(datamodule: pl.LightningDataModule, split: str, num_samples: in
     stage, loader_name = stages[split]
     datamodule.prepare_data()
     datamodule.setup(stage)
+    loader = getattr(datamodule, loader_name)()
+    if num_samples is None:
+        return list(loader)
     batches, remaining = [], num_samples
-    for batch in getattr(datamodule, loader_name)():
+    for batch in loader:
         size = len(next(iter(batch.values())))
         batches.append({k: v[:remaining] for k, v in batch.items()} if size > remaining else batch)
         remaining -= min(size, remaining)

@@ -292,6 +292,8 @@ def test_take_batches_counts_examples_exactly():
     assert [len(b["label"]) for b in batches] == [64, 36]
     with pytest.raises(ValueError, match="only 256"):
         take_batches(ToyData(size=256, batch_size=64), "test", 1000)
+    whole = take_batches(ToyData(size=200, batch_size=64), "test", None)
+    assert [len(b["label"]) for b in whole] == [64, 64, 64, 8]
 
 
 def test_take_batches_reads_the_training_split_seeded_and_names_a_bad_split():
