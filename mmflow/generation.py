@@ -23,12 +23,14 @@ def generate(
     sampler: str = "heun",
     nfe: int = 16,
     cfg_scale: float = 1.0,
+    cfg_interval: tuple[float, float] | None = None,
     **sampler_kwargs: Any,
 ) -> SampleResult:
     """Integrate ``network``'s velocity from ``x0`` under ``cond``, guided when ``cfg_scale != 1``.
 
-    Guidance uses the adapter's ``null_condition`` (see :class:`ClassifierFreeGuidance`);
-    an unconditional adapter ignores ``cfg_scale``. A method that chooses its own steps (an
+    Guidance uses the adapter's ``null_condition`` (see :class:`ClassifierFreeGuidance`), for
+    ``cfg_interval[0] <= t <= cfg_interval[1]`` only when an interval is given (the conditional
+    velocity elsewhere); an unconditional adapter ignores ``cfg_scale``. A method that chooses its own steps (an
     adaptive solver) ignores ``nfe``. The result's ``nfe`` is counted. Methods that turn the
     velocity into a score (stochastic samplers, search) need the standard Gaussian source.
     """
@@ -40,9 +42,23 @@ def generate(
         )
     model: Any = network
     if cfg_scale != 1.0 and adapter.conditioned():
-        model = ClassifierFreeGuidance(network, cfg_scale, null_condition=adapter.null_condition)
+        model = ClassifierFreeGuidance(
+            network, cfg_scale, null_condition=adapter.null_condition, interval=cfg_interval
+        )
     budget = nfe if spec.takes_nfe else None
     return sample(model, x0, method=sampler, nfe=budget, **sampler_kwargs, **cond)
+
+
+def checked_interval(interval: Any) -> tuple[float, float] | None:
+    """A guidance interval ``(t_start, t_end)`` with ``0 <= t_start <= t_end <= 1``, or ``None``."""
+    if interval is None:
+        return None
+    start, end = (float(t) for t in interval)
+    if not 0.0 <= start <= end <= 1.0:
+        raise ValueError(
+            f"`cfg_interval` must satisfy 0 <= start <= end <= 1, got {list(interval)}"
+        )
+    return start, end
 
 
 @dataclass
@@ -54,6 +70,7 @@ class GenerationDefaults:
     nfe: int = 16
     cfg_scale: float = 1.0
     solver_options: dict[str, Any] | None = None
+    cfg_interval: tuple[float, float] | None = None
 
     @classmethod
     def from_hparams(cls, hparams: Any) -> GenerationDefaults:
@@ -63,7 +80,18 @@ class GenerationDefaults:
             hparams.get("nfe", 16),
             hparams.get("cfg_scale", 1.0),
             hparams.get("solver_options"),
+            hparams.get("cfg_interval"),
         )
+
+    def __post_init__(self) -> None:
+        if self.cfg_interval is not None:
+            start, end = (float(t) for t in self.cfg_interval)
+            if not 0.0 <= start <= end <= 1.0:
+                raise ValueError(
+                    f"`cfg_interval` must satisfy 0 <= start <= end <= 1, got "
+                    f"{list(self.cfg_interval)}"
+                )
+            self.cfg_interval = (start, end)
 
     def options_for(self, sampler: str | None) -> dict[str, Any] | None:
         """``solver_options`` when generating with ``sampler`` (``None``: the default one)."""
@@ -88,5 +116,6 @@ class GenerationDefaults:
             sampler=sampler or self.sampler,
             nfe=nfe or self.nfe,
             cfg_scale=self.cfg_scale if cfg_scale is None else cfg_scale,
+            cfg_interval=self.cfg_interval,
             solver_options=self.options_for(sampler),
         )

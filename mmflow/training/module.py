@@ -32,7 +32,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from mmflow.distributed import SeedPurpose, data_parallel_position, shared_seed
 from mmflow.fewstep.couplings import coupling_parts
 from mmflow.finetune import LoRA, add_lora, freeze_parameters, load_initial_weights
-from mmflow.generation import GenerationDefaults
+from mmflow.generation import GenerationDefaults, checked_interval
 from mmflow.interpolants import AffinePath, LinearPath
 from mmflow.losses import VelocityLoss
 from mmflow.modality import Batch, Condition, ModalityAdapter
@@ -84,6 +84,8 @@ class FlowMatching(EvaluatedModule):
         solver_options: the sampler's own settings (``sample(..., solver_options=...)``), used
             whenever the module generates with ``sampler``, e.g. FlowTurbo's step counts.
         cfg_scale: classifier-free guidance scale for validation sampling (1 = no guidance).
+        cfg_interval: ``[t_start, t_end]``: guide only there, the conditional velocity
+            elsewhere (guidance interval, Kynkaanniemi et al., 2024); ``None`` guides always.
         mean_of_samples: generate this many samples per condition, from independent source
             draws, and keep their mean in the flow's space: an estimate of the posterior mean
             ``E[x1 | c]``, which squared-error metrics (SDR, PSNR) reward over any one sample;
@@ -114,6 +116,7 @@ class FlowMatching(EvaluatedModule):
         nfe: int = 16,
         solver_options: dict[str, Any] | None = None,
         cfg_scale: float = 1.0,
+        cfg_interval: tuple[float, float] | None = None,
         mean_of_samples: int = 1,
         val_sample_batches: int = 1,
         sample_seed: int = 0,
@@ -124,6 +127,7 @@ class FlowMatching(EvaluatedModule):
         super().__init__()
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"`cond_dropout` must be in [0, 1), got {cond_dropout}")
+        checked_interval(cfg_interval)
         if mean_of_samples < 1:
             raise ValueError(f"`mean_of_samples` must be >= 1, got {mean_of_samples}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
