@@ -16,6 +16,13 @@ The flow starts from Gaussian noise, as in FlowSep, or (``source``) from a densi
 the mixture's latent, ``x0 = E(mel(mixture)) + s eps`` (:class:`mmflow.sources.ConditionSource`
 with ``key: mixture``), so it carries the mixture to the source it holds.
 
+Decoding can be *relative to the mixture* (``relative_decoding``): the estimate's log-mel is
+taken as ``mel(mixture) + D(x1) - D(E(mel(mixture)))``, the change the estimate makes to the
+mixture's own decoding. The decoder's reconstruction error, common to both decodings, cancels:
+where the target dominates the mixture the estimate stays at the mixture instead of at its
+lossy reconstruction. With the mixture-phase inverter the band gain is then exactly
+``exp(D(x1) - D(z_mixture))``, a mask read off two decodings.
+
 The null condition (condition dropout in training, the unconditional branch of CFG) replaces
 only the query by the empty string; the mixture is never dropped, since separating nothing is
 meaningless. Decoding runs the VAE decoder to a log-mel and a :class:`.mel.MelInverter` to a
@@ -73,6 +80,10 @@ class FlowSepAdapter(ModalityAdapter):
             the query-accuracy metric; ``None`` leaves that metric out.
         source: what the flow starts from (default Gaussian noise); a
             :class:`mmflow.sources.ConditionSource` on ``mixture`` starts at the mixture.
+        relative_decoding: decode the estimate *relative to the mixture*: the log-mel is
+            ``mel(mixture) + D(x1) - D(z_mixture)`` instead of ``D(x1)``, so the decoder's own
+            error, shared by the two decodings, cancels, and an estimate equal to the mixture's
+            latent gives back the mixture itself (module docs).
         target_cache_size: keep the latents of up to this many target waveforms, keyed by
             their bytes (a hit is exact), so a clip that is the target again in a later epoch
             is not encoded again; ``0`` turns the cache off. Mixtures are not cached: each
@@ -91,12 +102,14 @@ class FlowSepAdapter(ModalityAdapter):
         media_examples: int = 4,
         classifier_path: str | None = None,
         source: Source | None = None,
+        relative_decoding: bool = False,
         target_cache_size: int = 0,
     ) -> None:
         super().__init__()
         if target_cache_size < 0:
             raise ValueError(f"`target_cache_size` must be >= 0, got {target_cache_size}")
         self.source = source or GaussianSource()
+        self.relative_decoding = relative_decoding
         self.target_latents = LatentCache(target_cache_size)
         vae = MelVAE.from_pretrained(vae_path)
         self.vae = Frozen(vae)
@@ -152,8 +165,21 @@ class FlowSepAdapter(ModalityAdapter):
         return null
 
     def decode(self, x1: Tensor, cond: Condition, batch: Batch | None = None) -> Tensor:
-        """Waveforms ``[B, T]``: VAE decoder -> log-mel -> the inverter, at the mixture's length."""
-        return self.waveforms_from_log_mel(self.log_mel_from_latents(x1, batch), batch)
+        """Waveforms ``[B, T]``: VAE decoder -> log-mel -> the inverter, at the mixture's length
+        (with ``relative_decoding``, the log-mel relative to the mixture's)."""
+        log_mel = self.log_mel_from_latents(x1, batch)
+        if self.relative_decoding:
+            log_mel = self.relative_to_mixture(log_mel, cond, batch)
+        return self.waveforms_from_log_mel(log_mel, batch)
+
+    def relative_to_mixture(self, log_mel: Tensor, cond: Condition, batch: Batch | None) -> Tensor:
+        """``mel(mixture) + log_mel - D(z_mixture)``: the estimate's change to the mixture's
+        decoding, applied to the mixture's own log-mel."""
+        if batch is None or "mixture" not in batch:
+            raise ValueError("relative_decoding needs the batch's `mixture` to decode against")
+        mixture_log_mel = self.vae.mel(batch["mixture"])
+        decoded_mixture = self.log_mel_from_latents(cond["mixture"], batch)
+        return mixture_log_mel[..., : log_mel.shape[-1]] + log_mel - decoded_mixture
 
     def log_mel_from_latents(self, x1: Tensor, batch: Batch | None = None) -> Tensor:
         """The VAE decoder's log-mel, cropped to the frames of the batch's mixture if given."""
