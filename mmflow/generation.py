@@ -30,9 +30,10 @@ def generate(
 
     Guidance uses the adapter's ``null_condition`` (see :class:`ClassifierFreeGuidance`), for
     ``cfg_interval[0] <= t <= cfg_interval[1]`` only when an interval is given (the conditional
-    velocity elsewhere); an unconditional adapter ignores ``cfg_scale``. A method that chooses its own steps (an
-    adaptive solver) ignores ``nfe``. The result's ``nfe`` is counted. Methods that turn the
-    velocity into a score (stochastic samplers, search) need the standard Gaussian source.
+    velocity elsewhere); an unconditional adapter ignores ``cfg_scale``. A method that chooses
+    its own steps (an adaptive solver) ignores ``nfe``. The result's ``nfe`` is counted.
+    Methods that turn the velocity into a score (stochastic samplers, search) need the
+    standard Gaussian source.
     """
     spec = get_sampler(sampler)
     if spec.kind in SCORE_BASED_KINDS and not adapter.source.standard_gaussian:

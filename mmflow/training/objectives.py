@@ -181,7 +181,7 @@ class TrainingObjective(nn.Module):
 class FlowMatchingObjective(TrainingObjective):
     """Conditional flow matching: regress the path's velocity.
 
-        x0 ~ the adapter's source (or batch[noise_key]),   t ~ time_distribution,   c' = dropout(c),
+        x0 ~ the adapter's source (or batch[noise_key]),  t ~ time_distribution,  c' = dropout(c),
         x_t = alpha(t) x1 + sigma(t) x0,    target = alpha'(t) x1 + sigma'(t) x0,
         loss = L(network(x_t, t, **c'), target, t)
 
