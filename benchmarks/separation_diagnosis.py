@@ -34,10 +34,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from benchmarks.samplers import guided_model
 from mmflow.data import take_batches
 from mmflow.files import load_state, read_checkpoint
+from mmflow.hub import PretrainedFlow
 from mmflow.modality import Batch
-from mmflow.sampling import ClassifierFreeGuidance
 from mmflow.training import FlowMatching
 from mmflow.training.cli import MMFlowCLI
 from modalities.audio.evaluators import plain_sdr, si_sdr
@@ -60,12 +61,10 @@ def build(config: str, checkpoint: str, overrides: list[str]) -> tuple[Any, Any]
 
 def flow_rows(module: FlowMatching, mean_of: int, times: tuple[float, ...]) -> dict[str, Any]:
     """``name -> (separate(batch, generator), NFE per example)`` for a flow separator."""
-    adapter, nfe, cfg = module.adapter, module.hparams.nfe, module.hparams.cfg_scale
-    network = module.sampling_network
-    guided = network
-    if cfg != 1.0 and adapter.conditioned():
-        guided = ClassifierFreeGuidance(network, cfg, null_condition=adapter.null_condition)
-    evals = 2 if guided is not network else 1
+    adapter, nfe = module.adapter, module.hparams.nfe
+    flow = PretrainedFlow(module.sampling_network, adapter)
+    guided = guided_model(flow, module.hparams.cfg_scale)
+    evals = 2 if guided is not flow.network else 1
 
     def samples(batch: Batch, generator: torch.Generator, count: int) -> Tensor:
         x1, cond = adapter.encode(batch)

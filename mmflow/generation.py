@@ -85,14 +85,7 @@ class GenerationDefaults:
         )
 
     def __post_init__(self) -> None:
-        if self.cfg_interval is not None:
-            start, end = (float(t) for t in self.cfg_interval)
-            if not 0.0 <= start <= end <= 1.0:
-                raise ValueError(
-                    f"`cfg_interval` must satisfy 0 <= start <= end <= 1, got "
-                    f"{list(self.cfg_interval)}"
-                )
-            self.cfg_interval = (start, end)
+        self.cfg_interval = checked_interval(self.cfg_interval)
 
     def options_for(self, sampler: str | None) -> dict[str, Any] | None:
         """``solver_options`` when generating with ``sampler`` (``None``: the default one)."""
