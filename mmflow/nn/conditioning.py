@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .tokenizers import Tokenizer
+
 
 class ChannelConcat(nn.Module):
     """Condition on a tensor aligned with ``x`` by concatenating it along the channel axis.
@@ -60,10 +62,18 @@ class EncodedContext(nn.Module):
     unconditional estimate, with no learned null input). Holding ``E`` inside the network puts
     it in the optimizer, the EMA copy, the checkpoints and the exports with the backbone.
 
+    The encoder may also be a :class:`mmflow.nn.Tokenizer` (``Patchify2D`` ...): the condition
+    is then cut into patches whose grid coordinates are passed as the stream's position ids.
+    A condition aligned with ``x`` (FlowSep's mixture latent, a low-resolution image) patched
+    like ``x`` and given the same ``sincos`` or ``rope`` positions becomes a second token
+    stream whose token ``i`` sits where ``x``'s token ``i`` sits, the alternative to
+    :class:`ChannelConcat` in which the two meet in joint attention instead of in one token.
+
     Args:
         network: the backbone, e.g. :class:`mmflow.nn.MMDiT` with a context stream ``stream``
-            of ``dim = encoder.dim``.
-        encoder: maps the condition to tokens ``[B, L, D]``, e.g. :class:`mmflow.nn.TimmEncoder`.
+            of ``dim = encoder.dim`` (a tokenizer's ``token_dim``).
+        encoder: maps the condition to tokens ``[B, L, D]``, e.g. :class:`mmflow.nn.TimmEncoder`,
+            or a tokenizer whose position ids go with its tokens.
         key: the keyword argument holding the condition.
         stream: the backbone's context stream the tokens join.
     """
@@ -82,7 +92,7 @@ class EncodedContext(nn.Module):
             )
         condition = kwargs.pop(self.key)
         present = kwargs.pop(f"{self.key}_mask", None)
-        tokens = self.encoder(condition.to(x.dtype))
+        tokens, ids = self._encode(condition.to(x.dtype))
         if tokens.dim() != 3 or tokens.shape[0] != x.shape[0]:
             raise ValueError(
                 f"EncodedContext: the encoder gave {tuple(tokens.shape)} for `{self.key}`; "
@@ -91,6 +101,8 @@ class EncodedContext(nn.Module):
         context = dict(kwargs.pop("context", None) or {})
         context_mask = dict(kwargs.pop("context_mask", None) or {})
         context[self.stream] = tokens
+        if ids is not None:
+            kwargs["positions"] = {**(kwargs.get("positions") or {}), self.stream: ids}
         if present is not None:
             if present.shape != (x.shape[0],):
                 raise ValueError(
@@ -99,3 +111,10 @@ class EncodedContext(nn.Module):
                 )
             context_mask[self.stream] = present.bool()[:, None].expand(-1, tokens.shape[1])
         return self.network(x, t, context=context, context_mask=context_mask, **kwargs)
+
+    def _encode(self, condition: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Tokens of the condition and their position ids (``None`` from a plain encoder)."""
+        if isinstance(self.encoder, Tokenizer):
+            layout = self.encoder.encode(condition)
+            return layout.tokens, layout.positions
+        return self.encoder(condition), None

@@ -11,6 +11,7 @@ from mmflow.nn import (
     EncodedContext,
     MMDiT,
     Patchify2D,
+    PositionConfig,
     SetTokens,
     TimmEncoder,
 )
@@ -157,3 +158,42 @@ def test_missing_or_wrong_image_inputs_are_clear_errors():
         model(x, t)
     with pytest.raises(ValueError, match="`image_mask` must be \\[B=2\\]"):
         model(x, t, image=torch.randn(2, 1, 16, 16), image_mask=torch.ones(3, dtype=torch.bool))
+
+
+def grid_conditioned_mmdit(context_positions: str) -> EncodedContext:
+    """An MMDiT on 4 x 4 images whose condition is patched like x into a second stream."""
+    torch.manual_seed(0)
+    backbone = MMDiT(
+        Patchify2D(2, patch_size=2),
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        context={"mixture": ContextConfig(12, positions=PositionConfig(context_positions))},
+    )
+    return EncodedContext(
+        randomize_(backbone), Patchify2D(3, patch_size=2), key="mixture", stream="mixture"
+    )
+
+
+def test_a_tokenized_condition_brings_its_grid_positions_to_its_stream():
+    model = grid_conditioned_mmdit("sincos")
+    x, t, condition = torch.randn(2, 2, 4, 4), torch.rand(2), torch.randn(2, 3, 4, 4)
+    layout = Patchify2D(3, patch_size=2).encode(condition)
+    direct = model.network(
+        x, t, context={"mixture": layout.tokens}, positions={"mixture": layout.positions}
+    )
+    torch.testing.assert_close(model(x, t, mixture=condition), direct)
+    assert layout.positions.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
+
+
+@pytest.mark.parametrize("context_positions", ["sincos", "rope"])
+def test_a_positioned_condition_stream_tells_where_each_patch_is(context_positions):
+    """Joint attention is blind to the order of a stream's tokens unless they carry positions:
+    swapping two patches of the condition leaves a position-free stream's output unchanged
+    and changes a positioned one's."""
+    x, t, condition = torch.randn(1, 2, 4, 4), torch.rand(1), torch.randn(1, 3, 4, 4)
+    swapped = torch.cat([condition[..., 2:], condition[..., :2]], dim=-1)
+    blind = grid_conditioned_mmdit("none")
+    torch.testing.assert_close(blind(x, t, mixture=condition), blind(x, t, mixture=swapped))
+    seeing = grid_conditioned_mmdit(context_positions)
+    assert not torch.allclose(seeing(x, t, mixture=condition), seeing(x, t, mixture=swapped))
