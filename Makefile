@@ -49,8 +49,10 @@ $(CGAL_MESHES)/armadillo.off:
 
 cgal-meshes: $(CGAL_MESHES)/armadillo.off
 
+# Two pytest-xdist workers, one thread each (tests/conftest.py): most of the suite is
+# single-threaded command start-up, so two workers nearly halve it on a 2-core machine.
 test: $(STAMP) $(CGAL_MESHES)/armadillo.off
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # The classifier behind FD-ours and class accuracy is trained once and cached.
 $(DEMO_CLASSIFIER)/config.json: | $(STAMP)

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmflow.hub import trust_packages
 from modalities.image import MNIST5k, SmallCNN, train_classifier
 
 trust_packages("tests")  # the toy modality's classes, which the suite exports and loads
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 2``) each worker, and every command it
+    starts, computes on one thread: two workers on two cores, not four threads fighting."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
