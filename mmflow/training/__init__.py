@@ -8,7 +8,7 @@ from mmflow.training.checkpoints import (
 )
 from mmflow.training.evaluation import EvaluatedBatch, EvaluatedModule
 from mmflow.training.guards import NonFiniteGuard
-from mmflow.training.module import FlowMatching
+from mmflow.training.module import FlowMatching, built_from_config, optimization
 from mmflow.training.objectives import (
     FlowMatchingObjective,
     ObjectiveOutput,
@@ -28,5 +28,7 @@ __all__ = [
     "RunCheckpoint",
     "TrainingContext",
     "TrainingObjective",
+    "built_from_config",
     "install_safeguards",
+    "optimization",
 ]

@@ -65,6 +65,30 @@ def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
 
 
+def built_from_config() -> bool:
+    """Whether the module being built comes from a config (LightningCLI, a hub export): its
+    hyperparameters are then that config, saved whole so a checkpoint can rebuild every part.
+    Built in Python, live objects (networks, optimizer callables) are not config."""
+    return _given_hyperparameters.get() is not None
+
+
+def optimization(
+    parameters: list[nn.Parameter],
+    optimizer: OptimizerCallable,
+    scheduler: LRSchedulerCallable | None = None,
+) -> Any:
+    """What a module's ``configure_optimizers`` returns: ``optimizer(parameters)``, and with a
+    ``scheduler`` that scheduler stepped after every optimizer step (not every epoch), so a
+    recipe's decay is written in steps, like its ``max_steps``."""
+    built = optimizer(parameters)
+    if scheduler is None:
+        return built
+    return {
+        "optimizer": built,
+        "lr_scheduler": {"scheduler": scheduler(built), "interval": "step"},
+    }
+
+
 class FlowMatching(EvaluatedModule):
     """Flow-matching training and sampling for any modality adapter and velocity network.
 
@@ -132,11 +156,7 @@ class FlowMatching(EvaluatedModule):
             raise ValueError(f"`mean_of_samples` must be >= 1, got {mean_of_samples}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must be in (0, 1) or None, got {ema_decay}")
-        # Built from a config (LightningCLI, hub), the hyperparameters are that config and are
-        # saved whole, so a checkpoint can rebuild every part. Built in Python, the live objects
-        # are left out: they are not config, and their weights are in the state dict anyway.
-        built_from_config = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=[] if built_from_config else list(_OBJECT_ARGUMENTS))
+        self.save_hyperparameters(ignore=[] if built_from_config() else list(_OBJECT_ARGUMENTS))
         self.adapter = adapter
         self.network = self._prepare_network(network, init_from, freeze or [], lora)
         self.path = path or LinearPath()
@@ -298,11 +318,4 @@ class FlowMatching(EvaluatedModule):
 
     def configure_optimizers(self) -> Any:
         trainable = [p for p in self.network.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(trainable)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return optimization(trainable, self.optimizer_factory, self.scheduler_factory)

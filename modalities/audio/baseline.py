@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from mmflow.pretrained import Frozen
-from mmflow.training import EvaluatedBatch, EvaluatedModule
+from mmflow.training import EvaluatedBatch, EvaluatedModule, built_from_config, optimization
 
 from .evaluators import separation_metrics
 from .media import write_separation_batch
@@ -32,6 +33,10 @@ from .sources import ALL_CLASSES
 from .text import SentenceEncoder
 
 __all__ = ["MaskSeparator"]
+
+
+def _default_optimizer(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
 
 
 class MaskSeparator(EvaluatedModule):
@@ -48,7 +53,9 @@ class MaskSeparator(EvaluatedModule):
         query_stream: name of the query context stream.
         use_pooled: also pass the pooled query embedding as ``pooled``.
         mel_mean, mel_std: standardisation of the input log-mel.
-        lr, weight_decay: AdamW settings.
+        optimizer: builds the optimizer from the network's parameters (default AdamW, lr
+            1e-3), as :class:`~mmflow.training.FlowMatching`'s does.
+        scheduler: builds an LR scheduler (stepped every optimizer step), or ``None``.
         media_examples: examples written from the first validation / test batch.
         classifier_path: an audio classifier (``python -m modalities.audio.classifier``) for
             the query-accuracy metric; ``None`` leaves that metric out.
@@ -65,13 +72,16 @@ class MaskSeparator(EvaluatedModule):
         use_pooled: bool = True,
         mel_mean: float = -5.0,
         mel_std: float = 4.0,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        optimizer: OptimizerCallable = _default_optimizer,
+        scheduler: LRSchedulerCallable | None = None,
         media_examples: int = 4,
         classifier_path: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["network", "inverter"])
+        live_objects = [] if built_from_config() else ["optimizer", "scheduler"]
+        self.save_hyperparameters(ignore=["network", "inverter", *live_objects])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.network = network
         self.mel = LogMel()
         self.inverter = inverter or MixturePhaseInverter()
@@ -145,7 +155,7 @@ class MaskSeparator(EvaluatedModule):
             self.mel.hop_length,
         )
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
-            self.network.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+    def configure_optimizers(self) -> Any:
+        return optimization(
+            list(self.network.parameters()), self.optimizer_factory, self.scheduler_factory
         )

@@ -1,5 +1,7 @@
 """FlowMatching trained on class-conditional Gaussians, whose answer is known."""
 
+import math
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -99,6 +101,27 @@ def test_ema_tracks_the_weights_with_its_decay(tmp_path):
     for got, want in zip(module.ema.module.parameters(), expected):
         torch.testing.assert_close(got, want)
     assert module.sampling_network is module.ema.module
+
+
+def test_the_scheduler_steps_every_optimizer_step(tmp_path):
+    """Cosine decay over 6 steps: the learning rate each step trains with is the closed form
+    ``lr_k = lr_0 (1 + cos(pi k / 6)) / 2``, so the schedule advances per step, not per epoch
+    (ToyData holds several batches an epoch)."""
+    learning_rates = []
+
+    class Recorder(pl.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            learning_rates.append(optimizer.param_groups[0]["lr"])
+
+    module = make_module(
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+        scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=6),
+    )
+    make_trainer(tmp_path, max_steps=6, callbacks=[Recorder()], limit_val_batches=0).fit(
+        module, ToyData()
+    )
+    expected = [0.05 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]
+    assert learning_rates == pytest.approx(expected)
 
 
 def test_ema_copy_is_not_trainable():

@@ -17,7 +17,7 @@ def tones(frequencies: list[float], samples: int = 12800) -> torch.Tensor:
     return torch.stack([0.5 * torch.sin(2 * math.pi * f * t) for f in frequencies])
 
 
-def make_separator() -> MaskSeparator:
+def make_separator(**settings) -> MaskSeparator:
     network = MMDiT(
         Patchify2D(in_channels=1, patch_size=8),
         hidden_size=32,
@@ -26,7 +26,12 @@ def make_separator() -> MaskSeparator:
         context={"query": ContextConfig(dim=384)},
         pooled_dim=384,
     )
-    return MaskSeparator(network, class_names=["low", "high"], lr=3e-3)
+    return MaskSeparator(
+        network,
+        class_names=["low", "high"],
+        optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
+        **settings,
+    )
 
 
 def make_batch() -> dict:
@@ -92,3 +97,19 @@ def test_training_separates_by_query() -> None:
 def test_the_text_encoder_stays_out_of_the_checkpoint() -> None:
     separator = make_separator()
     assert all(key.startswith("network.") for key in separator.state_dict())
+
+
+def test_the_separator_takes_an_optimizer_and_a_per_step_scheduler() -> None:
+    """The same optimizer and scheduler settings as FlowMatching: the optimizer trains the
+    network's parameters and the scheduler steps every optimizer step."""
+    separator = make_separator(
+        scheduler=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10)
+    )
+    configured = separator.configure_optimizers()
+    optimizer = configured["optimizer"]
+    assert optimizer.param_groups[0]["lr"] == 3e-3
+    assert {id(p) for p in optimizer.param_groups[0]["params"]} == {
+        id(p) for p in separator.network.parameters()
+    }
+    assert configured["lr_scheduler"]["interval"] == "step"
+    assert configured["lr_scheduler"]["scheduler"].T_max == 10
