@@ -122,6 +122,9 @@ class FlowMatching(EvaluatedModule):
         freeze: shell-style patterns of network parameters that do not train.
         lora: train LoRA adapters instead of the weights (:class:`LoRA`); an export merges
             them into the weights.
+        compile_network: train through ``torch.compile`` of the network (``nn.Module.compile``:
+            the same parameters and checkpoint keys; compiled on the first step, again when
+            input shapes change). The EMA copy that samples stays eager.
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class FlowMatching(EvaluatedModule):
         init_from: str | None = None,
         freeze: list[str] | None = None,
         lora: LoRA | None = None,
+        compile_network: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= cond_dropout < 1.0:
@@ -172,6 +176,8 @@ class FlowMatching(EvaluatedModule):
             # The EMA copy is never optimised: leaving it out of autograd keeps it out of the
             # trainable-parameter count and out of DDP's gradient synchronisation.
             self.ema.requires_grad_(False)
+        if compile_network:
+            self.network.compile()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.draw_seed: int | None = None
