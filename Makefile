@@ -10,9 +10,11 @@ STAMP     := $(VENV)/.mmflow-installed
 # torch is pinned first so pip takes the build on this machine's disk instead of
 # downloading a multi-gigabyte one; torchaudio 2.11 runs beside it.
 TORCH_PIN := torch==2.14.1 torchaudio==2.11.0
-# Real data from Debian's packages (the tests read them); machines here run as root.
+# Real data from Debian's packages (the tests read them), and the C++ compiler torch.compile's
+# CPU backend builds its kernels with (the FlowSep recipe trains compiled); machines here run
+# as root.
 DEB_PACKAGES := dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en \
-                fluidsynth timgm6mb-soundfont bucklespring-data sound-theme-freedesktop
+                fluidsynth timgm6mb-soundfont bucklespring-data sound-theme-freedesktop g++
 
 # Real meshes for the shape tests: the data files of Debian's CGAL demo package, unpacked from
 # its .deb (nothing is installed).
