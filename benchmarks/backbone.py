@@ -161,8 +161,13 @@ def sd3_call(model: nn.Module) -> Callable[[Inputs], Tensor]:
     )
 
 
+def training_loss(call: Callable[[Inputs], Tensor], inputs: Inputs) -> Tensor:
+    """The squared output, averaged: a loss that reaches every parameter."""
+    return call(inputs).float().square().mean()
+
+
 def train_pass(call: Callable[[Inputs], Tensor], inputs: Inputs) -> None:
-    call(inputs).float().square().mean().backward()
+    training_loss(call, inputs).backward()
 
 
 def forward_pass(call: Callable[[Inputs], Tensor], inputs: Inputs) -> None:
@@ -206,7 +211,7 @@ def saved_for_backward_bytes(call: Callable[[Inputs], Tensor], inputs: Inputs) -
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-        loss = call(inputs).float().square().mean()
+        loss = training_loss(call, inputs)
     loss.backward()
     return sum(storages.values())
 
@@ -277,8 +282,10 @@ def compare_size(
     dtype: torch.dtype,
     repeats: int,
     peak_tflops: float | None,
-) -> list[dict[str, Any]]:
-    """Rows for both models in every mode at one size, with the output difference and FLOPs."""
+    profile_top: int = 0,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows for both models in every mode at one size, with the output difference and FLOPs,
+    and (``profile_top`` > 0) :func:`op_profile` of mmflow's eager training pass."""
     size = SIZES[size_name]
     ours, sd3 = (model.to(device) for model in build_pair(size))
     inputs = make_inputs(size, device)
@@ -299,15 +306,9 @@ def compare_size(
             if peak_tflops:
                 row["model_flop_utilisation"] = row["train_tflops_per_s"] / peak_tflops
             rows.append(row)
-        _set_checkpointing(ours, False)
-        _set_checkpointing(sd3, False)
-    return rows
-
-
-def profile_size(size_name: str, device: torch.device, top: int) -> list[dict[str, Any]]:
-    """:func:`op_profile` of mmflow's eager training pass at one size."""
-    ours, _ = build_pair(SIZES[size_name])
-    return op_profile(mmdit_call(ours.to(device)), make_inputs(SIZES[size_name], device), top)
+    _set_checkpointing(ours, False)
+    profile = op_profile(mmdit_call(ours), inputs, profile_top) if profile_top else []
+    return rows, profile
 
 
 def _prepared(model: nn.Module, mode: str) -> nn.Module:
@@ -364,11 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     rows, profiles = [], {}
     for size in args.sizes:
-        rows += compare_size(size, args.modes, device, dtype, args.repeats, args.peak_tflops)
+        size_rows, profile = compare_size(
+            size, args.modes, device, dtype, args.repeats, args.peak_tflops, args.profile
+        )
+        rows += size_rows
         print(format_table(rows), flush=True)
-        if args.profile:
-            profiles[size] = profile_size(size, device, args.profile)
-            for entry in profiles[size]:
+        if profile:
+            profiles[size] = profile
+            for entry in profile:
                 print(
                     f"{entry['ms_per_pass']:8.2f} ms {entry['calls_per_pass']:6.0f}  {entry['op']}"
                 )
