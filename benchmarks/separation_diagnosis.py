@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -34,29 +33,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from benchmarks.recipes import build_recipe
 from benchmarks.samplers import guided_model
 from mmflow.data import take_batches
-from mmflow.files import load_state, read_checkpoint
 from mmflow.hub import PretrainedFlow
 from mmflow.modality import Batch
 from mmflow.training import FlowMatching
-from mmflow.training.cli import MMFlowCLI
 from modalities.audio.evaluators import plain_sdr, si_sdr
 
 SNR_BINS = ((-15.0, -5.0), (-5.0, 5.0), (5.0, 15.0))
 ESTIMATE_TIMES = (0.0, 0.25, 0.5, 0.75, 0.9)
 
 Separate = Callable[[Batch, torch.Generator], Tensor]
-
-
-def build(config: str, checkpoint: str, overrides: list[str]) -> tuple[Any, Any]:
-    """The recipe's module with the checkpoint's weights, and its datamodule."""
-    with warnings.catch_warnings():  # the arguments are this script's, rewritten on purpose
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = MMFlowCLI(args=["--config", config, *overrides, "--trainer.logger=false"], run=False)
-    state = read_checkpoint(checkpoint)["state_dict"]
-    load_state(cli.model, state, checkpoint)
-    return cli.model.eval(), cli.datamodule
 
 
 def flow_rows(module: FlowMatching, mean_of: int, times: tuple[float, ...]) -> dict[str, Any]:
@@ -152,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", help="recipe overrides (after --)")
     args = parser.parse_args(argv)
-    module, datamodule = build(args.config, args.ckpt_path, args.overrides)
+    module, datamodule = build_recipe(args.config, args.overrides, args.ckpt_path)
     batches = take_batches(datamodule, args.split, args.num_examples)
     if isinstance(module, FlowMatching):
         rows = flow_rows(module, args.mean_of, tuple(args.times))

@@ -23,7 +23,6 @@ import argparse
 import functools
 import json
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,9 +31,9 @@ from typing import Any
 
 import torch
 
+from benchmarks.recipes import build_recipe
 from mmflow.modality import to_device
 from mmflow.training import FlowMatching
-from mmflow.training.cli import MMFlowCLI
 
 STAGES = ("data", "encode", "objective", "backward", "optimizer")
 
@@ -130,12 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("overrides", nargs="*", help="recipe overrides (after --)")
     args = parser.parse_args(argv)
-    with warnings.catch_warnings():  # the arguments are this script's, rewritten on purpose
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = MMFlowCLI(
-            args=["--config", args.config, *args.overrides, "--trainer.logger=false"], run=False
-        )
-    module, datamodule = cli.model, cli.datamodule
+    module, datamodule = build_recipe(args.config, args.overrides)
     if not isinstance(module, FlowMatching):
         raise TypeError(f"{args.config}: times flow recipes; its model is {type(module).__name__}")
     datamodule.prepare_data()
