@@ -36,7 +36,7 @@ from pytorch_lightning.utilities import rank_zero_only
 import mmflow
 from mmflow.faults import TrainingFault
 from mmflow.hub import PretrainedFlow, load_flow, pretrained_from_checkpoint, save_pretrained
-from mmflow.modality import to_device
+from mmflow.modality import condition_rows, to_device
 
 # Lightning's CLI still calls jsonargparse APIs deprecated in 4.49; users cannot act on that.
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
@@ -107,9 +107,11 @@ def sample_media(
     noise = flow.adapter.source.from_noise(eps, cond)
     samples, total_nfe = [], 0
     for start in range(0, num_samples, batch_size):
-        chunk = slice(start, start + batch_size)
-        part = {k: v[chunk] if torch.is_tensor(v) else v for k, v in cond.items()}
-        result = flow.generate(part, noise[chunk], sampler=sampler, nfe=nfe, cfg_scale=cfg_scale)
+        stop = start + batch_size
+        part = condition_rows(cond, start, stop)
+        result = flow.generate(
+            part, noise[start:stop], sampler=sampler, nfe=nfe, cfg_scale=cfg_scale
+        )
         if not bool(torch.isfinite(result.samples).all()):
             raise TrainingFault(
                 f"samples {start}..{start + len(result.samples) - 1} hold NaN or infinite "

@@ -153,6 +153,20 @@ def drop_conditions(cond: Condition, null: Condition, drop: Tensor) -> Condition
     return mixed
 
 
+def condition_rows(cond: Condition, start: int, stop: int) -> Condition:
+    """Examples ``start:stop`` of a condition: tensors and lists sliced along their first (batch)
+    dimension, as CFG batches them, dicts recursively; other values (``None``, numbers,
+    strings) are not per example and pass through."""
+    return {
+        key: condition_rows(value, start, stop)
+        if isinstance(value, dict)
+        else value[start:stop]
+        if isinstance(value, Tensor | list | tuple)
+        else value
+        for key, value in cond.items()
+    }
+
+
 def to_device(values: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
     """Move the tensors of a batch or condition dict (nested dicts included) to ``device``."""
     return {

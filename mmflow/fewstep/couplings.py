@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmflow.data import ResumableLoader, batch_as_is
 from mmflow.files import load_weights, read_json, save_weights, write_json
-from mmflow.modality import Batch, Condition
+from mmflow.modality import Batch, Condition, condition_rows
 from mmflow.numerics import first_non_finite, keyed_generator
 
 __all__ = [
@@ -172,7 +172,7 @@ class CouplingGenerator(pl.LightningModule):
         )
         samples = [
             self.flow.generate(
-                _rows(cond, start, start + self.batch_size),
+                condition_rows(cond, start, start + self.batch_size),
                 noise[start : start + self.batch_size],
                 sampler=settings.sampler,
                 nfe=settings.nfe,
@@ -186,12 +186,6 @@ class CouplingGenerator(pl.LightningModule):
             "x1": torch.cat(samples),
             **flatten_condition(cond),
         }
-
-
-def _rows(cond: Condition, start: int, stop: int) -> Condition:
-    return {
-        k: _rows(v, start, stop) if isinstance(v, dict) else v[start:stop] for k, v in cond.items()
-    }
 
 
 class _ShardWriter(BasePredictionWriter):

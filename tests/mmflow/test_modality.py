@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mmflow.modality import drop_conditions
+from mmflow.modality import condition_rows, drop_conditions
 
 
 def test_dropped_samples_take_the_null_condition_elementwise():
@@ -38,3 +38,19 @@ def test_shape_change_is_an_error_naming_the_key():
             {"class_labels": torch.zeros(3)},
             torch.tensor([True, False]),
         )
+
+
+def test_condition_rows_slices_every_per_example_entry_at_any_depth():
+    cond = {
+        "class_labels": torch.arange(5),
+        "context": {"query": torch.arange(10.0).reshape(5, 2)},
+        "names": ["a", "b", "c", "d", "e"],
+        "guidance": None,
+        "scale": 2.0,
+    }
+    rows = condition_rows(cond, 1, 3)
+    assert rows["class_labels"].tolist() == [1, 2]
+    assert rows["context"]["query"].tolist() == [[2.0, 3.0], [4.0, 5.0]]
+    assert rows["names"] == ["b", "c"]
+    assert rows["guidance"] is None and rows["scale"] == 2.0
+    assert condition_rows(cond, 4, 9)["class_labels"].tolist() == [4]
