@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -38,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.timing import interleaved_medians
 from mmflow.nn import mmdit_from_sd3
 
 
@@ -175,24 +175,6 @@ def forward_pass(call: Callable[[Inputs], Tensor], inputs: Inputs) -> None:
         call(inputs)
 
 
-def interleaved_medians(
-    runs: dict[str, Callable[[], None]], device: torch.device, repeats: int
-) -> dict[str, float]:
-    """Median wall time of each run over ``repeats`` rounds (CUDA synchronised), after one
-    untimed round; every round calls each run once in turn, so a change in the machine's
-    speed during the measurement reaches every run alike."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for round_index in range(repeats + 1):
-        for name, run in runs.items():
-            _synchronize(device)
-            start = time.perf_counter()
-            run()
-            _synchronize(device)
-            if round_index > 0:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def training_flops(call: Callable[[Inputs], Tensor], inputs: Inputs) -> int:
     """FLOPs of forward + backward, attention in its math form (fused kernels are not counted
     by ``FlopCounterMode`` on every device)."""
@@ -324,11 +306,6 @@ def _set_checkpointing(model: nn.Module, enabled: bool) -> None:
             model.disable_gradient_checkpointing()
     else:
         model.gradient_checkpointing = enabled
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -2,7 +2,8 @@
 
 For each ``--batch_sizes`` entry ``B`` it takes the first batch of the recipe's validation
 split, repeats its rows to ``B`` examples (speed does not depend on which examples), encodes
-them and times, as the median of ``--repeats`` runs after one untimed warm-up:
+them and times, as the median of ``--repeats`` rounds after one untimed round (each round
+runs every measurement once in turn, so the machine's drift reaches them alike):
 
 - ``generate``: ``FlowMatching.generate``, the one sampling entry point, from the adapter's
   source with the recipe's validation sampler, NFE and CFG scale (the EMA network);
@@ -25,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.recipes import build_recipe
+from benchmarks.timing import interleaved_medians
 from mmflow.modality import Batch, to_device
 from mmflow.training import FlowMatching
 
@@ -60,20 +60,6 @@ def repeat_rows(batch: Batch, size: int) -> Batch:
     }
 
 
-def median_seconds(run: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls of ``run`` after one untimed warm-up call (CUDA
-    work finished inside each timing)."""
-    run()
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        if torch.cuda.is_initialized():
-            torch.cuda.synchronize()
-        timings.append(time.perf_counter() - start)
-    return statistics.median(timings)
-
-
 @torch.no_grad()
 def measure(module: FlowMatching, batch: Batch, batch_size: int, repeats: int) -> dict[str, Any]:
     """The figures of one batch size (module docstring)."""
@@ -84,13 +70,15 @@ def measure(module: FlowMatching, batch: Batch, batch_size: int, repeats: int) -
     samples, nfe = module.generate(cond, x0)
     cfg_scale = float(module.hparams.cfg_scale)
     guided = cfg_scale != 1.0 and module.adapter.conditioned()
-    generate = median_seconds(lambda: module.generate(cond, x0), repeats)
-    unguided = (
-        median_seconds(lambda: module.generate(cond, x0, cfg_scale=1.0), repeats)
-        if guided
-        else generate
-    )
-    decode = median_seconds(lambda: module.adapter.decode(samples, cond, rows), repeats)
+    runs = {
+        "generate": lambda: module.generate(cond, x0),
+        "decode": lambda: module.adapter.decode(samples, cond, rows),
+    }
+    if guided:
+        runs["unguided"] = lambda: module.generate(cond, x0, cfg_scale=1.0)
+    seconds = interleaved_medians(runs, x1.device, repeats)
+    generate, decode = seconds["generate"], seconds["decode"]
+    unguided = seconds.get("unguided", generate)
     return {
         "batch_size": batch_size,
         "sampler": module.hparams.sampler,
