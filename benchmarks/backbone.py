@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.timing import interleaved_medians
+from benchmarks.timing import interleaved_medians, synchronize
 from mmflow.nn import mmdit_from_sd3
 
 
@@ -230,8 +230,10 @@ def measure_pair(
     rows: dict[str, dict[str, Any]] = {name: {"model": name} for name in calls}
     with autocast:
         for name, call in calls.items():
+            synchronize(device)
             start = time.perf_counter()
             train_pass(call, inputs)
+            synchronize(device)
             rows[name]["first_call_s"] = time.perf_counter() - start
             rows[name]["saved_for_backward_mib"] = saved_for_backward_bytes(call, inputs) / 2**20
             if device.type == "cuda":

@@ -18,15 +18,16 @@ def interleaved_medians(
     times: dict[str, list[float]] = {name: [] for name in runs}
     for round_index in range(repeats + 1):
         for name, run in runs.items():
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             run()
-            _synchronize(device)
+            synchronize(device)
             if round_index > 0:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously); nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
