@@ -94,12 +94,17 @@ def test_main_writes_rows_for_both_models(tmp_path, monkeypatch):
     monkeypatch.setitem(backbone.SIZES, "tiny", TINY)
     out = tmp_path / "backbone.json"
     options = ["--sizes", "tiny", "--modes", "eager", "checkpointing", "--repeats", "2"]
-    options += ["--profile", "10", "--out"]
+    options += ["--profile", "1000", "--out"]
     assert backbone.main([*options, str(out)]) == 0
     result = json.loads(out.read_text())
     rows = result["rows"]
-    assert len(result["profiles"]["tiny"]) == 10
-    assert any(entry["op"] in ("aten::mm", "aten::addmm") for entry in result["profiles"]["tiny"])
+    # Every operator (fewer than 1000): which ones lead depends on the machine's load, so the
+    # check is that the matrix products are there and the list is sorted by time.
+    profile = result["profiles"]["tiny"]
+    assert 10 < len(profile) < 1000
+    assert any(entry["op"] in ("aten::mm", "aten::addmm") for entry in profile)
+    times = [entry["ms_per_pass"] for entry in profile]
+    assert times == sorted(times, reverse=True)
     assert [(r["mode"], r["model"]) for r in rows] == [
         ("eager", "mmflow"),
         ("eager", "diffusers"),
