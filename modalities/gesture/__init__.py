@@ -11,6 +11,7 @@ from .bvh import (
     skeleton_of,
     write_bvh,
 )
+from .mocap import humanoid_clips, read_humanoid_clip
 from .skeleton import (
     PART_NAMES,
     Skeleton,
@@ -29,9 +30,11 @@ __all__ = [
     "bvh_to_motion",
     "default_skeleton",
     "forward_kinematics",
+    "humanoid_clips",
     "matrix_to_rotation_6d",
     "motion_to_bvh",
     "read_bvh",
+    "read_humanoid_clip",
     "rotation_6d_to_matrix",
     "skeleton_of",
     "write_bvh",
