@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pickle
 import re
@@ -22,6 +23,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mmflow.numerics import first_non_finite
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -54,6 +57,30 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
 def write_json(path: str | Path, value: Any, indent: int = 2) -> Path:
     """Write ``value`` as JSON, atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=indent)))
+
+
+def reusable_manifest(
+    path: str | Path, settings: dict[str, Any], sources: dict[str, Any], what: str
+) -> dict[str, Any] | None:
+    """The manifest of a prepared cache at ``path`` if it records these ``settings`` and these
+    source checksums, else ``None`` -- with a log line naming ``what`` and the file when one
+    exists but differs, so a stale cache is rebuilt, never reused silently. A manifest that
+    is not valid JSON counts as differing."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        recorded = None
+    if (
+        isinstance(recorded, dict)
+        and recorded.get("settings") == settings
+        and recorded.get("sources") == sources
+    ):
+        return recorded
+    log.warning("%s: settings or source checksums differ from %s; rebuilding", what, path)
+    return None
 
 
 def read_json(path: str | Path, written_by: str = "") -> Any:

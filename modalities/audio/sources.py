@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmflow.files import default_cache_dir, file_sha256, write_json
+from mmflow.files import default_cache_dir, file_sha256, reusable_manifest, write_json
 
 from .io import load_audio, save_wav, split_into_clips
 
@@ -415,16 +415,9 @@ def prepare_sources(settings: SourceSettings, cache_root: Path | None = None) ->
     }
     if any(name in RENDERED_PROGRAMS for name in settings.classes):
         fingerprints["soundfont"] = {str(SOUNDFONT): file_sha256(SOUNDFONT)}
-    if manifest_path.is_file():
-        recorded = json.loads(manifest_path.read_text())
-        if (
-            recorded.get("settings") == settings.as_dict()
-            and recorded.get("sources") == fingerprints
-        ):
-            return recorded
-        log.warning(
-            "audio sources: settings or source checksums differ from %s; rebuilding", manifest_path
-        )
+    recorded = reusable_manifest(manifest_path, settings.as_dict(), fingerprints, "audio sources")
+    if recorded is not None:
+        return recorded
     log.info("audio sources: preparing %s into %s", list(settings.classes), folder)
     manifest = _build_cache(folder, sources, fingerprints, settings)
     write_json(manifest_path, manifest, indent=1)

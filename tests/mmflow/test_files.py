@@ -12,6 +12,7 @@ from mmflow.files import (
     load_state,
     load_weights,
     read_json,
+    reusable_manifest,
     save_weights,
     write_json,
 )
@@ -65,3 +66,17 @@ def test_weights_round_trip_and_errors_name_the_file(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json"):
         read_json(tmp_path / "bad.json")
+
+
+def test_a_manifest_is_reused_only_with_the_same_settings_and_sources(tmp_path, caplog):
+    path = tmp_path / "manifest.json"
+    assert reusable_manifest(path, {"a": 1}, {"f": "00"}, "cache") is None  # none yet
+    manifest = {"settings": {"a": 1}, "sources": {"f": "00"}, "files": ["x"]}
+    write_json(path, manifest)
+    assert reusable_manifest(path, {"a": 1}, {"f": "00"}, "cache") == manifest
+    with caplog.at_level("WARNING"):
+        assert reusable_manifest(path, {"a": 2}, {"f": "00"}, "cache") is None
+        assert reusable_manifest(path, {"a": 1}, {"f": "11"}, "cache") is None
+        path.write_text("{not json")
+        assert reusable_manifest(path, {"a": 1}, {"f": "00"}, "cache") is None
+    assert caplog.text.count("cache: settings or source checksums differ") == 3
