@@ -129,7 +129,8 @@ class JointBlock(nn.Module):
     def forward(
         self, xs: dict[str, Tensor], c_act: Tensor, rope: dict[str, Rope], mask: Tensor | None
     ) -> dict[str, Tensor]:
-        """``xs``: stream name → ``[B, L_s, D]``; ``mask``: bool ``[B,1,1,sum L_s]`` or None."""
+        """``xs``: stream name → ``[B, L_s, D]``; ``mask``: bool ``[B, 1, 1, sum L_s]`` (keys)
+        or ``[B, 1, sum L_s, sum L_s]`` (queries x keys), or None."""
         mods = {s: self.layers[s].modulations(c_act) for s in xs}
         qkv = {s: self.layers[s].attention_inputs(x, mods[s], rope.get(s)) for s, x in xs.items()}
         queries = [s for s in xs if qkv[s][0] is not None]
@@ -137,12 +138,25 @@ class JointBlock(nn.Module):
             torch.cat([qkv[s][0] for s in queries], dim=2),
             torch.cat([qkv[s][1] for s in xs], dim=2),
             torch.cat([qkv[s][2] for s in xs], dim=2),
-            mask,
+            _query_rows(mask, xs, queries),
         )
         outs = dict(zip(queries, out.split([xs[s].shape[1] for s in queries], dim=1)))
         return {
             s: self.layers[s].update(x, outs[s], mods[s]) if s in outs else x for s, x in xs.items()
         }
+
+
+def _query_rows(mask: Tensor | None, xs: dict[str, Tensor], queries: list[str]) -> Tensor | None:
+    """The rows of a query x key ``mask`` that belong to the streams that ask queries (pre-only
+    streams lend keys and values only); a key-only mask passes as it is."""
+    if mask is None or mask.shape[-2] == 1 or len(queries) == len(xs):
+        return mask
+    rows, start = [], 0
+    for stream, x in xs.items():
+        if stream in queries:
+            rows.append(torch.arange(start, start + x.shape[1], device=mask.device))
+        start += x.shape[1]
+    return mask[..., torch.cat(rows), :]
 
 
 class SingleBlock(nn.Module):

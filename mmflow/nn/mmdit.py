@@ -74,6 +74,12 @@ class MMDiT(nn.Module):
             through a derivative in ``t`` and ``d`` (MeanFlow's JVP) wants small scales for
             both: the sinusoids' slopes grow with them, and with those the target.
         gradient_checkpointing: recompute blocks in backward (``use_reentrant=False``).
+        x_attention: ``"full"`` (every token attends every token) or ``"axial"``: an ``x``
+            token attends only the ``x`` tokens that share one of its position ids on some
+            axis (its row and column of a 2-D grid; its frame and its part in a time x part
+            layout), and every context token; context tokens attend everything. One joint
+            attention with that mask sees what a row attention followed by a column attention
+            sees over two layers, in one.
 
     When there are no single-stream blocks, the context streams only lend keys and values in
     the last joint block (their update would be discarded), as in SD3.
@@ -99,8 +105,17 @@ class MMDiT(nn.Module):
         time_offset: float = 0.0,
         step_size_scale: float = 1000.0,
         gradient_checkpointing: bool = False,
+        x_attention: str = "full",
     ) -> None:
         super().__init__()
+        if x_attention not in ("full", "axial"):
+            raise ValueError(f"x_attention must be 'full' or 'axial', got {x_attention!r}")
+        if x_attention == "axial" and tokenizer.num_axes < 2:
+            raise ValueError(
+                f"x_attention='axial' needs a tokenizer with at least 2 position axes; "
+                f"{type(tokenizer).__name__} has {tokenizer.num_axes}"
+            )
+        self.x_attention = x_attention
         context = dict(context or {})
         self._check_config(hidden_size, num_heads, depth, num_single_blocks, context)
         self.tokenizer = tokenizer
@@ -239,10 +254,14 @@ class MMDiT(nn.Module):
         self._check_keys(context, context_mask, positions)
         layout = self.tokenizer.encode(x, x_mask)
         batch = x.shape[0]
-        xs, masks, rope = self._embed_x(layout, positions.get(X_STREAM))
+        xs, masks, rope, x_ids = self._embed_x(layout, positions.get(X_STREAM))
         self._embed_context(context, context_mask, positions, batch, xs, masks, rope)
         c = self._condition(_check_t(t, batch), batch, pooled, class_labels, step_size)
-        xs = self._run_blocks(xs, F.silu(c), rope, joint_key_mask(xs, masks, batch))
+        mask = joint_key_mask(xs, masks, batch)
+        if self.x_attention == "axial":
+            structure = axial_attention_mask(x_ids, sum(v.shape[1] for v in xs.values()))
+            mask = structure if mask is None else mask & structure
+        xs = self._run_blocks(xs, F.silu(c), rope, mask)
         return self.tokenizer.decode(self.final(xs[X_STREAM], F.silu(c)), layout)
 
     def _check_keys(self, context: dict, context_mask: dict, positions: dict) -> None:
@@ -264,12 +283,13 @@ class MMDiT(nn.Module):
 
     def _embed_x(
         self, layout: Tokens, ids: Tensor | None
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor | None], dict[str, Rope]]:
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor | None], dict[str, Rope], Tensor | None]:
         ids = (
             layout.positions if ids is None else _check_ids(ids, layout.tokens.shape[:2], X_STREAM)
         )
         tokens = self.x_positions.add(self.x_embed(layout.tokens), ids, layout.grid)
-        return {X_STREAM: tokens}, {X_STREAM: layout.mask}, {X_STREAM: self.x_positions.rotary(ids)}
+        rope = {X_STREAM: self.x_positions.rotary(ids)}
+        return {X_STREAM: tokens}, {X_STREAM: layout.mask}, rope, ids
 
     def _embed_context(
         self,
@@ -383,6 +403,19 @@ def _check_ids(ids: Tensor, batch_length: tuple[int, int], stream: str) -> Tenso
             f"got {tuple(ids.shape)}"
         )
     return ids.float()
+
+
+def axial_attention_mask(x_ids: Tensor, total_length: int) -> Tensor:
+    """Bool mask ``[B or 1, 1, L, L]`` (``True`` = may attend) over the ``x`` tokens, whose
+    position ids ``x_ids`` (``[L_x, k]`` or ``[B, L_x, k]``) come first, followed by the
+    context tokens up to ``total_length``: ``x`` token ``i`` attends ``x`` token ``j`` when
+    ``ids_i[a] == ids_j[a]`` on some axis ``a``; every other pair may attend."""
+    ids = x_ids if x_ids.dim() == 3 else x_ids[None]
+    length = ids.shape[1]
+    same_axis = (ids[:, :, None, :] == ids[:, None, :, :]).any(dim=-1)
+    mask = torch.ones(ids.shape[0], total_length, total_length, dtype=torch.bool, device=ids.device)
+    mask[:, :length, :length] = same_axis
+    return mask[:, None]
 
 
 def joint_key_mask(

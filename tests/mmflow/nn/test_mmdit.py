@@ -5,6 +5,7 @@ from mmflow.nn import (
     ContextConfig,
     MMDiT,
     Patchify1D,
+    Patchify2D,
     Patchify3D,
     PositionConfig,
     SetTokens,
@@ -290,3 +291,38 @@ def test_optional_context_can_be_left_out():
     # Leaving the stream out equals passing it fully masked (its tokens are never attended).
     masked = model(x, t, **kw, context_mask={"text": torch.zeros(2, 5, dtype=torch.bool)})
     torch.testing.assert_close(masked, without, atol=1e-5, rtol=1e-5)
+
+
+def _changed_tokens(model: MMDiT, text: bool = False) -> torch.Tensor:
+    """Which of a 3 x 4 grid's outputs move when only pixel (0, 0) of the input moves."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 1, 3, 4, generator=generator)
+    moved = x.clone()
+    moved[0, 0, 0, 0] += 1.0
+    t = torch.full((1,), 0.5)
+    context = {"text": torch.randn(1, 5, 12, generator=generator)} if text else None
+    with torch.no_grad():
+        difference = model(moved, t, context=context) - model(x, t, context=context)
+    return difference[0, 0] != 0
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_axial_attention_reaches_the_row_and_column_in_one_block(text: bool):
+    def model(x_attention: str, depth: int) -> MMDiT:
+        context = {"text": ContextConfig(dim=12)} if text else None
+        return randomize_(
+            MMDiT(Patchify2D(in_channels=1, patch_size=1), hidden_size=16, depth=depth,
+                  num_heads=2, context=context, x_attention=x_attention)
+        )  # fmt: skip
+
+    on_axes = torch.zeros(3, 4, dtype=torch.bool)
+    on_axes[0, :] = on_axes[:, 0] = True
+    # One block: the context tokens only lend keys and values (the last block does not update
+    # them), so (0, 0) reaches its own row and column.
+    assert torch.equal(_changed_tokens(model("axial", 1), text), on_axes)
+    # Two blocks: row, then column (or through the updated context tokens).
+    assert _changed_tokens(model("axial", 2), text).all()
+    assert _changed_tokens(model("full", 1), text).all()
+    with pytest.raises(ValueError, match="at least 2 position axes"):
+        MMDiT(Patchify1D(in_channels=2, patch_size=1), hidden_size=16, depth=1, num_heads=2,
+              x_attention="axial")  # fmt: skip
