@@ -14,7 +14,7 @@ TORCH_PIN := torch==2.14.1 torchaudio==2.11.0
 # CPU backend builds its kernels with (the FlowSep recipe trains compiled); machines here run
 # as root.
 DEB_PACKAGES := dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en \
-                fluidsynth timgm6mb-soundfont bucklespring-data sound-theme-freedesktop g++
+                fluidsynth timgm6mb-soundfont bucklespring-data sound-theme-freedesktop espeak-ng g++
 
 # Real meshes for the shape tests: the data files of Debian's CGAL demo package, unpacked from
 # its .deb (nothing is installed).

@@ -29,6 +29,9 @@ RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 #: Audio recipes read a small version of the LASS sources (shared with the source tests).
 SMALL_AUDIO = {"max_clips_per_class": 10, "renders_per_program": 1, "render_seconds": 5.12}
 
+#: Gesture recipes read the tiny co-speech corpus of the gesture tests.
+SMALL_GESTURE = {"max_prompts": 30, "voices": "[en-us]", "recording_seconds": 8.0}
+
 
 def build_module(spec: dict) -> nn.Module:
     """The untrained module a recipe's ``class_path`` / ``init_args`` entry describes."""
@@ -163,6 +166,8 @@ def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Pat
         args.append(f"--data.init_args.cache_dir={cache_dir}")
     if config["data"]["class_path"].endswith("LASSMixtures"):
         args += [f"--data.init_args.{key}={value}" for key, value in SMALL_AUDIO.items()]
+    if config["data"]["class_path"].endswith("SyntheticCoSpeech"):
+        args += [f"--data.init_args.{key}={value}" for key, value in SMALL_GESTURE.items()]
     adapter_args = model_args.get("adapter", {}).get("init_args", {})
     if "statistics_path" in adapter_args:
         statistics = mosaic_statistics(config["data"], shapes, cache_dir, tmp_path / "stats.json")

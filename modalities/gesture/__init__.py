@@ -1,6 +1,8 @@
-"""Co-speech gestures (GestureLSM): the skeleton, motion files and, as they land, the data,
-body-part auto-encoders, flow and evaluators of the gesture modality."""
+"""Co-speech gestures (GestureLSM): the skeleton, motion files, the synthetic co-speech corpus
+and BVH + WAV datamodules, the body-part auto-encoders and, as they land, the flow and
+evaluators of the gesture modality."""
 
+from .autoencoder import MotionAutoencoder, ResidualQuantizer
 from .bvh import (
     Bvh,
     BvhError,
@@ -11,6 +13,8 @@ from .bvh import (
     skeleton_of,
     write_bvh,
 )
+from .corpus import CorpusSettings, prepare_cospeech
+from .data import BvhWavFolder, CoSpeechData, GestureWindows, Recording, SyntheticCoSpeech
 from .mocap import humanoid_clips, read_humanoid_clip
 from .skeleton import (
     PART_NAMES,
@@ -20,22 +24,35 @@ from .skeleton import (
     matrix_to_rotation_6d,
     rotation_6d_to_matrix,
 )
+from .synthesis import STYLES, GestureStyle, synthesize_motion
 
 __all__ = [
     "PART_NAMES",
+    "STYLES",
     "Bvh",
     "BvhError",
     "BvhJoint",
+    "BvhWavFolder",
+    "CoSpeechData",
+    "CorpusSettings",
+    "GestureStyle",
+    "GestureWindows",
+    "MotionAutoencoder",
+    "Recording",
+    "ResidualQuantizer",
     "Skeleton",
+    "SyntheticCoSpeech",
     "bvh_to_motion",
     "default_skeleton",
     "forward_kinematics",
     "humanoid_clips",
     "matrix_to_rotation_6d",
     "motion_to_bvh",
+    "prepare_cospeech",
     "read_bvh",
     "read_humanoid_clip",
     "rotation_6d_to_matrix",
     "skeleton_of",
+    "synthesize_motion",
     "write_bvh",
 ]

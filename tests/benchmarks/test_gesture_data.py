@@ -1,0 +1,17 @@
+"""The corpus benchmark on the tiny corpus: its figures are there and the ground truth's beat
+consistency is read beside the shifted control."""
+
+from benchmarks.gesture_data import main
+
+
+def test_the_corpus_figures_are_written(tmp_path, cache_dir):
+    figures = main(
+        ["--out", str(tmp_path), "--max_prompts", "30", "--voices", "[en-us]",
+         "--cache_dir", cache_dir]
+    )  # fmt: skip
+    assert (tmp_path / "gesture_data.json").is_file()
+    assert figures["speech"]["recorded"] > 0 and figures["speech"]["synthetic"] > 0
+    train = figures["splits"]["train"]
+    assert train["bc_scored_recordings"] > 0
+    assert 0 < train["bc_shifted_1s"] < train["bc_ground_truth"] <= 1
+    assert train["l1div_ground_truth"] > 0
