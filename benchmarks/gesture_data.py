@@ -12,7 +12,10 @@ Prepares the corpus (:class:`modalities.gesture.SyntheticCoSpeech`'s defaults, o
 - beat consistency (EMAGE's protocol, upper body and wrists, mean speed of the training split)
   of the ground-truth motion against its speech, and of the same motion a second late (frame
   ``f + 30`` shown at time ``f``): the control a gesture model's BC is read beside;
-- L1 diversity of the ground truth (joint positions, root translation removed).
+- L1 diversity of the ground truth (joint positions, root translation removed);
+- with ``--fgd_autoencoder`` (the folder of ``recipes/gesture/fgd_autoencoder.yaml``), FGD-ours
+  of the validation and test ground truth against the same motion a second late (near zero:
+  the same poses) and against the training split's ground truth.
 
 Recordings shorter than 6 s (the two skipped 2 s ends and the shift) are left out of BC.
 """
@@ -27,29 +30,29 @@ from pathlib import Path
 import numpy as np
 from jsonargparse import ArgumentParser
 
-from modalities.gesture import SyntheticCoSpeech, default_skeleton, forward_kinematics
-from modalities.gesture.beat import beat_consistency, joint_speed
+from mmflow.metrics import FrechetDistance
+from modalities.gesture import SyntheticCoSpeech, default_skeleton
+from modalities.gesture.beat import beat_consistency
 from modalities.gesture.diversity import l1_diversity
-from modalities.gesture.skeleton import rotation_6d_to_matrix
+from modalities.gesture.evaluators import (
+    GestureFrechetDistance,
+    default_bc_joints,
+    mean_joint_speed,
+    motion_positions,
+)
 from modalities.gesture.speech import audio_onsets
 
 SHIFT_SECONDS = 1.0
 
 
-def bc_joints() -> list[int]:
-    """The joints BC scores: the upper body and both wrists (EMAGE's upper-body set)."""
-    skeleton = default_skeleton()
-    return [*skeleton.parts["upper"], skeleton.index("LeftHand"), skeleton.index("RightHand")]
-
-
 def positions_of(recording) -> np.ndarray:
     """Joint positions ``[F, J, 3]`` of a loaded recording."""
-    rotations = rotation_6d_to_matrix(recording.rotations.double())
-    return forward_kinematics(default_skeleton(), rotations, recording.root.double()).numpy()
+    rotations, root = recording.rotations[None], recording.root[None]
+    return motion_positions(default_skeleton(), rotations, root)[0].numpy()
 
 
 def split_figures(recordings, mean_speed: np.ndarray, fps: float, rate: int) -> dict:
-    joints = bc_joints()
+    joints = default_bc_joints(default_skeleton())
     shift = round(SHIFT_SECONDS * fps)
     aligned, shifted, weights, diversity = [], [], [], []
     for recording in recordings:
@@ -71,12 +74,42 @@ def split_figures(recordings, mean_speed: np.ndarray, fps: float, rate: int) -> 
     }
 
 
+def whole(recording, start: int = 0, frames: int | None = None) -> dict:
+    """A recording's motion from ``start`` as a batch of one, ``frames`` long (a multiple of 4,
+    the auto-encoder's latent frame)."""
+    frames = frames or (recording.num_frames - start) // 4 * 4
+    window = slice(start, start + frames)
+    return {"rotations": recording.rotations[None, window], "root": recording.root[None, window]}
+
+
+def fgd_figures(data: SyntheticCoSpeech, autoencoder: Path, fps: float) -> dict:
+    """FGD-ours of each held-out split's ground truth against the same motion a second late,
+    and against the training split's ground truth (the scale of a real difference)."""
+    shift = round(SHIFT_SECONDS * fps)
+    figures = {}
+    for split in ("val", "test"):
+        late = GestureFrechetDistance(autoencoder)
+        other = FrechetDistance(late.num_features)
+        for recording in data.recordings[split]:
+            frames = (recording.num_frames - shift) // 4 * 4
+            late.update(whole(recording, shift, frames), whole(recording, 0, frames))
+            other.update(real_features=late.latent_frames(**whole(recording)))
+        for recording in data.recordings["train"]:
+            other.update(fake_features=late.latent_frames(**whole(recording)))
+        figures[split] = {
+            "fgd_shifted_1s": round(float(late.compute()), 4),
+            "fgd_training_split": round(float(other.compute()), 4),
+        }
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/gesture/data"))
     parser.add_argument("--max_prompts", type=int | None, default=None)
     parser.add_argument("--voices", type=list[str] | None, default=None)
     parser.add_argument("--cache_dir", type=str | None, default=None)
+    parser.add_argument("--fgd_autoencoder", type=Path | None, default=None)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     data = SyntheticCoSpeech(
@@ -87,9 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     data.setup()
     loaded = time.perf_counter() - start - prepared
     manifest = data.manifest()
-    train_speed = np.concatenate(
-        [joint_speed(positions_of(r), data.fps) for r in data.recordings["train"]]
-    ).mean(axis=0)
+    train_speed = mean_joint_speed(data.recordings["train"], fps=data.fps)
     figures = {
         "settings": manifest["settings"],
         "prepare_seconds": round(prepared, 1),
@@ -103,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
             for split in ("train", "val", "test")
         },
     }
+    if args.fgd_autoencoder is not None:
+        figures["fgd_ours"] = fgd_figures(data, args.fgd_autoencoder, data.fps)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gesture_data.json").write_text(json.dumps(figures, indent=1))
     print(json.dumps(figures, indent=1))

@@ -188,11 +188,12 @@ class PartAutoencoder(nn.Module):
         )
         self.decoder = conv_decoder(channels, width, latent_dim, down, depth, growth)
 
-    def quantise(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """``(z_q, commitment)``: ``z`` through the quantiser (itself and 0 when continuous)."""
+    def quantise(self, z: Tensor, num_active: int | None = None) -> tuple[Tensor, Tensor]:
+        """``(z_q, commitment)``: ``z`` through the quantiser's first ``num_active`` codebooks
+        (``None``: as the quantiser decides; itself and 0 when continuous)."""
         if self.quantizer is None:
             return z, z.new_zeros(())
-        quantised, commitment, _ = self.quantizer(z)
+        quantised, commitment, _ = self.quantizer(z, num_active)
         return quantised, commitment
 
 
@@ -218,7 +219,10 @@ class MotionAutoencoder(LatentAutoencoderPart):
     multiple of ``2^down``.
     """
 
-    creation_hint: ClassVar[str] = "train it with `mmflow fit --config recipes/gesture/rvqvae.yaml`"
+    creation_hint: ClassVar[str] = (
+        "train it with its recipe: `mmflow fit --config recipes/gesture/rvqvae.yaml` "
+        "(the flow's RVQ-VAE) or `recipes/gesture/fgd_autoencoder.yaml` (FGD-ours)"
+    )
     progress_bar: ClassVar[tuple[str, ...]] = ("loss",)
 
     def __init__(
@@ -314,14 +318,16 @@ class MotionAutoencoder(LatentAutoencoderPart):
         """The flow's latents: ``latent_scale`` times the pre-quantisation latents."""
         return self.latent_scale * self.encode_unscaled(rotations, root)
 
-    def decode_features(self, latents: Tensor) -> Tensor:
+    def decode_features(self, latents: Tensor, num_quantizers: int | None = None) -> Tensor:
         """Scaled latents ``[B, T', P, D]`` -> normalised features ``[B, T, C]`` through the
-        quantiser (all its codebooks) and the decoders."""
+        quantiser's first ``num_quantizers`` codebooks (``None``: all of them) and the
+        decoders."""
         unscaled = latents / self.latent_scale
+        active = num_quantizers or self.hparams.num_quantizers
         pieces = []
         for index, name in enumerate(self.part_names):
             z = unscaled[:, :, index].transpose(1, 2)
-            quantised, _ = self.parts[name].quantise(z)
+            quantised, _ = self.parts[name].quantise(z, active)
             pieces.append(self.parts[name].decoder(quantised).transpose(1, 2))
         return torch.cat(pieces, dim=-1)
 
