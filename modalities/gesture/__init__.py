@@ -15,6 +15,8 @@ from .bvh import (
 )
 from .corpus import CorpusSettings, prepare_cospeech
 from .data import BvhWavFolder, CoSpeechData, GestureWindows, Recording, SyntheticCoSpeech
+from .evaluators import BeatConsistency, GenerationSpeed, GestureFrechetDistance, L1Diversity
+from .media import save_gesture_media
 from .mocap import humanoid_clips, read_humanoid_clip
 from .skeleton import (
     PART_NAMES,
@@ -29,14 +31,18 @@ from .synthesis import STYLES, GestureStyle, synthesize_motion
 __all__ = [
     "PART_NAMES",
     "STYLES",
+    "BeatConsistency",
     "Bvh",
     "BvhError",
     "BvhJoint",
     "BvhWavFolder",
     "CoSpeechData",
     "CorpusSettings",
+    "GenerationSpeed",
+    "GestureFrechetDistance",
     "GestureStyle",
     "GestureWindows",
+    "L1Diversity",
     "MotionAutoencoder",
     "Recording",
     "ResidualQuantizer",
@@ -52,6 +58,7 @@ __all__ = [
     "read_bvh",
     "read_humanoid_clip",
     "rotation_6d_to_matrix",
+    "save_gesture_media",
     "skeleton_of",
     "synthesize_motion",
     "write_bvh",
