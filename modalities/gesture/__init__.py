@@ -2,6 +2,7 @@
 and BVH + WAV datamodules, the body-part auto-encoders and, as they land, the flow and
 evaluators of the gesture modality."""
 
+from .adapter import GestureAdapter
 from .autoencoder import MotionAutoencoder, ResidualQuantizer
 from .bvh import (
     Bvh,
@@ -39,6 +40,7 @@ __all__ = [
     "CoSpeechData",
     "CorpusSettings",
     "GenerationSpeed",
+    "GestureAdapter",
     "GestureFrechetDistance",
     "GestureStyle",
     "GestureWindows",
