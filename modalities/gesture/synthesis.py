@@ -19,14 +19,15 @@ motion's frame times ``t``:
    arm's flexion and its lowering from the T-pose follow ``sin`` and ``cos`` of a phase, radius
    ``style.sweep``) with an angular speed ``omega(t) = 2 pi f a(t) (1 - d min(b(t), 1))`` that
    drops at each stress, ``b(t) = sum_k s_k exp(-(t - t_k)^2 / (2 w^2))`` (``w =
-   style.width``, ``f = 0.8`` loops a second, ``d = 0.5``); on top, the hand dips by
+   style.width``, ``f = 0.8`` loops a second, ``d = 0.75``); on top, the hand dips by
    ``style.beat * b`` and its fingers open. So at each stress the wrist *slows without
    stopping* -- a local minimum of its speed above the beat threshold of beat consistency,
    where a plain back-and-forth stroke would stop dead between stresses and put its minima
-   there. The head nods and turns, and the spine leans and twists, with the same signals
-   of every stress.
+   there. The head, neck and spine circle with the phase of every stress (the head also nods
+   on each), and the hips circle 2 cm with it.
 4. **Drift** ``n(t)``: per degree of freedom, three sinusoids of 0.05 to 0.25 Hz with random
-   phases: the body never stops, so a beat's speed minimum stays above the beat threshold.
+   phases: slow changes of posture, too slow to put speed minima of their own among the
+   beats.
 5. **Posture**: the idle pose (arms lowered 70 degrees from the T-pose, elbows bent 20) and the
    spine and legs of one frame of a pybullet mocap clip mixed in with weight ``posture_mix``
    (a slerp from the identity): every recording stands a little differently.
