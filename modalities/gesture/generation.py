@@ -17,12 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmflow.hub import PretrainedFlow
+
 from .adapter import SPEECH_STREAM, GestureAdapter
 
 
 @torch.no_grad()
 def generate_recording(
-    module: torch.nn.Module,
+    flow: PretrainedFlow,
     speech: Tensor,
     window: int,
     generator: torch.Generator | None = None,
@@ -30,15 +32,15 @@ def generate_recording(
 ) -> dict[str, Tensor]:
     """Motion ``{"rotations": [F, J, 6], "root": [F, 3]}`` for speech features ``[F, D]``.
 
-    ``module`` is a :class:`mmflow.training.FlowMatching` whose adapter is a
+    ``flow`` is a trained flow (:func:`mmflow.hub.load_flow`) whose adapter is a
     :class:`.adapter.GestureAdapter`; ``sampling`` goes to its ``generate`` (``sampler``,
-    ``nfe``, ``cfg_scale``).
+    ``nfe``, ``cfg_scale``; its stored defaults otherwise).
 
     Raises:
         ValueError: a window that is not a multiple of the auto-encoder's latent frame, or
             speech that is not ``[frames, features]``.
     """
-    adapter: GestureAdapter = module.adapter
+    adapter: GestureAdapter = flow.adapter
     per_latent = adapter.autoencoder.frames_per_latent
     if window % per_latent or speech.ndim != 2:
         raise ValueError(
@@ -58,7 +60,6 @@ def generate_recording(
             "pooled": adapter.seed_vector(previous, 1, features),
         }
         noise = torch.randn(shape, generator=generator, device=speech.device, dtype=speech.dtype)
-        latents, _ = module.generate(cond, noise, **sampling)
-        pieces.append(latents)
+        pieces.append(flow.generate(cond, noise, **sampling).samples)
     motion = adapter.decode(torch.cat(pieces, dim=2), cond)
     return {key: value[0, :frames] for key, value in motion.items()}

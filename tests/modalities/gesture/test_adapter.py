@@ -5,6 +5,8 @@ FlowMatching module trains and guides on it with an axial-attention MM-DiT."""
 import pytest
 import torch
 
+from mmflow.generation import GenerationDefaults
+from mmflow.hub import PretrainedFlow
 from mmflow.nn import ContextConfig, MMDiT, Patchify2D, PositionConfig
 from mmflow.training import FlowMatching
 from modalities.gesture.adapter import SPEECH_STREAM, GestureAdapter
@@ -118,19 +120,19 @@ def test_a_long_recording_is_generated_window_by_window_with_seeds(autoencoder_f
         num_heads=2, context={SPEECH_STREAM: ContextConfig(dim=adapter.speech_dim(5))},
         pooled_dim=adapter.seed_dim(),
     )  # fmt: skip
-    module = FlowMatching(adapter, network, ema_decay=None, nfe=2).eval()
+    flow = PretrainedFlow(network.eval(), adapter, GenerationDefaults(sampler="euler", nfe=2))
     seen = []
-    generate = module.generate
+    generate = flow.generate
 
     def recording_generate(cond, x0, **kwargs):
-        samples, nfe = generate(cond, x0, **kwargs)
-        seen.append((cond["pooled"].clone(), samples.clone()))
-        return samples, nfe
+        result = generate(cond, x0, **kwargs)
+        seen.append((cond["pooled"].clone(), result.samples.clone()))
+        return result
 
-    module.generate = recording_generate
+    flow.generate = recording_generate
     speech = torch.randn(70, 5)  # three windows of 32 frames, the last one padded
     motion = generate_recording(
-        module, speech, window=32, generator=torch.Generator().manual_seed(0)
+        flow, speech, window=32, generator=torch.Generator().manual_seed(0)
     )
     assert motion["rotations"].shape == (70, 25, 6) and motion["root"].shape == (70, 3)
     assert len(seen) == 3
@@ -138,4 +140,4 @@ def test_a_long_recording_is_generated_window_by_window_with_seeds(autoencoder_f
     for (seed, _), (_, before) in zip(seen[1:], seen[:-1]):
         torch.testing.assert_close(seed, adapter.seed_vector(before, 1, before))
     with pytest.raises(ValueError, match="multiple of 4"):
-        generate_recording(module, speech, window=30)
+        generate_recording(flow, speech, window=30)
