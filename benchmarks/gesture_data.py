@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from jsonargparse import ArgumentParser
 
 from mmflow.metrics import FrechetDistance
@@ -86,16 +87,20 @@ def fgd_figures(data: SyntheticCoSpeech, autoencoder: Path, fps: float) -> dict:
     """FGD-ours of each held-out split's ground truth against the same motion a second late,
     and against the training split's ground truth (the scale of a real difference)."""
     shift = round(SHIFT_SECONDS * fps)
+    encoder = GestureFrechetDistance(autoencoder)  # loaded once; its latent frames serve all
+    train = torch.cat([encoder.latent_frames(**whole(r)) for r in data.recordings["train"]])
     figures = {}
     for split in ("val", "test"):
-        late = GestureFrechetDistance(autoencoder)
-        other = FrechetDistance(late.num_features)
+        late = FrechetDistance(encoder.num_features)
+        other = FrechetDistance(encoder.num_features)
         for recording in data.recordings[split]:
             frames = (recording.num_frames - shift) // 4 * 4
-            late.update(whole(recording, shift, frames), whole(recording, 0, frames))
-            other.update(real_features=late.latent_frames(**whole(recording)))
-        for recording in data.recordings["train"]:
-            other.update(fake_features=late.latent_frames(**whole(recording)))
+            late.update(
+                real_features=encoder.latent_frames(**whole(recording, 0, frames)),
+                fake_features=encoder.latent_frames(**whole(recording, shift, frames)),
+            )
+            other.update(real_features=encoder.latent_frames(**whole(recording)))
+        other.update(fake_features=train)
         figures[split] = {
             "fgd_shifted_1s": round(float(late.compute()), 4),
             "fgd_training_split": round(float(other.compute()), 4),

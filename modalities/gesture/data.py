@@ -40,6 +40,7 @@ from mmflow.waveforms import load_audio
 from .bvh import BvhError, bvh_to_motion, read_bvh, skeleton_of
 from .corpus import CorpusSettings, cospeech_cache_dir, prepare_cospeech
 from .skeleton import PART_NAMES, Skeleton, default_skeleton, matrix_to_rotation_6d
+from .speech import speech_frames
 
 #: Name fragments (lower case) that put a joint in the hands or the lower body.
 HAND_WORDS = ("hand", "thumb", "index", "middle", "ring", "pinky", "finger", "wrist")
@@ -110,8 +111,6 @@ def load_recording(
 ) -> Recording:
     """Read one BVH + WAV pair onto ``skeleton``'s joint order (module docstring: fix-ups and
     errors)."""
-    from .speech import speech_frames
-
     bvh = read_bvh(bvh_path)
     if [j.name for j in bvh.joints] != list(skeleton.names) or tuple(
         j.parent for j in bvh.joints
