@@ -10,7 +10,10 @@ settings: window 64, the default corpus) through the continuous latents and the 
 as the flow's samples will be decoded, and prints and saves (``autoencoder.json``) the mean
 joint position error per part (MPJPE, centimetres, forward kinematics of the default
 skeleton with the root translation of the data, so the root's own drift is not counted) and
-the same with only the first quantiser (the coarse codes quantiser dropout trains).
+the same with only the first quantiser (the coarse codes quantiser dropout trains). It also
+decodes every whole test recording (cut to a multiple of the latent frame) and scores beat
+consistency (BC) of the reconstruction against the ground truth's: the flow's samples pass
+through the same decoder, so the reconstruction's BC is about the best a flow can reach.
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ from pathlib import Path
 import torch
 from jsonargparse import ArgumentParser
 
-from modalities.gesture import MotionAutoencoder, SyntheticCoSpeech, default_skeleton
+from modalities.gesture import (
+    BeatConsistency,
+    MotionAutoencoder,
+    SyntheticCoSpeech,
+    default_skeleton,
+)
+from modalities.gesture.evaluators import mean_joint_speed
 from modalities.gesture.skeleton import forward_kinematics, rotation_6d_to_matrix
 
 
@@ -51,6 +60,22 @@ def part_errors(
     return {part: round(100 * total / count, 3) for part, total in totals.items()}
 
 
+@torch.no_grad()
+def reconstruction_bc(model: MotionAutoencoder, data: SyntheticCoSpeech) -> dict:
+    """BC of the test recordings and of their reconstructions, whole recordings at a time."""
+    skeleton = default_skeleton()
+    speed = mean_joint_speed(data.recordings["train"], skeleton, data.fps)
+    scores = {name: BeatConsistency(speed, skeleton) for name in ("ground_truth", "reconstruction")}
+    for recording in data.recordings["test"]:
+        frames = recording.num_frames // model.frames_per_latent * model.frames_per_latent
+        rotations, root = recording.rotations[None, :frames], recording.root[None, :frames]
+        decoded, _ = model.decode(model.encode(rotations, root), skeleton.num_joints)
+        batch = {"wave": recording.wave[None]}
+        scores["ground_truth"].update({"rotations": rotations, "root": root}, batch)
+        scores["reconstruction"].update({"rotations": decoded, "root": root}, batch)
+    return {name: round(float(metric.compute()), 4) for name, metric in scores.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pretrained", type=Path, required=True)
@@ -71,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if model.hparams.num_quantizers:
         figures["mpjpe_cm_first_quantizer"] = part_errors(model, data, 1)
+    figures["bc_test_recordings"] = reconstruction_bc(model, data)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "autoencoder.json").write_text(json.dumps(figures, indent=1))
     print(json.dumps(figures, indent=1))

@@ -180,6 +180,10 @@ def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Pat
         args.append(f"--model.adapter.init_args.vae_path={vae}")
     elif "vae_path" in adapter_args:
         args.append(f"--model.adapter.init_args.vae_path={files['mel_vae']}")
+    for key in ("autoencoder_path", "fgd_autoencoder_path"):
+        if key in adapter_args:
+            part = untrained_part_folder(recipe_writing(adapter_args[key]), tmp_path / key)
+            args.append(f"--model.adapter.init_args.{key}={part}")
     if not is_flow and "classifier_path" in model_args:
         args.append(f"{prefix}classifier_path={files['audio_classifier']}")
     if is_flow:
@@ -200,6 +204,8 @@ def overrides(recipe: Path, tmp_path: Path, cache_dir: str, files: dict[str, Pat
             "--data.init_args.batch_size=4",
             "--data.init_args.num_workers=0",
         ]
+        if config["data"]["class_path"].endswith("SyntheticCoSpeech"):
+            args.append("--data.init_args.window=64")  # the tiny corpus has 4 s recordings
         if audio:
             # The CPU recipes' clip: half the tokens of a GPU recipe's 2.56 s, for its one step.
             args.append("--data.init_args.clip_seconds=1.28")

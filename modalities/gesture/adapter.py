@@ -7,9 +7,17 @@ F]``, :func:`.speech.speech_frames`):
     x1 = E(motion)                       [B, D, W / 4, P]: channels, latent time, body part
     cond = {"context": {"speech": s'},   [B, W / 4, 4 F]: the speech of each latent frame's
                                           4 motion frames side by side, one token per latent
-                                          frame (the same time positions as x1's columns)
+                                          frame (the same time positions as x1's rows)
             "pooled": [seed, has_seed]}  the last ``seed_frames`` latent frames of the
                                           previous window, flattened, and a 0/1 flag
+
+That is ``speech_input="stream"``: the speech is a context stream of the MM-DiT and meets the
+motion in joint attention, where 1-D RoPE on the speech tokens, on the same channels and
+frequencies as the motion tokens' time axis, lets a motion token find its own frame's speech.
+With ``speech_input="channels"`` the same speech is instead laid on ``x1``'s grid, copied to
+every part, ``cond = {"speech": [B, 4 F, W / 4, P], "pooled": ...}``, and stacked on
+``x_t``'s channels by :class:`mmflow.nn.ChannelConcat`: each motion token carries its own
+frame's speech, and nothing has to be learned to line the two up.
 
 ``x1`` is laid out as a ``time x part`` grid, so :class:`mmflow.nn.Patchify2D` with patch 1
 makes one token per latent frame and part, with 2-D positions ``(time, part)``: the MM-DiT's
@@ -22,6 +30,8 @@ Decoding passes ``x1`` through the quantiser and the decoders to 6-D rotations a
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +57,8 @@ class GestureAdapter(ModalityAdapter):
         seed_dropout: probability of training a window without its seed.
         fgd_autoencoder_path: the FGD-ours auto-encoder (``recipes/gesture/fgd_autoencoder.yaml``)
             for validation; ``None`` leaves FGD-ours out.
+        speech_input: ``"stream"`` (a context stream named ``speech``) or ``"channels"`` (the
+            keyword ``speech``, for :class:`mmflow.nn.ChannelConcat`): module docs.
     """
 
     def __init__(
@@ -55,6 +67,7 @@ class GestureAdapter(ModalityAdapter):
         seed_frames: int = 1,
         seed_dropout: float = 0.3,
         fgd_autoencoder_path: str | None = None,
+        speech_input: Literal["stream", "channels"] = "stream",
     ) -> None:
         super().__init__()
         if seed_frames < 1 or not 0 <= seed_dropout <= 1:
@@ -62,6 +75,9 @@ class GestureAdapter(ModalityAdapter):
                 f"seed_frames must be >= 1 and seed_dropout in [0, 1], got {seed_frames}, "
                 f"{seed_dropout}"
             )
+        if speech_input not in ("stream", "channels"):
+            raise ValueError(f"speech_input must be 'stream' or 'channels', got {speech_input!r}")
+        self.speech_input = speech_input
         autoencoder = MotionAutoencoder.from_pretrained(autoencoder_path)
         if not autoencoder.hparams.num_quantizers:
             raise ValueError(
@@ -88,7 +104,8 @@ class GestureAdapter(ModalityAdapter):
         return self.seed_frames * self.num_parts * self.latent_dim + 1
 
     def speech_dim(self, speech_features: int) -> int:
-        """Width of a speech token: one latent frame's motion frames of features."""
+        """Width of a speech token (or of the speech channels): one latent frame's motion
+        frames of features."""
         return self.autoencoder.frames_per_latent * speech_features
 
     @torch.no_grad()
@@ -105,6 +122,15 @@ class GestureAdapter(ModalityAdapter):
                 f"speech of {frames} frames: windows must be a multiple of {per_latent} frames"
             )
         return speech.reshape(batch, frames // per_latent, per_latent * features)
+
+    def condition(self, speech: Tensor, seed: Tensor) -> Condition:
+        """The network's keyword arguments for speech features ``[B, W, F]`` and a seed vector
+        (:meth:`seed_vector`), laid out as ``speech_input`` says."""
+        tokens = self.speech_tokens(speech)
+        if self.speech_input == "stream":
+            return {"context": {SPEECH_STREAM: tokens}, "pooled": seed}
+        grid = tokens.transpose(1, 2)[..., None].expand(-1, -1, -1, self.num_parts)
+        return {SPEECH_STREAM: grid, "pooled": seed}
 
     def seed_vector(self, latents: Tensor | None, batch_size: int, like: Tensor) -> Tensor:
         """``[B, seed_dim]``: the last ``seed_frames`` latent frames of ``latents`` (the
@@ -124,11 +150,12 @@ class GestureAdapter(ModalityAdapter):
         if self.training and self.seed_dropout > 0:
             keep = torch.rand(x1.shape[0], 1, device=x1.device) >= self.seed_dropout
             seed = seed * keep
-        cond = {"context": {SPEECH_STREAM: self.speech_tokens(batch["speech"])}, "pooled": seed}
-        return x1, cond
+        return x1, self.condition(batch["speech"], seed)
 
     def null_condition(self, cond: Condition) -> Condition:
         """Silence for the speech (zeros), the same seed."""
+        if self.speech_input == "channels":
+            return {**cond, SPEECH_STREAM: torch.zeros_like(cond[SPEECH_STREAM])}
         speech = cond["context"][SPEECH_STREAM]
         return {**cond, "context": {SPEECH_STREAM: torch.zeros_like(speech)}}
 

@@ -210,6 +210,10 @@ class MotionAutoencoder(LatentAutoencoderPart):
         latent_dim: channels of a latent frame, per part.
         num_quantizers, codebook_size, quantizer_dropout: the residual quantiser (0: none).
         commitment_weight: weight of the commitment loss.
+        velocity_weight, acceleration_weight: weights of the L1 losses on the first and second
+            frame differences of the reconstruction (EMAGE's velocity and acceleration terms,
+            which GestureLSM sets but zeroes): they keep the moments the motion slows down,
+            the beats BC scores, where a plain reconstruction loss smooths them away.
         lr: AdamW learning rate.
         statistics_batches: training batches the per-feature mean and std are measured on
             at the start of fit.
@@ -239,6 +243,8 @@ class MotionAutoencoder(LatentAutoencoderPart):
         codebook_size: int = 256,
         quantizer_dropout: float = 0.2,
         commitment_weight: float = 0.02,
+        velocity_weight: float = 0.0,
+        acceleration_weight: float = 0.0,
         lr: float = 2e-4,
         statistics_batches: int = 32,
         latent_scale_batches: int = 16,
@@ -341,8 +347,9 @@ class MotionAutoencoder(LatentAutoencoderPart):
     # -- training ----------------------------------------------------------------------------
 
     def batch_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Smooth-L1 reconstruction of each part's normalised features plus the weighted
-        commitment loss (GestureLSM's objective)."""
+        """Per part: smooth-L1 reconstruction of the normalised features ``x`` plus the
+        weighted commitment loss (GestureLSM's objective), plus the weighted L1 losses
+        ``|D x_hat - D x|`` and ``|D^2 x_hat - D^2 x|`` of the frame differences ``D``."""
         self._check_length(batch["rotations"].shape[1])
         target = self.split_features(
             self.normalise(self.features(batch["rotations"], batch["root"]))
@@ -352,11 +359,25 @@ class MotionAutoencoder(LatentAutoencoderPart):
         for name in self.part_names:
             part = self.parts[name]
             quantised, commitment = part.quantise(part.encoder(target[name].transpose(1, 2)))
-            reconstruction = F.smooth_l1_loss(part.decoder(quantised).transpose(1, 2), target[name])
+            estimate = part.decoder(quantised).transpose(1, 2)
+            reconstruction = F.smooth_l1_loss(estimate, target[name])
             losses[f"{name}_reconstruction"] = reconstruction
             total = total + reconstruction + self.hparams.commitment_weight * commitment
+            total = total + self._difference_losses(estimate, target[name])
         losses["loss"] = total
         return losses
+
+    def _difference_losses(self, estimate: Tensor, target: Tensor) -> Tensor | float:
+        """Weighted L1 of the first and second frame differences (``[B, T, C]``)."""
+        total: Tensor | float = 0.0
+        for order, weight in (
+            (1, self.hparams.velocity_weight),
+            (2, self.hparams.acceleration_weight),
+        ):
+            if weight:
+                difference = F.l1_loss(estimate.diff(order, dim=1), target.diff(order, dim=1))
+                total = total + weight * difference
+        return total
 
     def on_fit_start(self) -> None:
         """Measure the feature statistics on the datamodule's training batches (once: a

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from mmflow.hub import PretrainedFlow
 
-from .adapter import SPEECH_STREAM, GestureAdapter
+from .adapter import GestureAdapter
 
 
 @torch.no_grad()
@@ -55,10 +55,7 @@ def generate_recording(
     for index in range(count):
         features = padded[index * window : (index + 1) * window][None]
         previous = pieces[-1] if pieces else None
-        cond = {
-            "context": {SPEECH_STREAM: adapter.speech_tokens(features)},
-            "pooled": adapter.seed_vector(previous, 1, features),
-        }
+        cond = adapter.condition(features, adapter.seed_vector(previous, 1, features))
         noise = torch.randn(shape, generator=generator, device=speech.device, dtype=speech.dtype)
         pieces.append(flow.generate(cond, noise, **sampling).samples)
     motion = adapter.decode(torch.cat(pieces, dim=2), cond)

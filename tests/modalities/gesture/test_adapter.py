@@ -7,7 +7,7 @@ import torch
 
 from mmflow.generation import GenerationDefaults
 from mmflow.hub import PretrainedFlow
-from mmflow.nn import ContextConfig, MMDiT, Patchify2D, PositionConfig
+from mmflow.nn import ChannelConcat, ContextConfig, MMDiT, Patchify2D, PositionConfig
 from mmflow.training import FlowMatching
 from modalities.gesture.adapter import SPEECH_STREAM, GestureAdapter
 from modalities.gesture.generation import generate_recording
@@ -52,6 +52,26 @@ def test_the_null_condition_silences_the_speech_and_keeps_the_seed(autoencoder_f
     null = adapter.null_condition(cond)
     assert not null["context"][SPEECH_STREAM].any()
     assert torch.equal(null["pooled"], cond["pooled"])
+
+
+def test_channel_speech_lies_on_the_latent_grid_of_every_part(autoencoder_folder):
+    adapter = GestureAdapter(str(autoencoder_folder), speech_input="channels").eval()
+    batch = window_batch()
+    x1, cond = adapter.encode(batch)
+    grid = cond[SPEECH_STREAM]
+    assert "context" not in cond and grid.shape == (4, 20, 8, 3)
+    for part in range(3):  # latent frame 1 holds motion frames 4..7; frame 5 is its second
+        torch.testing.assert_close(grid[:, 5:10, 1, part], batch["speech"][:, 5])
+    null = adapter.null_condition(cond)
+    assert not null[SPEECH_STREAM].any() and torch.equal(null["pooled"], cond["pooled"])
+    network = ChannelConcat(
+        MMDiT(Patchify2D(in_channels=adapter.latent_dim + 20, patch_size=1), hidden_size=16,
+              depth=1, num_heads=2, pooled_dim=adapter.seed_dim(), x_attention="axial"),
+        key=SPEECH_STREAM,
+    )  # fmt: skip
+    assert network(torch.randn_like(x1), torch.rand(4), **cond).shape == x1.shape
+    with pytest.raises(ValueError, match="speech_input"):
+        GestureAdapter(str(autoencoder_folder), speech_input="tokens")
 
 
 def test_training_drops_the_seed_at_its_rate(autoencoder_folder):

@@ -115,3 +115,15 @@ def test_a_few_steps_lower_the_reconstruction_loss(num_quantizers: int):
         loss.backward()
         optimizer.step()
     assert float(loss.detach()) < 0.6 * first
+
+
+def test_difference_losses_are_the_l1_of_frame_differences():
+    model = MotionAutoencoder(
+        {"upper": [0]}, root_part=None, velocity_weight=2.0, acceleration_weight=3.0
+    )
+    frames = torch.arange(5.0)
+    target = torch.zeros(1, 5, 1)
+    estimate = (frames**2).reshape(1, 5, 1)  # velocity 1, 3, 5, 7; acceleration 2, 2, 2
+    expected = 2.0 * (1 + 3 + 5 + 7) / 4 + 3.0 * 2
+    assert float(model._difference_losses(estimate, target)) == pytest.approx(expected)
+    assert float(model._difference_losses(estimate, estimate + 4.0)) == 0.0
