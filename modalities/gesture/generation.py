@@ -1,12 +1,14 @@
 """Long speech, window by window: a whole recording's motion from a flow trained on windows.
 
-The speech features are cut into back-to-back windows of ``window`` frames (the last padded
-with silence). Each window is generated from fresh noise under its speech and the seed of the
-window before it (its last ``seed_frames`` latent frames; none for the first window, as in
-training with seed dropout), so one window continues the motion of the last. The windows'
-latents are joined along time and decoded *once*: the convolutional decoder sees the whole
-sequence, so there is no seam to blend at the windows' borders. The motion is cut back to the
-speech's length.
+In training, a window's seed is its *own* first ``s = seed_frames`` latent frames, so the flow
+learns to begin a window with the seed it is given. Generation therefore lets consecutive
+windows overlap by those ``s`` latent frames (GestureLSM's overlapping seed frames): window
+``k`` starts ``W - s * 2^down`` motion frames after window ``k - 1``, is seeded by that
+window's last ``s`` latent frames, and its own first ``s`` latent frames, which restate them,
+are dropped when the windows are joined. The speech is cut at the same starts (the last window
+padded with silence). The joined latents are decoded *once*: the convolutional decoder sees
+the whole sequence, so there is no seam to blend at the windows' borders. The motion is cut
+back to the speech's length.
 """
 
 from __future__ import annotations
@@ -48,15 +50,24 @@ def generate_recording(
             f"[frames, features], got {tuple(speech.shape)}"
         )
     frames = speech.shape[0]
-    count = math.ceil(frames / window)
-    padded = F.pad(speech, (0, 0, 0, count * window - frames))
-    shape = (1, adapter.latent_dim, window // per_latent, adapter.num_parts)
+    latent_window = window // per_latent
+    overlap = adapter.seed_frames
+    step = (latent_window - overlap) * per_latent
+    if step <= 0:
+        raise ValueError(
+            f"generate_recording: a window of {latent_window} latent frames cannot overlap the "
+            f"next by {overlap} seed frames"
+        )
+    count = 1 + max(0, math.ceil((frames - window) / step))
+    padded = F.pad(speech, (0, 0, 0, (count - 1) * step + window - frames))
+    shape = (1, adapter.latent_dim, latent_window, adapter.num_parts)
     pieces: list[Tensor] = []
+    previous = None
     for index in range(count):
-        features = padded[index * window : (index + 1) * window][None]
-        previous = pieces[-1] if pieces else None
+        features = padded[index * step : index * step + window][None]
         cond = adapter.condition(features, adapter.seed_vector(previous, 1, features))
         noise = torch.randn(shape, generator=generator, device=speech.device, dtype=speech.dtype)
-        pieces.append(flow.generate(cond, noise, **sampling).samples)
+        previous = flow.generate(cond, noise, **sampling).samples
+        pieces.append(previous if index == 0 else previous[:, :, overlap:])
     motion = adapter.decode(torch.cat(pieces, dim=2), cond)
     return {key: value[0, :frames] for key, value in motion.items()}

@@ -146,18 +146,22 @@ def test_a_long_recording_is_generated_window_by_window_with_seeds(autoencoder_f
 
     def recording_generate(cond, x0, **kwargs):
         result = generate(cond, x0, **kwargs)
-        seen.append((cond["pooled"].clone(), result.samples.clone()))
+        seen.append((cond["pooled"].clone(), result.samples.clone(), cond["context"]))
         return result
 
     flow.generate = recording_generate
-    speech = torch.randn(70, 5)  # three windows of 32 frames, the last one padded
+    speech = torch.randn(70, 5)  # windows of 32 frames starting 28 apart, the last padded
     motion = generate_recording(
         flow, speech, window=32, generator=torch.Generator().manual_seed(0)
     )
     assert motion["rotations"].shape == (70, 25, 6) and motion["root"].shape == (70, 3)
     assert len(seen) == 3
     assert not seen[0][0].any()  # the first window has no seed
-    for (seed, _), (_, before) in zip(seen[1:], seen[:-1]):
+    for (seed, _, _), (_, before, _) in zip(seen[1:], seen[:-1]):
         torch.testing.assert_close(seed, adapter.seed_vector(before, 1, before))
+    # each window overlaps the one before by its seed (one latent frame of 4 motion frames)
+    torch.testing.assert_close(seen[1][2][SPEECH_STREAM][0, 0], speech[28:32].flatten())
+    torch.testing.assert_close(seen[2][2][SPEECH_STREAM][0, 0], speech[56:60].flatten())
+    assert not seen[2][2][SPEECH_STREAM][0, 4:].any()  # frames 72 on: silence
     with pytest.raises(ValueError, match="multiple of 4"):
         generate_recording(flow, speech, window=30)
