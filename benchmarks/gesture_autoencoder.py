@@ -12,7 +12,8 @@ joint position error per part (MPJPE, centimetres, forward kinematics of the def
 skeleton with the root translation of the data, so the root's own drift is not counted) and
 the same with only the first quantiser (the coarse codes quantiser dropout trains). It also
 decodes every whole test recording (cut to a multiple of the latent frame) and scores beat
-consistency (BC) of the reconstruction against the ground truth's: the flow's samples pass
+consistency (BC) of the reconstruction against the ground truth's (recordings of 6 s or more,
+as the generation benchmark scores them): the flow's samples pass
 through the same decoder, so the reconstruction's BC is about the best a flow can reach.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 from jsonargparse import ArgumentParser
 
+from benchmarks.gesture import MIN_BC_SECONDS
 from modalities.gesture import (
     BeatConsistency,
     MotionAutoencoder,
@@ -67,6 +69,8 @@ def reconstruction_bc(model: MotionAutoencoder, data: SyntheticCoSpeech) -> dict
     speed = mean_joint_speed(data.recordings["train"], skeleton, data.fps)
     scores = {name: BeatConsistency(speed, skeleton) for name in ("ground_truth", "reconstruction")}
     for recording in data.recordings["test"]:
+        if recording.num_frames < MIN_BC_SECONDS * data.fps:
+            continue
         frames = recording.num_frames // model.frames_per_latent * model.frames_per_latent
         rotations, root = recording.rotations[None, :frames], recording.root[None, :frames]
         decoded, _ = model.decode(model.encode(rotations, root), skeleton.num_joints)

@@ -11,7 +11,9 @@ Prepares the corpus (:class:`modalities.gesture.SyntheticCoSpeech`'s defaults, o
 - recordings, hours of speech, recorded and synthetic recordings;
 - beat consistency (EMAGE's protocol, upper body and wrists, mean speed of the training split)
   of the ground-truth motion against its speech, and of the same motion a second late (frame
-  ``f + 30`` shown at time ``f``): the control a gesture model's BC is read beside;
+  ``f + 30`` shown at time ``f``): the control a gesture model's BC is read beside; and of the
+  ground truth with 5 mm of Gaussian noise on every joint position (seeded), and smoothed by a
+  Gaussian of 2 frames: how BC moves with jitter and with smoothing, not with alignment;
 - L1 diversity of the ground truth (joint positions, root translation removed);
 - with ``--fgd_autoencoder`` (the folder of ``recipes/gesture/fgd_autoencoder.yaml``), FGD-ours
   of the validation and test ground truth against the same motion a second late (near zero:
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from jsonargparse import ArgumentParser
+from scipy.ndimage import gaussian_filter1d
 
 from mmflow.metrics import FrechetDistance
 from modalities.gesture import SyntheticCoSpeech, default_skeleton
@@ -44,6 +47,8 @@ from modalities.gesture.evaluators import (
 from modalities.gesture.speech import audio_onsets
 
 SHIFT_SECONDS = 1.0
+JITTER_METRES = 0.005
+SMOOTHING_FRAMES = 2.0
 
 
 def positions_of(recording) -> np.ndarray:
@@ -55,7 +60,8 @@ def positions_of(recording) -> np.ndarray:
 def split_figures(recordings, mean_speed: np.ndarray, fps: float, rate: int) -> dict:
     joints = default_bc_joints(default_skeleton())
     shift = round(SHIFT_SECONDS * fps)
-    aligned, shifted, weights, diversity = [], [], [], []
+    aligned, shifted, jittered, smoothed, weights, diversity = [], [], [], [], [], []
+    noise = np.random.default_rng(0)
     for recording in recordings:
         positions = positions_of(recording)
         diversity.append(positions - positions[:, :1])
@@ -64,6 +70,10 @@ def split_figures(recordings, mean_speed: np.ndarray, fps: float, rate: int) -> 
         onsets = audio_onsets(recording.wave.numpy(), rate)
         aligned.append(beat_consistency(positions, fps, onsets, joints, mean_speed))
         shifted.append(beat_consistency(positions[shift:], fps, onsets, joints, mean_speed))
+        noisy = positions + noise.normal(0.0, JITTER_METRES, positions.shape)
+        jittered.append(beat_consistency(noisy, fps, onsets, joints, mean_speed))
+        smooth = gaussian_filter1d(positions, SMOOTHING_FRAMES, axis=0)
+        smoothed.append(beat_consistency(smooth, fps, onsets, joints, mean_speed))
         weights.append(len(positions))
     return {
         "recordings": len(recordings),
@@ -71,6 +81,8 @@ def split_figures(recordings, mean_speed: np.ndarray, fps: float, rate: int) -> 
         "bc_scored_recordings": len(aligned),
         "bc_ground_truth": round(float(np.average(aligned, weights=weights)), 4),
         "bc_shifted_1s": round(float(np.average(shifted, weights=weights)), 4),
+        "bc_jitter_5mm": round(float(np.average(jittered, weights=weights)), 4),
+        "bc_smoothed_2_frames": round(float(np.average(smoothed, weights=weights)), 4),
         "l1div_ground_truth": round(l1_diversity(diversity), 4),
     }
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from benchmarks.gesture import main, read_models
+from benchmarks.gesture import ModelEntry, main, read_models, window_figures
 from mmflow.nn import ChannelConcat, MMDiT, Patchify2D
-from modalities.gesture import MotionAutoencoder, default_skeleton
+from modalities.gesture import MotionAutoencoder, SyntheticCoSpeech, default_skeleton
 
 SPEECH_FEATURES = 33
 
@@ -93,3 +93,14 @@ def test_a_bad_models_file_is_named(tmp_path):
     path.write_text("- {name: flow, sampler: euler, nfe: 2, steps: 3}\n")
     with pytest.raises(ValueError, match=r"models.yaml: entry 0: unknown keys \['steps'\]"):
         read_models(path)
+
+
+def test_windows_are_scored_with_and_without_the_ground_truth_seed(tmp_path, cache_dir):
+    checkpoint, fgd = write_tiny_flow(tmp_path)
+    data = SyntheticCoSpeech(cache_dir=cache_dir, max_prompts=30, voices=["en-us"],
+                             recording_seconds=8.0, batch_size=8)  # fmt: skip
+    data.setup()
+    entry = ModelEntry("flow", "euler", 2, checkpoint=str(checkpoint))
+    figures = window_figures(entry, data, fgd, seed=0)
+    assert set(figures) == {"ground_truth_seed", "no_seed"}
+    assert all(math.isfinite(v) and v >= 0 for v in figures.values())

@@ -18,6 +18,7 @@ def test_the_corpus_figures_are_written(tmp_path, cache_dir):
     train = figures["splits"]["train"]
     assert train["bc_scored_recordings"] > 0
     assert 0 < train["bc_shifted_1s"] < train["bc_ground_truth"] <= 1
+    assert train["bc_jitter_5mm"] > train["bc_ground_truth"], "jitter adds speed minima"
     assert train["l1div_ground_truth"] > 0
     for split in ("val", "test"):
         fgd = figures["fgd_ours"][split]
