@@ -150,7 +150,7 @@ class Scores:
 
     def figures(self) -> dict[str, float]:
         return {
-            "fgd_ours": round(float(self.fgd.compute()), 6) + 0.0,  # + 0.0: no "-0"
+            "fgd_ours": float(self.fgd.compute()),
             "bc": float(self.bc.compute()),
             "l1div": float(self.l1div.compute()),
         }
@@ -243,10 +243,15 @@ def table(rows: Sequence[GestureRow]) -> str:
     for row in rows:
         cells = [row.nfe, row.cfg_scale, row.fgd_ours, row.bc, row.l1div,
                  row.seconds_per_second, row.train_seconds]  # fmt: skip
-        lines.append(
-            f"| {row.name} | " + " | ".join("—" if c is None else f"{c:.4g}" for c in cells) + " |"
-        )
+        lines.append(f"| {row.name} | " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    """A table cell: 4 significant digits, "—" for none, 0 for a rounding error's distance."""
+    if value is None:
+        return "—"
+    return "0" if abs(value) < 1e-9 else f"{value:.4g}"
 
 
 def _parser() -> ArgumentParser:

@@ -135,7 +135,7 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     """Write ``model`` (a trained ``FlowMatching`` or a :class:`PretrainedFlow`) to ``directory``.
 
     A ``FlowMatching`` module must have been built from a config (``mmflow fit``, a recipe, or
-    :func:`mmflow.cli.build_module`), whose ``network`` and ``adapter`` entries are stored.
+    :func:`mmflow.training.cli.build_module`), whose ``network`` and ``adapter`` entries are stored.
     """
     parts = _parts_of(model)
     directory = Path(directory)
@@ -284,7 +284,7 @@ def _parts_of(model: nn.Module) -> _Parts:
     if missing:
         raise ValueError(
             f"save_pretrained: the model has no config for {missing}; build it from a recipe "
-            "(`mmflow fit --config ...`) or with mmflow.cli.build_module so it can be rebuilt"
+            "(`mmflow fit --config ...`) or with mmflow.training.cli.build_module so it can be rebuilt"
         )
     defaults = GenerationDefaults.from_hparams(hparams)
     network = model.sampling_network
