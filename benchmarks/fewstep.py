@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from jsonargparse import ArgumentParser
 
+from benchmarks.models_file import read_model_entries
 from benchmarks.samplers import guided_model, sampler_sweep
 from mmflow.cli import run_command
 from mmflow.data import load_datamodule, take_batches
@@ -94,23 +94,8 @@ class FewStepRow:
 
 def read_models(path: str | Path) -> list[ModelEntry]:
     """The ``--models`` file; unknown keys and missing names are errors naming the file."""
-    path = Path(path)
-    try:
-        entries = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: models file not found") from None
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{path}: expected a non-empty list of models")
-    models = []
-    for position, entry in enumerate(entries):
-        unknown = set(entry) - ENTRY_KEYS
-        missing = {"name", "sampler", "nfe"} - set(entry)
-        if unknown or missing:
-            raise ValueError(
-                f"{path}: entry {position}: unknown keys {sorted(unknown)}, missing {sorted(missing)}"
-            )
-        models.append(ModelEntry(**{**entry, "nfe": tuple(entry["nfe"])}))
-    return models
+    entries = read_model_entries(path, ENTRY_KEYS, {"name", "sampler", "nfe"})
+    return [ModelEntry(**{**entry, "nfe": tuple(entry["nfe"])}) for entry in entries]
 
 
 def parameter_count(network: torch.nn.Module) -> int:
