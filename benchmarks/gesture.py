@@ -57,6 +57,7 @@ import torch
 from jsonargparse import ArgumentParser
 
 from benchmarks.models_file import read_model_entries
+from mmflow.files import atomic_write, write_json
 from mmflow.hub import load_flow
 from modalities.gesture import (
     BeatConsistency,
@@ -275,7 +276,6 @@ def main(argv: Sequence[str] | None = None) -> list[GestureRow]:
     for entry in models:
         rows.append(model_row(entry, recordings, make_scores(), data.window, args.seed))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.windows:
         if args.split != "test":
             raise ValueError("--windows scores the test windows: use it with --split test")
@@ -284,17 +284,17 @@ def main(argv: Sequence[str] | None = None) -> list[GestureRow]:
             for entry in models
             if entry.speech
         }
-        (args.out / "windows.json").write_text(json.dumps(windows, indent=1))
+        write_json(args.out / "windows.json", windows, indent=1)
         print(json.dumps(windows, indent=1))
     rendered = table(rows)
-    (args.out / "gesture.md").write_text(rendered + "\n")
+    atomic_write(args.out / "gesture.md", lambda path: path.write_text(rendered + "\n"))
     figures = {
         "split": args.split,
         "recordings": len(recordings),
         "models": str(args.models),
         "rows": [asdict(row) for row in rows],
     }
-    (args.out / "gesture.json").write_text(json.dumps(figures, indent=1))
+    write_json(args.out / "gesture.json", figures, indent=1)
     print(rendered)
     return rows
 

@@ -27,6 +27,7 @@ import torch
 from jsonargparse import ArgumentParser
 
 from benchmarks.gesture import MIN_BC_SECONDS
+from mmflow.files import write_json
 from modalities.gesture import (
     BeatConsistency,
     MotionAutoencoder,
@@ -101,8 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     if model.hparams.num_quantizers:
         figures["mpjpe_cm_first_quantizer"] = part_errors(model, data, 1)
     figures["bc_test_recordings"] = reconstruction_bc(model, data)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "autoencoder.json").write_text(json.dumps(figures, indent=1))
+    write_json(args.out / "autoencoder.json", figures, indent=1)
     print(json.dumps(figures, indent=1))
     return figures
 

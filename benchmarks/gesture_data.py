@@ -34,6 +34,7 @@ import torch
 from jsonargparse import ArgumentParser
 from scipy.ndimage import gaussian_filter1d
 
+from mmflow.files import write_json
 from mmflow.metrics import FrechetDistance
 from modalities.gesture import SyntheticCoSpeech, default_skeleton
 from modalities.gesture.beat import beat_consistency
@@ -153,8 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.fgd_autoencoder is not None:
         figures["fgd_ours"] = fgd_figures(data, args.fgd_autoencoder, data.fps)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gesture_data.json").write_text(json.dumps(figures, indent=1))
+    write_json(args.out / "gesture_data.json", figures, indent=1)
     print(json.dumps(figures, indent=1))
     return figures
 

@@ -202,3 +202,19 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def fit_one_batch(module: nn.Module, batch: dict, steps: int = 30, lr: float = 1e-3) -> list[float]:
+    """Train a ``FlowMatching`` module's network on one batch (encoded once) with AdamW and
+    return the loss of every step: the smoke test that an adapter trains through the core."""
+    optimizer = torch.optim.AdamW(module.network.parameters(), lr=lr)
+    module.train()
+    x1, cond = module.adapter.encode(batch)
+    losses = []
+    for _ in range(steps):
+        loss = module.objective_output(x1, cond, batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

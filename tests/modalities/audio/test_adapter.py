@@ -16,6 +16,7 @@ from modalities.audio.adapter import FlowSepAdapter
 from modalities.audio.evaluators import si_sdr
 from modalities.audio.mel import GriffinLimInverter, LogMel, MelInverter
 from modalities.audio.vae import MelVAE
+from tests.mmflow.training.toy import fit_one_batch
 
 SAMPLE_RATE = 16000
 SAMPLES = 6400  # 0.4 s: 40 mel frames, latent width 10
@@ -159,18 +160,10 @@ def test_flow_matching_trains_validates_and_guides_with_the_adapter(adapter) -> 
     torch.manual_seed(0)
     module = FlowMatching(adapter, tiny_network(adapter), ema_decay=None, cfg_scale=2.0, nfe=2)
     batch = make_batch()
-    optimizer = torch.optim.AdamW(module.network.parameters(), lr=1e-3)
-    module.train()
-    x1, cond = adapter.encode(batch)
-    losses = []
-    for _ in range(30):
-        loss = module.objective_output(x1, cond, batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_one_batch(module, batch)
     assert sum(losses[-5:]) < sum(losses[:5])
     module.eval()
+    x1, cond = adapter.encode(batch)
     samples, nfe = module.generate(cond, torch.randn(x1.shape))
     assert nfe == 2 and samples.shape == x1.shape
     # The trained network is no longer zero and hears the query: guidance changes the samples.

@@ -12,6 +12,7 @@ from mmflow.training import FlowMatching
 from modalities.gesture.adapter import SPEECH_STREAM, GestureAdapter
 from modalities.gesture.generation import generate_recording
 from modalities.gesture.skeleton import default_skeleton
+from tests.mmflow.training.toy import fit_one_batch
 
 from .test_autoencoder import motion_batch, small_autoencoder
 
@@ -115,18 +116,10 @@ def test_flow_matching_trains_and_guides_on_the_adapter(autoencoder_folder):
     )  # fmt: skip
     module = FlowMatching(adapter, network, ema_decay=None, cfg_scale=2.0, nfe=2)
     batch = window_batch()
-    optimizer = torch.optim.AdamW(module.network.parameters(), lr=1e-3)
-    module.train()
-    x1, cond = adapter.encode(batch)
-    losses = []
-    for _ in range(30):
-        loss = module.objective_output(x1, cond, batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_one_batch(module, batch)
     assert sum(losses[-5:]) < sum(losses[:5])
     module.eval()
+    x1, cond = adapter.encode(batch)
     samples, nfe = module.generate(cond, torch.randn(x1.shape))
     assert nfe == 2 and samples.shape == x1.shape
     assert default_skeleton().num_joints == adapter.decode(samples, cond)["rotations"].shape[2]
