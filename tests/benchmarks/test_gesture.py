@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from benchmarks.gesture import ModelEntry, main, read_models, window_figures
+from benchmarks.gesture import ModelEntry, generate_split, main, read_models, window_figures
 from mmflow.nn import ChannelConcat, MMDiT, Patchify2D
 from modalities.gesture import MotionAutoencoder, SyntheticCoSpeech, default_skeleton
 
@@ -73,7 +73,9 @@ def test_every_model_is_scored_beside_the_references(tmp_path, cache_dir):
          "--split", "train", "--max_recordings", "3", "--max_prompts", "30",
          "--voices", "[en-us]", "--cache_dir", cache_dir]
     )  # fmt: skip
-    rows = json.loads((out / "gesture.json").read_text())["rows"]
+    figures = json.loads((out / "gesture.json").read_text())
+    assert figures["threads"] == torch.get_num_threads(), "speed figures depend on the threads"
+    rows = figures["rows"]
     names = [row["name"] for row in rows]
     assert names == ["ground truth", "ground truth, 1 s late", "RVQ-VAE reconstruction", "flow",
                      "flow under silence"]  # fmt: skip
@@ -86,6 +88,12 @@ def test_every_model_is_scored_beside_the_references(tmp_path, cache_dir):
     assert rows[2]["fgd_ours"] > 0, "an untrained auto-encoder does not rebuild the motion"
     table = (out / "gesture.md").read_text().splitlines()
     assert len(table) == 2 + len(rows) and "| flow | 2 | 2 |" in table[5]
+
+
+def test_timing_needs_one_run_at_least(tmp_path):
+    entry = ModelEntry(name="flow", sampler="euler", nfe=2, checkpoint=str(tmp_path / "x.ckpt"))
+    with pytest.raises(ValueError, match="--timing_repeats must be at least 1, got 0"):
+        generate_split(entry, [], window=64, seed=0, fps=30.0, repeats=0)
 
 
 def test_a_bad_models_file_is_named(tmp_path):
